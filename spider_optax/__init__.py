@@ -1,0 +1,34 @@
+"""spider-optax: SPIDER with a clipped learning rate for optax.
+
+Variance-reduced clipping (Reisizadeh, Li, Das, Jadbabaie, 2023): the SPIDER
+recursive gradient estimator with an (L0, L1)-clipped learning rate, as
+composable optax transformations.
+"""
+
+from spider_optax import theory
+from spider_optax.alias import spider
+from spider_optax.clipping import global_norm
+from spider_optax.clipping import relaxed_clip
+from spider_optax.clipping import relaxed_clip_factor
+from spider_optax.estimator import prev_params
+from spider_optax.estimator import spider_estimator
+from spider_optax.estimator import SpiderEstimatorState
+from spider_optax.paired import paired_grad
+from spider_optax.paired import paired_value_and_grad
+from spider_optax.wrappers import apply_if_finite
+
+__version__ = '0.1.0'
+
+__all__ = (
+    'apply_if_finite',
+    'global_norm',
+    'paired_grad',
+    'paired_value_and_grad',
+    'prev_params',
+    'relaxed_clip',
+    'relaxed_clip_factor',
+    'spider',
+    'spider_estimator',
+    'SpiderEstimatorState',
+    'theory',
+)

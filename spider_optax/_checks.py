@@ -1,0 +1,77 @@
+"""Argument checks shared by the public API: clear errors that say what to do."""
+
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_concrete(value: Any) -> bool:
+  """True when ``value`` has a value now (not a tracer inside jit/grad)."""
+  return not isinstance(value, jax.core.Tracer)
+
+
+def check_positive(name: str, value: Any, *, allow_none: bool = False) -> None:
+  """Raises ValueError unless ``value`` is > 0 (checked only when concrete).
+
+  Traced values (``optax.inject_hyperparams`` under jit) cannot be checked
+  without a device round trip, so they pass through.
+  """
+  if value is None:
+    if allow_none:
+      return
+    raise ValueError(f'{name} must be a positive number, got None.')
+  if callable(value) or not is_concrete(value):
+    return
+  array = np.asarray(value)
+  if array.shape != () or not np.issubdtype(array.dtype, np.number):
+    raise ValueError(f'{name} must be a positive scalar, got {value!r}.')
+  if not array > 0:  # also rejects NaN
+    hint = ' Pass None to drop this clipping term.' if allow_none else ''
+    raise ValueError(f'{name} must be positive, got {value!r}.{hint}')
+
+
+def check_trees_match(
+    reference_name: str,
+    reference: Any,
+    name: str,
+    tree: Any,
+    *,
+    check_dtypes: bool = True,
+    hint: str = '',
+) -> None:
+  """Raises if ``tree`` differs from ``reference`` in structure, shape or dtype.
+
+  The error names the first offending leaf path, e.g.
+  ``prev_grads['layer']['kernel'] has shape (3, 4) but grads['layer']['kernel']
+  has shape (3, 5)``. Shapes and dtypes are static, so this also works under
+  ``jax.jit`` (it runs once, at trace time).
+  """
+  ref_leaves, ref_def = jax.tree_util.tree_flatten_with_path(reference)
+  leaves, tree_def = jax.tree_util.tree_flatten_with_path(tree)
+  suffix = f' {hint}' if hint else ''
+  if ref_def != tree_def:
+    ref_paths = {jax.tree_util.keystr(p) for p, _ in ref_leaves}
+    paths = {jax.tree_util.keystr(p) for p, _ in leaves}
+    missing = sorted(ref_paths - paths)
+    extra = sorted(paths - ref_paths)
+    if missing:
+      detail = f'{name} has no leaf {name}{missing[0]} that {reference_name} has'
+    elif extra:
+      detail = f'{name} has a leaf {name}{extra[0]} that {reference_name} lacks'
+    else:
+      detail = (f'{name} has tree structure {tree_def} but {reference_name} '
+                f'has {ref_def}')
+    raise ValueError(f'{detail}.{suffix}')
+  for (path, ref_leaf), (_, leaf) in zip(ref_leaves, leaves):
+    key = jax.tree_util.keystr(path)
+    ref_shape, shape = np.shape(ref_leaf), np.shape(leaf)
+    if ref_shape != shape:
+      raise ValueError(
+          f'{name}{key} has shape {shape} but {reference_name}{key} has shape '
+          f'{ref_shape}.{suffix}')
+    ref_dtype, dtype = jax.numpy.result_type(ref_leaf), jax.numpy.result_type(leaf)
+    if check_dtypes and ref_dtype != dtype:
+      raise TypeError(
+          f'{name}{key} has dtype {dtype} but {reference_name}{key} has dtype '
+          f'{ref_dtype}.{suffix}')

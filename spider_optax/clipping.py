@@ -1,0 +1,93 @@
+"""Relaxed (L0, L1) clipping of the step."""
+
+from typing import Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from spider_optax import _checks
+
+
+def global_norm(tree: optax.Updates) -> chex.Array:
+  """The L2 norm of all leaves of ``tree`` together, accumulated in >= float32."""
+  squares = [
+      jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
+      for x in jax.tree.leaves(tree)
+  ]
+  return jnp.sqrt(sum(squares, start=jnp.zeros([], jnp.float32)))
+
+
+def relaxed_clip_factor(
+    norm: chex.Array,
+    c0: Optional[chex.Numeric] = None,
+    c1: Optional[chex.Numeric] = None,
+) -> chex.Array:
+  """min(1, c0 / norm, c1 / norm**2), with None dropping a term; 1 at norm 0."""
+  factor = jnp.ones_like(norm)
+  safe_norm = jnp.where(norm > 0, norm, 1.0)
+  if c0 is not None:
+    factor = jnp.minimum(factor, c0 / safe_norm)
+  if c1 is not None:
+    factor = jnp.minimum(factor, c1 / jnp.square(safe_norm))
+  return jnp.where(norm > 0, factor, 1.0)
+
+
+def relaxed_clip(
+    c0: Optional[chex.Numeric] = None,
+    c1: Optional[chex.Numeric] = None,
+) -> optax.GradientTransformation:
+  r"""Scales updates by the relaxed (L0, L1) clipping factor.
+
+  .. math::
+
+    u \leftarrow \min\left(1, \frac{c_0}{\|u\|}, \frac{c_1}{\|u\|^2}\right) u
+
+  where :math:`\|u\|` is the global L2 norm over the whole pytree (as in
+  :func:`optax.clip_by_global_norm`). ``c0=None`` or ``c1=None`` drops that
+  term; with both ``None`` this is the identity. After a learning rate
+  :math:`\eta`, the step length is
+  :math:`\eta \min(\|u\|, c_0, c_1 / \|u\|)`: the step shrinks where the
+  gradient, and with it the local smoothness :math:`L_0 + L_1\|\nabla f\|`, is
+  large. A zero update stays zero (no NaN).
+
+  With only ``c0`` this equals ``optax.clip_by_global_norm(c0)``. It composes
+  with any optax chain; :func:`spider` puts it after :func:`spider_estimator`.
+
+  The authors' PyTorch code applies min(1, c0/g, c1/g^2) with g the *squared*
+  norm; this uses the true norm, as the paper's analysis does.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, spider_optax as so
+    >>> tx = so.relaxed_clip(c0=2.0, c1=5.0)
+    >>> u = {'w': jnp.array([3.0, 4.0])}  # norm 5: factor min(1, 2/5, 5/25)
+    >>> print(tx.update(u, tx.init(u))[0]['w'])
+    [0.6 0.8]
+
+  Args:
+    c0: threshold of the norm term (> 0), or None to drop it.
+    c1: threshold of the squared-norm term (> 0), or None to drop it.
+
+  Returns:
+    A :class:`optax.GradientTransformation` with an empty state.
+
+  References:
+    Reisizadeh, Li, Das, Jadbabaie, `Variance-reduced Clipping for Non-convex
+    Optimization <https://arxiv.org/abs/2303.00883>`_, 2023.
+
+    Zhang, He, Sra, Jadbabaie, `Why gradient clipping accelerates training
+    <https://arxiv.org/abs/1905.11881>`_, ICLR 2020.
+  """
+  _checks.check_positive('c0', c0, allow_none=True)
+  _checks.check_positive('c1', c1, allow_none=True)
+
+  def update_fn(updates, state, params=None):
+    del params
+    if c0 is None and c1 is None:
+      return updates, state
+    factor = relaxed_clip_factor(global_norm(updates), c0, c1)
+    updates = jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
+    return updates, state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)

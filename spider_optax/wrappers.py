@@ -1,0 +1,78 @@
+"""Wrappers that make SPIDER robust in real training loops."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def apply_if_finite(
+    inner: optax.GradientTransformation,
+    max_consecutive_errors: int,
+) -> optax.GradientTransformationExtraArgs:
+  """Skips a step whose ``grads`` *or* ``prev_grads`` hold a NaN or Inf.
+
+  :func:`optax.apply_if_finite` inspects only the first argument of ``update``.
+  In a SPIDER recursive step a non-finite ``prev_grads`` would pass that check
+  and poison the estimator for every step until the next anchor. This guard,
+  with the signature and state (:class:`optax.ApplyIfFiniteState`) of
+  optax's, also inspects ``prev_grads``. A rejected step returns zero updates
+  and leaves the inner state (the estimator and the previous params) as it
+  was, so the next step continues from the last good estimate. After more
+  than ``max_consecutive_errors`` rejected steps in a row it gives up and
+  applies the update, as optax's does.
+
+  Examples:
+    >>> import jax.numpy as jnp, spider_optax as so
+    >>> tx = so.apply_if_finite(so.spider(0.1), max_consecutive_errors=3)
+    >>> params = {'w': jnp.array([1.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({'w': jnp.array([1.0])}, state, params)
+    >>> updates, state = tx.update({'w': jnp.array([1.0])}, state, params,
+    ...                            prev_grads={'w': jnp.array([jnp.nan])})
+    >>> print(updates['w'], int(state.total_notfinite))
+    [0.] 1
+
+  Args:
+    inner: the transformation to guard, e.g. :func:`spider_optax.spider`.
+    max_consecutive_errors: how many non-finite steps in a row to skip before
+      giving up and applying them.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs`.
+  """
+  if not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 0:
+    raise ValueError('max_consecutive_errors must be a non-negative int, got '
+                     f'{max_consecutive_errors!r}.')
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    return optax.ApplyIfFiniteState(
+        notfinite_count=jnp.zeros([], jnp.int32),
+        last_finite=jnp.array(True, jnp.bool_),
+        total_notfinite=jnp.zeros([], jnp.int32),
+        inner_state=inner.init(params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    checked = (updates, extra_args.get('prev_grads'))
+    isfinite = jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]))
+    notfinite_count = jnp.where(
+        isfinite, 0, optax.safe_increment(state.notfinite_count))
+    apply = lambda: inner.update(updates, state.inner_state, params, **extra_args)
+    # Zeros shaped like the inner *output*: its dtype may differ from the
+    # grads' (e.g. a float32 estimator for bfloat16 params).
+    skip = lambda: (optax.tree.zeros_like(jax.eval_shape(apply)[0]),
+                    state.inner_state)
+    updates, inner_state = jax.lax.cond(
+        isfinite | (notfinite_count > max_consecutive_errors), apply, skip)
+    return updates, optax.ApplyIfFiniteState(
+        notfinite_count=notfinite_count.astype(jnp.int32),
+        last_finite=isfinite,
+        total_notfinite=jnp.where(
+            isfinite, state.total_notfinite,
+            optax.safe_increment(state.total_notfinite)).astype(jnp.int32),
+        inner_state=inner_state,
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
