@@ -12,16 +12,19 @@ def global_norm(tree):
   return np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in tree.values()))
 
 
+def clip_terms(norm, c0, c1):
+  """The terms of min(1, c0/norm, c1/norm^2) by name; only 1 at norm 0."""
+  terms = {'none': 1.0}
+  if norm > 0 and c0 is not None:
+    terms['c0'] = c0 / norm
+  if norm > 0 and c1 is not None:
+    terms['c1'] = c1 / norm**2
+  return terms
+
+
 def clip_factor(norm, c0, c1):
   """min(1, c0/norm, c1/norm^2); 1 at norm 0 (a zero step)."""
-  if norm == 0:
-    return 1.0
-  terms = [1.0]
-  if c0 is not None:
-    terms.append(c0 / norm)
-  if c1 is not None:
-    terms.append(c1 / norm**2)
-  return min(terms)
+  return min(clip_terms(norm, c0, c1).values())
 
 
 class Spider:
@@ -33,6 +36,8 @@ class Spider:
     self.x_prev = None
     self.v = None
     self.k = 0
+    self.active_terms = []  # which clipping term set each step's factor
+
 
   def step(self, grads, prev_grads=None):
     """One step; prev_grads=None is an anchor. Returns the new params."""
@@ -41,7 +46,9 @@ class Spider:
     else:
       self.v = {k: self.v[k] + grads[k] - prev_grads[k] for k in self.v}
     lr = self.lr(self.k) if callable(self.lr) else self.lr
-    eta = lr * clip_factor(global_norm(self.v), self.c0, self.c1)
+    terms = clip_terms(global_norm(self.v), self.c0, self.c1)
+    self.active_terms.append(min(terms, key=terms.get))
+    eta = lr * terms[self.active_terms[-1]]
     self.x_prev = self.x
     self.x = {k: self.x[k] - eta * self.v[k] for k in self.x}
     self.k += 1

@@ -1,0 +1,183 @@
+"""so.spider inside real optax compositions: chains, inject_hyperparams,
+schedules and the apply_if_finite guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import spider_optax as so
+from reference import Spider, global_norm
+
+PARAMS = {'a': jnp.array([1.0, -2.0, 3.0]), 'b': {'c': jnp.ones((2, 2))}}
+
+
+def gradient_sequence(seed=0, steps=12):
+  """Random (grads, prev_grads or None) pairs; every 4th step is an anchor."""
+  rng = np.random.default_rng(seed)
+  rand = lambda: jax.tree.map(
+      lambda p: jnp.asarray(3 * rng.normal(size=p.shape), p.dtype), PARAMS)
+  return [(rand(), None if k % 4 == 0 else rand()) for k in range(steps)]
+
+
+def run(tx, steps, params=PARAMS, jit=True):
+  update = jax.jit(tx.update) if jit else tx.update
+  state = tx.init(params)
+  trajectory = []
+  for grads, prev_grads in steps:
+    extra = {} if prev_grads is None else {'prev_grads': prev_grads}
+    updates, state = update(grads, state, params, **extra)
+    params = optax.apply_updates(params, updates)
+    trajectory.append(params)
+  return trajectory, state
+
+
+def assert_trajectories_close(got, want, rtol=1e-6):
+  for g, w in zip(got, want, strict=True):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol,
+                                                         atol=1e-6), g, w)
+
+
+def reference_trajectory(steps, learning_rate, c0=None, c1=None):
+  flat = lambda t: {'a': np.asarray(t['a'], np.float64),
+                    'c': np.asarray(t['b']['c'], np.float64)}
+  ref = Spider(flat(PARAMS), learning_rate, c0, c1)
+  out = []
+  for grads, prev_grads in steps:
+    x = ref.step(flat(grads), None if prev_grads is None else flat(prev_grads))
+    out.append({'a': x['a'], 'b': {'c': x['c']}})
+  return out
+
+
+def test_spider_is_the_chain_of_its_parts():
+  steps = gradient_sequence()
+  chained = optax.chain(so.spider_estimator(), so.relaxed_clip(1.0, 2.0),
+                        optax.scale_by_learning_rate(0.1))
+  assert_trajectories_close(run(so.spider(0.1, 1.0, 2.0), steps)[0],
+                            run(chained, steps)[0], rtol=0)
+
+
+def test_chain_with_clip_by_global_norm_and_sgd():
+  """clip_by_global_norm(c) + sgd after the estimator == spider(lr, c0=c)."""
+  steps = gradient_sequence()
+  tx = optax.chain(so.spider_estimator(), optax.clip_by_global_norm(1.5),
+                   optax.sgd(0.1))
+  got, _ = run(tx, steps)
+  assert_trajectories_close(got, reference_trajectory(steps, 0.1, c0=1.5))
+  assert_trajectories_close(got, run(so.spider(0.1, c0=1.5), steps)[0])
+
+
+def test_relaxed_clip_after_adam():
+  """relaxed_clip composes anywhere: here it clips adam's direction."""
+  grads = {'a': jnp.array([30.0, -40.0, 0.0]), 'b': {'c': jnp.ones((2, 2))}}
+  tx = optax.chain(optax.scale_by_adam(), so.relaxed_clip(c0=0.5, c1=0.3))
+  adam_updates, _ = optax.scale_by_adam().update(
+      grads, optax.scale_by_adam().init(PARAMS))
+  updates, _ = tx.update(grads, tx.init(PARAMS))
+  norm = global_norm({'a': adam_updates['a'], 'c': adam_updates['b']['c']})
+  factor = min(1, 0.5 / norm, 0.3 / norm**2)
+  assert factor < 0.5  # the clip is active
+  jax.tree.map(lambda u, a: np.testing.assert_allclose(u, factor * np.asarray(a),
+                                                       rtol=1e-6),
+               updates, adam_updates)
+
+
+def test_schedule_learning_rate():
+  steps = gradient_sequence()
+  schedule = optax.exponential_decay(0.2, transition_steps=3, decay_rate=0.5)
+  got, _ = run(so.spider(schedule, 1.0, 2.0), steps)
+  # The schedule's count advances on every update, anchors included.
+  want = reference_trajectory(steps, lambda k: 0.2 * 0.5 ** (k / 3), 1.0, 2.0)
+  assert_trajectories_close(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize('jit', [True, False], ids=['jit', 'nojit'])
+def test_inject_hyperparams(jit):
+  steps = gradient_sequence()
+  tx = optax.inject_hyperparams(so.spider)(learning_rate=0.1, c0=1.0, c1=2.0)
+  got, state = run(tx, steps[:6], jit=jit)
+  assert_trajectories_close(got, reference_trajectory(steps[:6], 0.1, 1.0, 2.0),
+                            rtol=1e-5)
+  assert set(state.hyperparams) == {'learning_rate', 'c0', 'c1'}
+
+  # Changing the injected values mid-run changes the step as the formula says.
+  state.hyperparams['learning_rate'] = jnp.asarray(0.05)
+  state.hyperparams['c1'] = jnp.asarray(0.5)
+  grads, prev_grads = steps[6]
+  params = got[-1]
+  v_before = state.inner_state[0].estimate
+  updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
+  v = jax.tree.map(lambda v, g, pg: v + g - pg, v_before, grads, prev_grads)
+  norm = float(so.global_norm(v))
+  eta = 0.05 * min(1, 1.0 / norm, 0.5 / norm**2)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, -eta * v, rtol=1e-5),
+               updates, v)
+  np.testing.assert_array_equal(so.prev_params(state)['a'], params['a'])
+
+
+def test_inject_hyperparams_with_a_dropped_term():
+  """None stays a static 'drop this term', only numbers are injected."""
+  tx = optax.inject_hyperparams(so.spider)(learning_rate=0.1, c0=1.0)
+  state = tx.init(PARAMS)
+  assert set(state.hyperparams) == {'learning_rate', 'c0'}
+  steps = gradient_sequence()
+  assert_trajectories_close(run(tx, steps)[0],
+                            reference_trajectory(steps, 0.1, c0=1.0), rtol=1e-5)
+
+
+def _with_nan(tree):
+  return jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), tree)
+
+
+@pytest.mark.parametrize('bad', ['grads', 'prev_grads'])
+def test_apply_if_finite_skips_nonfinite_step(bad):
+  """A NaN in grads or prev_grads is skipped; the rest of the run is as if the
+  bad step had never happened."""
+  steps = gradient_sequence()
+  grads, prev_grads = steps[5]
+  assert prev_grads is not None  # a recursive step
+  poisoned = (_with_nan(grads), prev_grads) if bad == 'grads' else (
+      grads, _with_nan(prev_grads))
+  tx = so.apply_if_finite(so.spider(0.1, 1.0, 2.0), max_consecutive_errors=2)
+  got, state = run(tx, steps[:5] + [poisoned] + steps[5:])
+  # The skipped step leaves params, estimator and previous params unchanged.
+  assert_trajectories_close([got[5]], [got[4]], rtol=0)
+  want, _ = run(so.spider(0.1, 1.0, 2.0), steps)
+  assert_trajectories_close(got[:5] + got[6:], want, rtol=0)
+  assert int(state.total_notfinite) == 1 and int(state.notfinite_count) == 0
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(got))
+
+
+def test_optax_apply_if_finite_misses_prev_grads():
+  """Why so.apply_if_finite exists: optax's guard lets a NaN prev_grads poison
+  the estimator until the next anchor."""
+  steps = gradient_sequence()
+  grads, prev_grads = steps[5]
+  steps[5] = (grads, _with_nan(prev_grads))
+  tx = optax.apply_if_finite(so.spider(0.1, 1.0, 2.0), max_consecutive_errors=2)
+  _, state = run(tx, steps[:7])
+  assert not np.all(np.isfinite(state.inner_state[0].estimate['a']))
+
+
+def test_apply_if_finite_gives_up_after_max_consecutive_errors():
+  steps = gradient_sequence()
+  bad = (steps[1][0], _with_nan(steps[1][1]))
+  tx = so.apply_if_finite(so.spider(0.1), max_consecutive_errors=2)
+  got, state = run(tx, steps[:1] + [bad] * 3)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(got[:3]))
+  assert not np.all(np.isfinite(got[3]['a']))  # third in a row is applied
+  assert int(state.notfinite_count) == 3
+
+
+def test_apply_if_finite_bfloat16_params_float32_estimator():
+  """The skipped step's zeros take the inner output's dtype (float32 here)."""
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), PARAMS)
+  tx = so.apply_if_finite(so.spider(0.1, estimator_dtype=jnp.float32), 1)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  updates, state = jax.jit(tx.update)(grads, state, params,
+                                      prev_grads=_with_nan(grads))
+  assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))

@@ -1,0 +1,84 @@
+"""Bad input raises an error that names the problem and says what to do."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import spider_optax as so
+
+PARAMS = {'layer': {'kernel': jnp.ones((2, 3)), 'bias': jnp.zeros(3)}}
+GRADS = jax.tree.map(jnp.ones_like, PARAMS)
+
+
+@pytest.mark.parametrize('bad', [0.0, -0.1, math.nan, jnp.array(-1.0)])
+@pytest.mark.parametrize('name', ['learning_rate', 'c0', 'c1'])
+def test_non_positive_hyperparameters(name, bad):
+  kwargs = {'learning_rate': 0.1, name: bad}
+  with pytest.raises(ValueError, match=f'{name} must be positive'):
+    so.spider(**kwargs)
+  if name != 'learning_rate':
+    with pytest.raises(ValueError, match=f'{name} must be positive'):
+      so.relaxed_clip(**{name: bad})
+
+
+def test_non_positive_injected_hyperparameter():
+  tx = optax.inject_hyperparams(so.spider)(learning_rate=0.1, c1=-2.0)
+  with pytest.raises(ValueError, match='c1 must be positive'):
+    tx.init(PARAMS)
+
+
+def test_non_scalar_hyperparameter():
+  with pytest.raises(ValueError, match='c0 must be a positive scalar'):
+    so.relaxed_clip(c0=jnp.ones(3))
+
+
+def _mismatched(kind):
+  """prev_grads differing from grads in one leaf."""
+  if kind == 'structure':
+    return {'layer': {'kernel': jnp.ones((2, 3))}}
+  if kind == 'shape':
+    return {'layer': {'kernel': jnp.ones((2, 4)), 'bias': jnp.zeros(3)}}
+  return {'layer': {'kernel': jnp.ones((2, 3), jnp.bfloat16),
+                    'bias': jnp.zeros(3)}}
+
+
+@pytest.mark.parametrize('jit', [True, False], ids=['jit', 'nojit'])
+@pytest.mark.parametrize('kind,error,message', [
+    ('structure', ValueError,
+     r"prev_grads has no leaf prev_grads\['layer'\]\['bias'\] that grads has"),
+    ('shape', ValueError,
+     r"prev_grads\['layer'\]\['kernel'\] has shape \(2, 4\) but "
+     r"grads\['layer'\]\['kernel'\] has shape \(2, 3\)"),
+    ('dtype', TypeError,
+     r"prev_grads\['layer'\]\['kernel'\] has dtype bfloat16 but "
+     r"grads\['layer'\]\['kernel'\] has dtype float32"),
+])
+def test_prev_grads_mismatch_names_the_leaf(kind, error, message, jit):
+  tx = so.spider(0.1)
+  update = jax.jit(tx.update) if jit else tx.update
+  state = tx.init(PARAMS)
+  with pytest.raises(error, match=message) as info:
+    update(GRADS, state, PARAMS, prev_grads=_mismatched(kind))
+  assert 'so.paired_grad' in str(info.value)  # says what to do
+
+
+def test_grads_mismatching_params():
+  tx = so.spider(0.1)
+  grads = {'layer': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(3)}}
+  with pytest.raises(ValueError, match=r"grads\['layer'\]\['kernel'\] has shape"):
+    tx.update(grads, tx.init(PARAMS), PARAMS)
+
+
+def test_update_without_params():
+  tx = so.spider(0.1)
+  with pytest.raises(ValueError, match=r'needs params: call tx.update\(grads, state, params\)'):
+    tx.update(GRADS, tx.init(PARAMS))
+
+
+@pytest.mark.parametrize('bad', [-1, 1.5, None])
+def test_apply_if_finite_bad_max_consecutive_errors(bad):
+  with pytest.raises(ValueError, match='max_consecutive_errors'):
+    so.apply_if_finite(so.spider(0.1), bad)

@@ -1,0 +1,119 @@
+"""spider_estimator's state and so.prev_params."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import spider_optax as so
+
+PARAMS = {'layer': {'kernel': jnp.arange(6.0).reshape(2, 3),
+                    'bias': jnp.zeros(3)}}
+
+
+def tree(value):
+  return jax.tree.map(lambda p: jnp.full_like(p, value), PARAMS)
+
+
+@pytest.mark.parametrize('jit', [True, False], ids=['jit', 'nojit'])
+def test_anchor_and_recursive_steps(jit):
+  tx = so.spider_estimator()
+  update = jax.jit(tx.update) if jit else tx.update
+  state = tx.init(PARAMS)
+  assert int(state.count) == 0
+  np.testing.assert_array_equal(state.estimate['layer']['kernel'], 0)
+
+  v, state = update(tree(2.0), state, PARAMS)                  # anchor
+  np.testing.assert_array_equal(v['layer']['kernel'], 2.0)
+  assert (int(state.count), int(state.steps_since_anchor)) == (1, 0)
+
+  params1 = tree(7.0)
+  v, state = update(tree(5.0), state, params1, prev_grads=tree(1.0))
+  np.testing.assert_array_equal(v['layer']['bias'], 2.0 + 5.0 - 1.0)
+  assert (int(state.count), int(state.steps_since_anchor)) == (2, 1)
+  np.testing.assert_array_equal(so.prev_params(state)['layer']['bias'], 7.0)
+
+  v, state = update(tree(-1.0), state, params1, prev_grads=tree(0.5))
+  np.testing.assert_array_equal(v['layer']['bias'], 6.0 - 1.0 - 0.5)
+  assert int(state.steps_since_anchor) == 2
+
+  v, state = update(tree(3.0), state, params1)                  # anchor resets
+  np.testing.assert_array_equal(v['layer']['bias'], 3.0)
+  assert (int(state.count), int(state.steps_since_anchor)) == (4, 0)
+
+
+def test_first_recursive_step_acts_as_an_anchor():
+  """Without an anchor there is no estimate to correct: v_0 = g_0, not 0."""
+  tx = so.spider_estimator()
+  v, state = tx.update(tree(4.0), tx.init(PARAMS), PARAMS, prev_grads=tree(4.0))
+  np.testing.assert_array_equal(v['layer']['kernel'], 4.0)
+  assert int(state.steps_since_anchor) == 0
+
+
+def test_estimator_dtype_for_bfloat16_params():
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
+  tx = so.spider_estimator(estimator_dtype=jnp.float32)
+  state = tx.init(params)
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(state.estimate))
+  ones = jax.tree.map(lambda p: jnp.full_like(p, 1.0), params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  small = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+  step = float(small['layer']['bias'][0])  # 1e-3 rounded to bfloat16
+  v, state = jax.jit(tx.update)(ones, state, params)
+  for _ in range(10):  # v = 1 + k * 1e-3: lost in bfloat16 (eps 2**-7), kept in f32
+    v, state = jax.jit(tx.update)(small, state, params, prev_grads=zeros)
+  np.testing.assert_allclose(v['layer']['bias'], 1 + 10 * step, rtol=1e-6)
+  assert v['layer']['bias'].dtype == jnp.float32
+  prev = so.prev_params(state)
+  assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(prev))
+
+  # The default keeps the params' dtype, and loses the small corrections.
+  tx16 = so.spider_estimator()
+  state16 = tx16.init(params)
+  v16, state16 = tx16.update(ones, state16, params)
+  for _ in range(10):
+    v16, state16 = tx16.update(small, state16, params, prev_grads=zeros)
+  assert v16['layer']['bias'].dtype == jnp.bfloat16
+  assert float(v16['layer']['bias'][0]) == 1.0
+
+
+def test_spider_updates_bfloat16_params():
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
+  tx = so.spider(0.1, c0=1.0, estimator_dtype=jnp.float32)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, state = tx.update(grads, state, params)
+  assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
+  new_params = optax.apply_updates(params, updates)
+  assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(new_params))
+
+
+@pytest.mark.parametrize('wrap', [
+    lambda: so.spider(0.1),
+    lambda: optax.chain(optax.identity(), so.spider(0.1)),
+    lambda: optax.inject_hyperparams(so.spider)(learning_rate=0.1),
+    lambda: optax.apply_if_finite(so.spider(0.1), 3),
+    lambda: so.apply_if_finite(
+        optax.inject_hyperparams(so.spider)(learning_rate=0.1), 3),
+], ids=['spider', 'chain', 'inject_hyperparams', 'optax_apply_if_finite',
+        'so_apply_if_finite'])
+def test_prev_params_finds_the_estimator(wrap):
+  tx = wrap()
+  state = tx.init(PARAMS)
+  params1 = tree(9.0)
+  _, state = jax.jit(tx.update)(tree(1.0), state, params1)
+  prev = so.prev_params(state)
+  jax.tree.map(np.testing.assert_array_equal, prev, params1)
+
+
+def test_prev_params_without_an_estimator():
+  state = optax.sgd(0.1).init(PARAMS)
+  with pytest.raises(ValueError, match='holds no spider_estimator state'):
+    so.prev_params(state)
+
+
+def test_prev_params_with_two_estimators():
+  state = optax.chain(so.spider(0.1), so.spider(0.1)).init(PARAMS)
+  with pytest.raises(ValueError, match='holds 2 spider_estimator states'):
+    so.prev_params(state)
