@@ -23,10 +23,13 @@ def check_positive(name: str, value: Any, *, allow_none: bool = False) -> None:
     raise ValueError(f'{name} must be a positive number, got None.')
   if callable(value) or not is_concrete(value):
     return
-  array = np.asarray(value)
-  if array.shape != () or not np.issubdtype(array.dtype, np.number):
+  try:
+    number = float(value) if np.ndim(value) == 0 else None
+  except (TypeError, ValueError):
+    number = None
+  if number is None:
     raise ValueError(f'{name} must be a positive scalar, got {value!r}.')
-  if not array > 0:  # also rejects NaN
+  if not number > 0:  # also rejects NaN
     hint = ' Pass None to drop this clipping term.' if allow_none else ''
     raise ValueError(f'{name} must be positive, got {value!r}.{hint}')
 

@@ -64,7 +64,9 @@ def spider(
     c0: norm threshold of the clipping (> 0), or None to drop that term.
     c1: squared-norm threshold of the clipping (> 0), or None to drop it.
     estimator_dtype: dtype of the estimator state, e.g. ``jnp.float32`` for
-      bfloat16 params; ``None`` uses the params' dtype.
+      bfloat16 params; ``None`` uses the params' dtype. Under
+      ``optax.inject_hyperparams``, which takes every callable for a schedule,
+      pass it as a string (``'float32'``) or name it in ``static_args``.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. It works under

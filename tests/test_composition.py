@@ -126,6 +126,24 @@ def test_inject_hyperparams_with_a_dropped_term():
                             reference_trajectory(steps, 0.1, c0=1.0), rtol=1e-5)
 
 
+def test_inject_hyperparams_bfloat16_params_float32_estimator():
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), PARAMS)
+  tx = optax.inject_hyperparams(so.spider, hyperparam_dtype=jnp.float32)(
+      learning_rate=0.1, c0=1.0, estimator_dtype='float32')
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  updates, state = jax.jit(tx.update)(grads, state, params, prev_grads=grads)
+  estimate = state.inner_state[0].estimate
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(estimate))
+  norm = np.sqrt(7.0)  # seven ones
+  jax.tree.map(lambda u: np.testing.assert_allclose(u, -0.1 / norm, rtol=1e-6),
+               updates)
+  # Without hyperparam_dtype optax injects bfloat16 hyperparameters: still valid.
+  state = optax.inject_hyperparams(so.spider)(learning_rate=0.1).init(params)
+  assert state.hyperparams['learning_rate'].dtype == jnp.bfloat16
+
+
 def _with_nan(tree):
   return jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), tree)
 
