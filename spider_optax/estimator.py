@@ -102,7 +102,9 @@ def spider_estimator(
         count=jnp.zeros([], jnp.int32),
         steps_since_anchor=jnp.zeros([], jnp.int32),
         estimate=optax.tree.zeros_like(params, dtype=estimator_dtype),
-        prev_params=params,
+        # A buffer of its own: loops that donate params and state together
+        # must not donate one buffer twice.
+        prev_params=jax.tree.map(jnp.copy, params),
     )
 
   def update_fn(updates, state, params=None, *, prev_grads=None, **extra_args):

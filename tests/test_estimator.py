@@ -1,5 +1,6 @@
 """spider_estimator's state and so.prev_params."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,3 +118,31 @@ def test_prev_params_with_two_estimators():
   state = optax.chain(so.spider(0.1), so.spider(0.1)).init(PARAMS)
   with pytest.raises(ValueError, match='holds 2 spider_estimator states'):
     so.prev_params(state)
+
+
+def test_each_step_function_compiles_once():
+  """The state keeps its shapes and dtypes (no weak types creeping in), so a
+  jitted anchor step and a jitted recursive step are each traced once."""
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
+  tx = so.spider(0.1, 1.0, 2.0, estimator_dtype=jnp.float32)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def anchor(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def recursive(params, state, grads, prev_grads):
+    updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for k in range(8):
+    if k % 4 == 0:
+      params, state = anchor(params, state, grads)
+    else:
+      params, state = recursive(params, state, grads, grads)
+  chex.assert_trees_all_equal_shapes_and_dtypes(state, tx.init(params))
