@@ -50,6 +50,12 @@ def reference_trajectory(steps, learning_rate, c0=None, c1=None):
   return out
 
 
+def test_transformations_take_extra_args():
+  for tx in (so.spider(0.1), so.spider_estimator(),
+             so.apply_if_finite(so.spider(0.1), 1)):
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+
+
 def test_spider_is_the_chain_of_its_parts():
   steps = gradient_sequence()
   chained = optax.chain(so.spider_estimator(), so.relaxed_clip(1.0, 2.0),
