@@ -11,8 +11,12 @@ def is_concrete(value: Any) -> bool:
   return not isinstance(value, jax.core.Tracer)
 
 
-def check_positive(name: str, value: Any, *, allow_none: bool = False) -> None:
+def check_positive(
+    name: str, value: Any, *, allow_none: bool = False, finite: bool = False
+) -> None:
   """Raises ValueError unless ``value`` is > 0 (checked only when concrete).
+
+  ``finite=True`` also rejects infinity.
 
   Traced values (``optax.inject_hyperparams`` under jit) cannot be checked
   without a device round trip, so they pass through.
@@ -32,6 +36,8 @@ def check_positive(name: str, value: Any, *, allow_none: bool = False) -> None:
   if not number > 0:  # also rejects NaN
     hint = ' Pass None to drop this clipping term.' if allow_none else ''
     raise ValueError(f'{name} must be positive, got {value!r}.{hint}')
+  if finite and number == float('inf'):
+    raise ValueError(f'{name} must be a finite positive number, got {value!r}.')
 
 
 def check_trees_match(

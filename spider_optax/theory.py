@@ -85,6 +85,7 @@ References:
 """
 
 import math
+import numbers
 from typing import NamedTuple, Optional
 
 from spider_optax import _checks
@@ -149,12 +150,16 @@ def _settings(L0, L1, epsilon, initial_gap, q, s1, s2) -> SpiderSettings:
   )
 
 
+def _check_non_negative(name, value, hint='') -> None:
+  if not 0 <= value < math.inf:  # also rejects NaN
+    raise ValueError(f'{name} must be >= 0 and finite{hint}, got {value!r}.')
+
+
 def _check_smoothness(L0, L1, epsilon, initial_gap) -> None:
-  _checks.check_positive('L0', L0)
-  _checks.check_positive('epsilon', epsilon)
-  _checks.check_positive('initial_gap', initial_gap)
-  if not L1 >= 0:
-    raise ValueError(f'L1 must be >= 0 (0 for an L0-smooth problem), got {L1!r}.')
+  for name, value in (('L0', L0), ('epsilon', epsilon),
+                      ('initial_gap', initial_gap)):
+    _checks.check_positive(name, value, finite=True)
+  _check_non_negative('L1', L1, ' (0 for an L0-smooth problem)')
   if L1 > 0 and epsilon > L0 / L1:
     raise ValueError(
         f'epsilon={epsilon!r} exceeds L0/L1={L0 / L1!r}, outside the regime the '
@@ -191,8 +196,7 @@ def online(
       ``oracle_calls``.
   """
   _check_smoothness(L0, L1, epsilon, initial_gap)
-  if not sigma >= 0:
-    raise ValueError(f'sigma must be >= 0, got {sigma!r}.')
+  _check_non_negative('sigma', sigma)
   q = max(1, math.ceil(sigma / epsilon))
   s1 = max(1, math.ceil(8.0 * sigma**2 / epsilon**2))
   return _settings(L0, L1, epsilon, initial_gap, q, s1, 2 * q)
@@ -227,7 +231,8 @@ def finite_sum(
       ``oracle_calls``.
   """
   _check_smoothness(L0, L1, epsilon, initial_gap)
-  if not (isinstance(n, int) and n > 0):
+  if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
     raise ValueError(f'n must be a positive int, got {n!r}.')
+  n = int(n)
   q = math.isqrt(n - 1) + 1  # ceil(sqrt(n)), exact for large n
   return _settings(L0, L1, epsilon, initial_gap, q, n, q)
