@@ -50,7 +50,9 @@ def relaxed_clip(
   :math:`\eta`, the step length is
   :math:`\eta \min(\|u\|, c_0, c_1 / \|u\|)`: the step shrinks where the
   gradient, and with it the local smoothness :math:`L_0 + L_1\|\nabla f\|`, is
-  large. A zero update stays zero (no NaN).
+  large. A zero update stays zero (no NaN). The ratio :math:`c_1/c_0` is the
+  norm above which the :math:`c_1` term binds (:math:`L_0/L_1` in
+  :mod:`spider_optax.theory`'s presets).
 
   With only ``c0`` this equals ``optax.clip_by_global_norm(c0)``. It composes
   with any optax chain; :func:`spider` puts it after :func:`spider_estimator`.
