@@ -19,6 +19,14 @@ from spider_optax.wrappers import apply_if_finite
 
 __version__ = '0.1.0'
 
+
+def __getattr__(name):
+  # `so.flax` needs the optional flax extra: import it on first use only.
+  if name == 'flax':
+    import importlib
+    return importlib.import_module('spider_optax.flax')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
 __all__ = (
     'apply_if_finite',
     'global_norm',

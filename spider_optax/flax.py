@@ -1,0 +1,266 @@
+"""Flax integration: NNX and Linen training with SPIDER in a few lines.
+
+``nnx.Optimizer(model, so.spider(...), wrt=nnx.Param)`` and
+``optimizer.update(model, grads, prev_grads=prev_grads)`` work as they are,
+since NNX forwards keyword arguments to ``tx.update``. This module adds what
+Flax users still lack:
+
+- NNX: :func:`prev_params` and :func:`prev_model` (the model at the previous
+  parameters), :func:`paired_grad` / :func:`paired_value_and_grad` of a model
+  on one batch, and the jitted :func:`nnx_steps`.
+- Linen: :class:`TrainState`, whose ``apply_gradients`` forwards
+  ``prev_grads`` and which exposes ``prev_params``, and :func:`linen_steps`.
+- :func:`spider_loop`: the host-side schedule, an anchor every ``q`` steps.
+
+Import it as ``spider_optax.flax`` (or ``so.flax``); it needs the ``flax``
+extra: ``pip install 'spider-optax[flax]'``.
+"""
+
+from typing import Any, Callable, Iterable
+
+import jax
+import optax
+from flax import nnx
+from flax.training import train_state
+
+from spider_optax import estimator
+from spider_optax import paired
+
+
+# --------------------------------------------------------------------------
+# NNX
+# --------------------------------------------------------------------------
+
+
+def prev_params(optimizer: nnx.Optimizer) -> nnx.State:
+  """x_{k-1} of an ``nnx.Optimizer`` built on a SPIDER transformation.
+
+  Returns an ``nnx.State`` of plain arrays, shaped like
+  ``nnx.state(model, optimizer.wrt)``.
+  """
+  return nnx.as_pure(estimator.prev_params(optimizer.opt_state))
+
+
+def _split(model: nnx.Module, optimizer: nnx.Optimizer):
+  """(graphdef, params, rest, prev): the wrt params, everything else, x_{k-1}.
+
+  ``prev`` is built on the treedef of ``params`` so that both hold the same
+  Variable types, as ``optimizer.update`` expects of grads.
+  """
+  graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
+  prev = jax.tree.unflatten(jax.tree.structure(params),
+                            jax.tree.leaves(prev_params(optimizer)))
+  return graphdef, params, rest, prev
+
+
+def prev_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
+  """A copy of ``model`` at the previous parameters x_{k-1}.
+
+  Only the ``optimizer.wrt`` variables differ; other state (batch statistics,
+  RNG counters) is copied from ``model``.
+  """
+  graphdef, _, rest, prev = _split(model, optimizer)
+  return nnx.merge(graphdef, prev, rest)
+
+
+def paired_value_and_grad(
+    loss_fn: Callable[..., Any],
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    *args: Any,
+    has_aux: bool = False,
+    vectorized: bool = True,
+) -> tuple[Any, Any]:
+  """``nnx.value_and_grad(loss_fn)`` at the model's params and at x_{k-1}.
+
+  ``loss_fn(model, *args)`` is evaluated on the same ``args`` (the batch) at
+  both points, in one traced computation (see
+  :func:`spider_optax.paired_value_and_grad`). Returns
+  ``(value, grads), (prev_value, prev_grads)``, grads as ``nnx.State`` of the
+  ``optimizer.wrt`` variables, ready for
+  ``optimizer.update(model, grads, prev_grads=prev_grads)``.
+
+  ``loss_fn`` reads the model's other state but does not write it back: pass
+  dropout keys through ``args`` rather than advancing an ``nnx.Rngs`` inside.
+  """
+  graphdef, params, rest, prev = _split(model, optimizer)
+
+  def loss_of_params(params, *args):
+    return loss_fn(nnx.merge(graphdef, params, rest), *args)
+
+  return paired.paired_value_and_grad(
+      loss_of_params, has_aux, vectorized=vectorized)(params, prev, *args)
+
+
+def paired_grad(
+    loss_fn: Callable[..., Any],
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    *args: Any,
+    has_aux: bool = False,
+    vectorized: bool = True,
+) -> tuple[Any, Any]:
+  """``nnx.grad(loss_fn)`` at the model's params and at x_{k-1}, one batch.
+
+  Example (inside or outside ``nnx.jit``)::
+
+    grads, prev_grads = so.flax.paired_grad(loss_fn, model, optimizer, x, y)
+    optimizer.update(model, grads, prev_grads=prev_grads)
+
+  With ``has_aux=True`` each half is ``(grads, aux)``. See
+  :func:`paired_value_and_grad`.
+  """
+  (value, grads), (prev_value, prev_grads) = paired_value_and_grad(
+      loss_fn, model, optimizer, *args, has_aux=has_aux, vectorized=vectorized)
+  if has_aux:
+    return (grads, value[1]), (prev_grads, prev_value[1])
+  return grads, prev_grads
+
+
+def nnx_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
+  """Jitted ``(anchor_step, recursive_step)`` for an NNX model.
+
+  Both have the signature ``step((model, optimizer), *batch) ->
+  ((model, optimizer), loss)`` and update the model and optimizer in place
+  (and return them, for :func:`spider_loop`). The anchor step takes the
+  gradient of ``loss_fn(model, *batch)`` on a large batch (or all the data),
+  the recursive step the paired gradients on a minibatch. The loss returned is
+  at the current params, before the update.
+  """
+
+  @nnx.jit
+  def anchor(model, optimizer, *batch):
+    graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
+    loss_of_params = lambda p, *b: loss_fn(nnx.merge(graphdef, p, rest), *b)
+    loss, grads = jax.value_and_grad(loss_of_params)(params, *batch)
+    optimizer.update(model, grads)
+    return loss
+
+  @nnx.jit
+  def recursive(model, optimizer, *batch):
+    (loss, grads), (_, prev_grads) = paired_value_and_grad(
+        loss_fn, model, optimizer, *batch)
+    optimizer.update(model, grads, prev_grads=prev_grads)
+    return loss
+
+  def anchor_step(carry, *batch):
+    return carry, anchor(*carry, *batch)
+
+  def recursive_step(carry, *batch):
+    return carry, recursive(*carry, *batch)
+
+  return anchor_step, recursive_step
+
+
+# --------------------------------------------------------------------------
+# Linen
+# --------------------------------------------------------------------------
+
+
+class TrainState(train_state.TrainState):
+  """``flax.training.train_state.TrainState`` for SPIDER.
+
+  ``apply_gradients(grads=..., prev_grads=...)`` is a recursive step;
+  without ``prev_grads`` an anchor step. ``prev_params`` is x_{k-1}.
+
+  Example::
+
+    state = so.flax.TrainState.create(
+        apply_fn=model.apply, params=variables['params'], tx=so.spider(0.1, 1.0))
+    state = state.apply_gradients(grads=jax.grad(loss_fn)(state.params, data))
+    grads, prev_grads = so.paired_grad(loss_fn)(
+        state.params, state.prev_params, batch)
+    state = state.apply_gradients(grads=grads, prev_grads=prev_grads)
+  """
+
+  def apply_gradients(self, *, grads, prev_grads=None, **kwargs):
+    extra = {} if prev_grads is None else {'prev_grads': prev_grads}
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params,
+                                        **extra)
+    return self.replace(
+        step=self.step + 1,
+        params=optax.apply_updates(self.params, updates),
+        opt_state=opt_state,
+        **kwargs,
+    )
+
+  @property
+  def prev_params(self):
+    """x_{k-1}: the params of the last ``apply_gradients``."""
+    return estimator.prev_params(self.opt_state)
+
+
+def linen_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
+  """Jitted ``(anchor_step, recursive_step)`` for a Linen :class:`TrainState`.
+
+  ``loss_fn(params, *batch)`` is the loss (typically calling
+  ``state.apply_fn({'params': params}, ...)`` or ``model.apply``). Both steps
+  have the signature ``step(state, *batch) -> (state, loss)``; the loss is at
+  the current params, before the update.
+  """
+
+  @jax.jit
+  def anchor_step(state, *batch):
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, *batch)
+    return state.apply_gradients(grads=grads), loss
+
+  @jax.jit
+  def recursive_step(state, *batch):
+    (loss, grads), (_, prev_grads) = paired.paired_value_and_grad(loss_fn)(
+        state.params, state.prev_params, *batch)
+    return state.apply_gradients(grads=grads, prev_grads=prev_grads), loss
+
+  return anchor_step, recursive_step
+
+
+# --------------------------------------------------------------------------
+# The schedule
+# --------------------------------------------------------------------------
+
+
+def spider_loop(
+    anchor_step: Callable,
+    recursive_step: Callable,
+    carry: Any,
+    anchor_batches: Iterable[tuple],
+    minibatches: Iterable[tuple],
+    *,
+    anchor_period: int,
+    num_steps: int,
+    start_step: int = 0,
+) -> tuple[Any, list[jax.Array]]:
+  """Runs SPIDER steps ``start_step, ..., num_steps - 1``.
+
+  Step ``k`` is an anchor step on the next of ``anchor_batches`` when
+  ``k % anchor_period == 0``, otherwise a recursive step on the next of
+  ``minibatches``. The schedule lives on the host: nothing is read back from
+  the device to decide it, so steps are dispatched asynchronously.
+
+  Args:
+    anchor_step, recursive_step: from :func:`nnx_steps` or
+      :func:`linen_steps` (any ``step(carry, *batch) -> (carry, loss)``).
+    carry: ``(model, optimizer)`` for NNX, a :class:`TrainState` for Linen.
+    anchor_batches: tuples of arguments for the anchor step, e.g.
+      ``itertools.repeat((x_all, y_all))`` for the full gradient.
+    minibatches: tuples of arguments for recursive steps.
+    anchor_period: ``q``.
+    num_steps: the step index to stop at (exclusive).
+    start_step: where a resumed run starts (e.g. the step of a checkpoint),
+      so that the anchor schedule continues where it left off.
+
+  Returns:
+    The final carry and the list of per-step losses (device arrays, not yet
+    synchronised).
+  """
+  if not (isinstance(anchor_period, int) and anchor_period > 0):
+    raise ValueError(f'anchor_period must be a positive int, got {anchor_period!r}.')
+  anchor_batches, minibatches = iter(anchor_batches), iter(minibatches)
+  losses = []
+  for k in range(start_step, num_steps):
+    if k % anchor_period == 0:
+      carry, loss = anchor_step(carry, *next(anchor_batches))
+    else:
+      carry, loss = recursive_step(carry, *next(minibatches))
+    losses.append(loss)
+  return carry, losses
+
