@@ -24,3 +24,17 @@ def test_readme_set_up_commands_match_ci():
   assert len(commands) == 2
   ci = (README.parent / '.ci' / 'run').read_text()
   assert commands[1].strip() in ci
+
+
+def test_flax_diff_is_the_real_change_and_small():
+  """The README's diff is the difference of its two Flax loops, and small."""
+  import difflib
+  text = README.read_text()
+  section = text[text.index('## From your Flax loop to SPIDER'):]
+  before, after = re.findall(r'```python\n(.*?)```', section, re.DOTALL)[:2]
+  shown = re.search(r'```diff\n(.*?)```', section, re.DOTALL).group(1)
+  real = ''.join(list(difflib.unified_diff(
+      before.splitlines(True), after.splitlines(True), n=1))[2:])
+  assert shown == real
+  added = [l for l in real.splitlines() if l.startswith('+') and l[1:].strip()]
+  assert len(added) <= 10
