@@ -172,7 +172,10 @@ def prev_params(state: Any) -> optax.Params:
     raise ValueError(
         'This optimizer state holds no spider_estimator state. Build the '
         'optimizer with so.spider(...) or put so.spider_estimator() first in '
-        'your optax.chain, then pass the state that tx.init returned.')
+        'your optax.chain, then pass the state that tx.init returned. A state '
+        'restored from a checkpoint without a target is plain dicts and lists: '
+        'restore it onto a target built from tx.init, e.g. jax.tree.map('
+        'orbax.checkpoint.utils.to_shape_dtype_struct, fresh_state).')
   if len(found) > 1:
     raise ValueError(
         f'This optimizer state holds {len(found)} spider_estimator states; '

@@ -19,6 +19,7 @@ extra: ``pip install 'spider-optax[flax]'``.
 from typing import Any, Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 from flax.training import train_state
@@ -172,6 +173,13 @@ class TrainState(train_state.TrainState):
         state.params, state.prev_params, batch)
     state = state.apply_gradients(grads=grads, prev_grads=prev_grads)
   """
+
+  @classmethod
+  def create(cls, *, apply_fn, params, tx, **kwargs):
+    """Like Flax's, with ``step`` an int32 array rather than a Python int,
+    so that a state restored from a checkpoint keeps the same types."""
+    state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
+    return state.replace(step=jnp.zeros([], jnp.int32))
 
   def apply_gradients(self, *, grads, prev_grads=None, **kwargs):
     extra = {} if prev_grads is None else {'prev_grads': prev_grads}
