@@ -16,6 +16,7 @@ Import it as ``spider_optax.flax`` (or ``so.flax``); it needs the ``flax``
 extra: ``pip install 'spider-optax[flax]'``.
 """
 
+import numbers
 from typing import Any, Callable, Iterable
 
 import jax
@@ -58,10 +59,13 @@ def prev_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
   """A copy of ``model`` at the previous parameters x_{k-1}.
 
   Only the ``optimizer.wrt`` variables differ; other state (batch statistics,
-  RNG counters) is copied from ``model``.
+  RNG counters) is copied from ``model``, so running the copy leaves
+  ``model`` as it was.
   """
-  graphdef, _, rest, prev = _split(model, optimizer)
-  return nnx.merge(graphdef, prev, rest)
+  _, _, _, prev = _split(model, optimizer)
+  copy = nnx.clone(model)
+  nnx.update(copy, prev)
+  return copy
 
 
 def paired_value_and_grad(
@@ -127,6 +131,10 @@ def nnx_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
   gradient of ``loss_fn(model, *batch)`` on a large batch (or all the data),
   the recursive step the paired gradients on a minibatch. The loss returned is
   at the current params, before the update.
+
+  ``loss_fn`` must not write model state (BatchNorm in training mode, Dropout
+  drawing from the model's own ``nnx.Rngs``): the two points are evaluated
+  from one snapshot of it. Pass dropout keys in the batch instead.
   """
 
   @nnx.jit
@@ -254,21 +262,28 @@ def spider_loop(
     anchor_period: ``q``.
     num_steps: the step index to stop at (exclusive).
     start_step: where a resumed run starts (e.g. the step of a checkpoint),
-      so that the anchor schedule continues where it left off.
+      so that the anchor schedule continues where it left off. Minibatches
+      are drawn on recursive steps only; for a resume that sees the same
+      data, key them by step:
+      ``(batch_at(k) for k in range(start_step, num_steps) if k % q)``.
 
   Returns:
     The final carry and the list of per-step losses (device arrays, not yet
     synchronised).
   """
-  if not (isinstance(anchor_period, int) and anchor_period > 0):
+  if (isinstance(anchor_period, bool)
+      or not isinstance(anchor_period, numbers.Integral) or anchor_period <= 0):
     raise ValueError(f'anchor_period must be a positive int, got {anchor_period!r}.')
-  anchor_batches, minibatches = iter(anchor_batches), iter(minibatches)
+  batches = {True: iter(anchor_batches), False: iter(minibatches)}
+  steps = {True: anchor_step, False: recursive_step}
   losses = []
   for k in range(start_step, num_steps):
-    if k % anchor_period == 0:
-      carry, loss = anchor_step(carry, *next(anchor_batches))
-    else:
-      carry, loss = recursive_step(carry, *next(minibatches))
+    is_anchor = k % anchor_period == 0
+    batch = next(batches[is_anchor], None)
+    if batch is None:
+      kind = 'anchor_batches' if is_anchor else 'minibatches'
+      raise ValueError(f'{kind} ran out at step {k} of {num_steps}.')
+    carry, loss = steps[is_anchor](carry, *batch)
     losses.append(loss)
   return carry, losses
 
