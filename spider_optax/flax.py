@@ -43,16 +43,17 @@ def prev_params(optimizer: nnx.Optimizer) -> nnx.State:
   return nnx.as_pure(estimator.prev_params(optimizer.opt_state))
 
 
-def _split(model: nnx.Module, optimizer: nnx.Optimizer):
-  """(graphdef, params, rest, prev): the wrt params, everything else, x_{k-1}.
-
-  ``prev`` is built on the treedef of ``params`` so that both hold the same
-  Variable types, as ``optimizer.update`` expects of grads.
-  """
+def _loss_of_params(loss_fn, model: nnx.Module, optimizer: nnx.Optimizer):
+  """(``loss_fn`` as a function of the ``optimizer.wrt`` params, those params)."""
   graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
-  prev = jax.tree.unflatten(jax.tree.structure(params),
+  return lambda p, *args: loss_fn(nnx.merge(graphdef, p, rest), *args), params
+
+
+def _prev_like(params: nnx.State, optimizer: nnx.Optimizer) -> nnx.State:
+  """x_{k-1} with the treedef (the Variable types) of ``params``, as
+  ``optimizer.update`` expects of grads."""
+  return jax.tree.unflatten(jax.tree.structure(params),
                             jax.tree.leaves(prev_params(optimizer)))
-  return graphdef, params, rest, prev
 
 
 def prev_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
@@ -62,9 +63,8 @@ def prev_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
   RNG counters) is copied from ``model``, so running the copy leaves
   ``model`` as it was.
   """
-  _, _, _, prev = _split(model, optimizer)
   copy = nnx.clone(model)
-  nnx.update(copy, prev)
+  nnx.update(copy, _prev_like(nnx.state(model, optimizer.wrt), optimizer))
   return copy
 
 
@@ -88,13 +88,9 @@ def paired_value_and_grad(
   ``loss_fn`` reads the model's other state but does not write it back: pass
   dropout keys through ``args`` rather than advancing an ``nnx.Rngs`` inside.
   """
-  graphdef, params, rest, prev = _split(model, optimizer)
-
-  def loss_of_params(params, *args):
-    return loss_fn(nnx.merge(graphdef, params, rest), *args)
-
-  return paired.paired_value_and_grad(
-      loss_of_params, has_aux, vectorized=vectorized)(params, prev, *args)
+  loss_of_params, params = _loss_of_params(loss_fn, model, optimizer)
+  return paired.paired_value_and_grad(loss_of_params, has_aux, vectorized=vectorized)(
+      params, _prev_like(params, optimizer), *args)
 
 
 def paired_grad(
@@ -139,8 +135,7 @@ def nnx_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
 
   @nnx.jit
   def anchor(model, optimizer, *batch):
-    graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
-    loss_of_params = lambda p, *b: loss_fn(nnx.merge(graphdef, p, rest), *b)
+    loss_of_params, params = _loss_of_params(loss_fn, model, optimizer)
     loss, grads = jax.value_and_grad(loss_of_params)(params, *batch)
     optimizer.update(model, grads)
     return loss
