@@ -1,0 +1,586 @@
+"""Per-step overhead of SPIDER against clipped SGD and Adam (issue 4, section 1).
+
+What it measures, on the machine it runs on (all in one run):
+
+1. Jitted optimizer update time (update + ``optax.apply_updates``) for flat
+   float32 parameter pytrees (4 leaves) of 1e5 .. 3e7 parameters:
+   ``so.spider(lr, c0, c1)`` recursive step, ``optax.chain(
+   optax.clip_by_global_norm(c), optax.sgd(lr))`` and ``optax.adam(lr)``.
+   Every method is jitted with params and optimizer state donated (fair to all:
+   each updates its buffers in place), compiled and warmed up outside the
+   timing, and timed interleaved (the order of the methods rotates every
+   repetition) with ``jax.block_until_ready``. Medians are reported, with the
+   ratio to ``clip_by_global_norm``.
+2. A bytes model: the float32 arrays each update must read and write, times
+   4 bytes. ``apply_updates`` is counted as fused into the update (the updates
+   are never written out). Two columns:
+   - ``ideal`` (one pass, as if the global norm were free): SPIDER reads
+     g, g', v, x and writes v, x_prev, x: 7 arrays; clip+SGD reads g, x and
+     writes x: 3; Adam reads g, m, v, x and writes m, v, x: 7.
+   - ``two_pass`` (the minimum given that the global norm must be complete
+     before any element can be scaled): SPIDER pass 1 reads g, g', v, writes v
+     (and reduces ||v||), pass 2 reads v, x, writes x, x_prev: 8 arrays;
+     clip+SGD reads g (norm), then g, x and writes x: 4; Adam has no norm: 7.
+   The machine's achievable memory bandwidth is measured with a jitted
+   ``y = a*x + y`` (3 arrays moved) and a copy over a large array; each method's
+   bandwidth fraction is ``two_pass bytes / time / measured bandwidth``.
+3. What XLA fuses: the optimized HLO of each update
+   (``jax.jit(f).lower(...).compile().as_text()``) is parsed; every top-level
+   instruction that reads or writes a parameter-sized array is one pass over
+   memory. The number of passes per leaf and the bytes they move are reported
+   next to the model.
+4. A full training step on an MLP (784-256-256-10, batch 32 and 256):
+   ``so.paired_grad`` (vectorized and not) + SPIDER update against one
+   ``jax.grad`` + clip/SGD update. A naive estimate of the ratio is 2.0.
+
+Usage::
+
+  python benchmarks/overhead.py --quick      # < 1 minute
+  python benchmarks/overhead.py              # a few minutes
+
+Results go to ``--out`` (JSON, default benchmarks/out/overhead.json) and plots
+to ``--plot-dir`` (default benchmarks/out/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import spider_optax as so  # noqa: E402
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(_HERE, 'out', 'overhead.json')
+DEFAULT_PLOT_DIR = os.path.join(_HERE, 'out')
+
+LR, C0, C1, CLIP = 0.01, 1.0, 10.0, 1.0
+METHODS = ('spider', 'clip_sgd', 'adam')
+BASELINE = 'clip_sgd'
+# Arrays of P float32 each update moves (see the module docstring).
+BYTES_MODEL = {
+    'ideal': {'spider': 7, 'clip_sgd': 3, 'adam': 7},
+    'two_pass': {'spider': 8, 'clip_sgd': 4, 'adam': 7},
+}
+TRAIN_METHODS = ('grad_clip_sgd', 'spider_paired_vmap', 'spider_paired_loop')
+
+
+# ----------------------------------------------------------------- helpers --
+
+def make_params(size: int, key: jax.Array) -> dict[str, jax.Array]:
+  """A flat float32 pytree of 4 leaves (1/2, 1/4, 1/8, 1/8 of ``size``)."""
+  sizes = [size // 2, size // 4, size // 8]
+  sizes.append(size - sum(sizes))
+  keys = jax.random.split(key, 4)
+  return {f'w{i}': jax.random.normal(k, (n,), jnp.float32) * 0.01
+          for i, (k, n) in enumerate(zip(keys, sizes))}
+
+
+def _tx(method: str) -> optax.GradientTransformation:
+  if method == 'spider':
+    return so.spider(LR, C0, C1)
+  if method == 'clip_sgd':
+    return optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(LR))
+  if method == 'adam':
+    return optax.adam(LR)
+  raise ValueError(method)
+
+
+def make_update_step(method: str) -> tuple[Callable, Callable]:
+  """(init_fn, raw step fn (params, state, grads, prev_grads) -> (params, state))."""
+  tx = _tx(method)
+
+  if method == 'spider':
+    def step(params, state, grads, prev_grads):
+      updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
+      return optax.apply_updates(params, updates), state
+  else:
+    def step(params, state, grads, prev_grads):
+      del prev_grads
+      updates, state = tx.update(grads, state, params)
+      return optax.apply_updates(params, updates), state
+  return tx.init, step
+
+
+def _median(xs: Sequence[float]) -> float:
+  return float(statistics.median(xs))
+
+
+def time_interleaved(
+    runners: dict[str, Callable[[], Any]], reps: int, desc: str,
+    bar: Optional[tqdm] = None,
+) -> dict[str, list[float]]:
+  """Calls each runner ``reps`` times, rotating the order every repetition.
+
+  Each runner must do one step and block until its results are ready.
+  """
+  names = list(runners)
+  times = {n: [] for n in names}
+  for r in range(reps):
+    order = names[r % len(names):] + names[:r % len(names)]
+    for n in order:
+      t0 = time.perf_counter()
+      runners[n]()
+      times[n].append(time.perf_counter() - t0)
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix_str(desc)
+  return times
+
+
+class _Stepper:
+  """Holds (params, state) and steps a donated jitted update in place."""
+
+  def __init__(self, method: str, params, grads, prev_grads):
+    init_fn, step = make_update_step(method)
+    copy = lambda t: jax.tree.map(jnp.copy, t)
+    self.params = copy(params)
+    self.state = init_fn(self.params)
+    self.grads, self.prev_grads = grads, prev_grads
+    self.fn = jax.jit(step, donate_argnums=(0, 1))
+    self.raw = step
+    if method == 'spider':  # One anchor step, so that timed steps recurse.
+      tx = _tx(method)
+      anchor = jax.jit(lambda p, s, g: tx.update(g, s, p)[1])
+      self.state = anchor(self.params, self.state, grads)
+    self()  # compile + warm up
+    self()
+
+  def __call__(self):
+    self.params, self.state = self.fn(
+        self.params, self.state, self.grads, self.prev_grads)
+    jax.block_until_ready((self.params, self.state))
+
+  def hlo_text(self) -> str:
+    args = (self.params, self.state, self.grads, self.prev_grads)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+    return jax.jit(self.raw, donate_argnums=(0, 1)).lower(
+        *shapes).compile().as_text()
+
+
+# ---------------------------------------------------------------- bandwidth --
+
+def measure_bandwidth(n: int, reps: int) -> dict[str, float]:
+  """Achievable memory bandwidth (bytes/s) from jitted axpy and copy."""
+  x = jnp.ones((n,), jnp.float32)
+  y = jnp.ones((n,), jnp.float32)
+  axpy = jax.jit(lambda a, x, y: a * x + y, donate_argnums=(2,))
+  copy = jax.jit(lambda x: x * 1.0001)  # read x, write a new array
+  a = jnp.float32(1e-6)
+  for _ in range(2):
+    y = jax.block_until_ready(axpy(a, x, y))
+    jax.block_until_ready(copy(x))
+  t_axpy, t_copy = [], []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    y = jax.block_until_ready(axpy(a, x, y))
+    t_axpy.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    z = jax.block_until_ready(copy(x))
+    t_copy.append(time.perf_counter() - t0)
+    del z
+  bw_axpy = 3 * 4 * n / _median(t_axpy)
+  bw_copy = 2 * 4 * n / _median(t_copy)
+  return {
+      'n_floats': n,
+      'axpy_bytes_per_s': bw_axpy,
+      'copy_bytes_per_s': bw_copy,
+      'bytes_per_s': max(bw_axpy, bw_copy),
+  }
+
+
+# --------------------------------------------------------------- HLO passes --
+
+_INSTR = re.compile(r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$')
+_SHAPE = re.compile(r'\b(f32|f16|bf16|f64|s32|u32|pred|s8|u8)\[([\d,]*)\]')
+_DTYPE_BYTES = {'f32': 4, 'f16': 2, 'bf16': 2, 'f64': 8, 's32': 4, 'u32': 4,
+                'pred': 1, 's8': 1, 'u8': 1}
+_FREE_OPS = {'parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast'}
+
+
+def _shape_list(type_str: str) -> list[tuple[int, int]]:
+  """[(numel, bytes per element)] of every array in an HLO type string."""
+  out = []
+  for dtype, dims in _SHAPE.findall(type_str):
+    numel = math.prod(int(d) for d in dims.split(',') if d) if dims else 1
+    out.append((numel, _DTYPE_BYTES[dtype]))
+  return out
+
+
+def analyze_hlo(hlo: str, min_numel: int) -> dict[str, Any]:
+  """Counts top-level instructions that move parameter-sized arrays.
+
+  Every instruction of the ENTRY computation (a fusion, a copy, an unfused
+  op) that reads or writes an array of at least ``min_numel`` elements is one
+  pass over memory; its bytes are the large operands it reads plus the large
+  outputs it writes.
+  """
+  m = re.search(r'^ENTRY[^\n]*\n(.*?)^\}', hlo, re.S | re.M)
+  body = m.group(1) if m else ''
+  sizes: dict[str, list[tuple[int, int]]] = {}
+  passes, fusions, copies, total_bytes = [], 0, 0, 0
+  for line in body.splitlines():
+    mi = _INSTR.match(line)
+    if not mi:
+      continue
+    name, type_str, op, rest = mi.groups()
+    sizes[name] = _shape_list(type_str)
+    if op in _FREE_OPS:
+      continue
+    operands = re.findall(r'%([\w.\-]+)', rest.split('), ')[0])
+    read = sum(n * b for o in operands for n, b in sizes.get(o, [])
+               if n >= min_numel)
+    written = sum(n * b for n, b in sizes[name] if n >= min_numel)
+    if read or written:
+      kind = re.search(r'kind=(\w+)', rest)
+      numels = [n for o in operands for n, _ in sizes.get(o, [])]
+      numels += [n for n, _ in sizes[name]]
+      passes.append({'name': name, 'op': op,
+                     'kind': kind.group(1) if kind else None,
+                     'max_numel': max(numels),
+                     'read_bytes': read, 'written_bytes': written})
+      total_bytes += read + written
+    fusions += op == 'fusion'
+    copies += op == 'copy'
+  return {'entry_fusions': fusions, 'entry_copies': copies,
+          'passes': passes, 'n_passes': len(passes),
+          'bytes_moved': total_bytes}
+
+
+# -------------------------------------------------------------------- MLP --
+
+def mlp_init(key, sizes=(784, 256, 256, 10)):
+  params = []
+  for k, (m, n) in zip(jax.random.split(key, len(sizes) - 1),
+                       zip(sizes[:-1], sizes[1:])):
+    params.append({'w': jax.random.normal(k, (m, n)) / math.sqrt(m),
+                   'b': jnp.zeros((n,))})
+  return params
+
+
+def mlp_loss(params, batch):
+  x, y = batch
+  for layer in params[:-1]:
+    x = jax.nn.relu(x @ layer['w'] + layer['b'])
+  logits = x @ params[-1]['w'] + params[-1]['b']
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+class _TrainStepper:
+  """One donated jitted training step (gradient(s) + update + apply)."""
+
+  def __init__(self, method: str, params, batch):
+    if method == 'grad_clip_sgd':
+      tx = _tx('clip_sgd')
+
+      def step(params, state, batch):
+        grads = jax.grad(mlp_loss)(params, batch)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+    else:
+      tx = _tx('spider')
+      paired = so.paired_grad(
+          mlp_loss, vectorized=(method == 'spider_paired_vmap'))
+
+      def step(params, state, batch):
+        grads, prev_grads = paired(params, so.prev_params(state), batch)
+        updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
+        return optax.apply_updates(params, updates), state
+
+    self.params = jax.tree.map(jnp.copy, params)
+    self.state = tx.init(self.params)
+    if method != 'grad_clip_sgd':
+      g = jax.grad(mlp_loss)(self.params, batch)
+      self.state = jax.jit(lambda p, s, g: tx.update(g, s, p)[1])(
+          self.params, self.state, g)
+    self.batch = batch
+    self.fn = jax.jit(step, donate_argnums=(0, 1))
+    self()
+    self()
+
+  def __call__(self):
+    self.params, self.state = self.fn(self.params, self.state, self.batch)
+    jax.block_until_ready((self.params, self.state))
+
+
+# ------------------------------------------------------------------- main --
+
+def _hardware() -> dict[str, Any]:
+  return {
+      'processor': platform.processor() or platform.machine(),
+      'machine': platform.machine(),
+      'platform': platform.platform(),
+      'cpu_count': os.cpu_count(),
+      'jax_devices': [str(d) for d in jax.devices()],
+      'jax_backend': jax.default_backend(),
+      'python': platform.python_version(),
+      'jax_version': jax.__version__,
+      'optax_version': optax.__version__,
+      'spider_optax_version': so.__version__,
+  }
+
+
+def _fmt_size(n: int) -> str:
+  e = int(math.floor(math.log10(n)))
+  m = n / 10 ** e
+  return f'{m:g}e{e}'
+
+
+def run(quick: bool) -> dict[str, Any]:
+  sizes = [100_000, 1_000_000] if quick else [
+      100_000, 1_000_000, 10_000_000, 30_000_000]
+  batches = [32, 256]
+
+  def update_reps(size: int) -> int:
+    if quick:
+      return 10
+    return {100_000: 200, 1_000_000: 60, 10_000_000: 20}.get(size, 10)
+
+  train_reps = 10 if quick else 60
+  bw_n = 4_000_000 if quick else 25_000_000
+  bw_reps = 10 if quick else 20
+
+  total = sum(update_reps(s) for s in sizes) + train_reps * len(batches)
+  results: dict[str, Any] = {
+      'mode': 'quick' if quick else 'full',
+      'hardware': _hardware(),
+      'config': {'lr': LR, 'c0': C0, 'c1': C1, 'clip': CLIP,
+                 'methods': list(METHODS), 'baseline': BASELINE,
+                 'sizes': sizes, 'leaves': 4, 'dtype': 'float32',
+                 'donated': 'params and optimizer state, for every method',
+                 'timing': 'median of interleaved repetitions (order rotated)',
+                 'bytes_model_arrays': BYTES_MODEL,
+                 'bytes_model_note': (
+                     'arrays of P float32 read+written per update, '
+                     'apply_updates counted as fused into the update; '
+                     'two_pass = minimum given that the global norm must '
+                     'finish before scaling')},
+  }
+  bw = measure_bandwidth(bw_n, bw_reps)
+  results['bandwidth'] = bw
+  bandwidth = bw['bytes_per_s']
+
+  key = jax.random.key(0)
+  updates: dict[str, Any] = {}
+  hlo: dict[str, Any] = {}
+  hlo_by_size: dict[str, Any] = {}
+  with tqdm(total=total, desc='overhead', unit='rep', file=sys.stderr) as bar:
+    for size in sizes:
+      k1, k2, k3 = jax.random.split(jax.random.fold_in(key, size), 3)
+      params = make_params(size, k1)
+      grads = make_params(size, k2)
+      prev_grads = make_params(size, k3)
+      steppers = {m: _Stepper(m, params, grads, prev_grads) for m in METHODS}
+      min_numel = min(x.size for x in jax.tree.leaves(params))
+      hlo_here = {}
+      for m, st in steppers.items():
+        a = analyze_hlo(st.hlo_text(), min_numel)
+        a['size'] = size
+        a['passes_per_leaf'] = a['n_passes'] / 4
+        a['bytes_moved_per_param'] = a['bytes_moved'] / size
+        a['model_bytes_per_param'] = {
+            k: 4 * v[m] for k, v in BYTES_MODEL.items()}
+        hlo_here[m] = a
+      hlo_by_size[str(size)] = {
+          m: {k: a[k] for k in ('n_passes', 'entry_fusions', 'entry_copies',
+                                'bytes_moved_per_param')}
+          for m, a in hlo_here.items()}
+      if size == sizes[min(1, len(sizes) - 1)]:  # Full detail at 1e6 params.
+        hlo = hlo_here
+      times = time_interleaved(steppers, update_reps(size),
+                               f'update P={_fmt_size(size)}', bar)
+      del steppers
+      row = {}
+      for m in METHODS:
+        t = _median(times[m])
+        bytes_2p = BYTES_MODEL['two_pass'][m] * 4 * size
+        bytes_1p = BYTES_MODEL['ideal'][m] * 4 * size
+        row[m] = {
+            'median_s': t,
+            'min_s': float(min(times[m])),
+            'reps': len(times[m]),
+            'model_bytes_two_pass': bytes_2p,
+            'model_bytes_ideal': bytes_1p,
+            'achieved_bytes_per_s': bytes_2p / t,
+            'bandwidth_fraction': bytes_2p / t / bandwidth,
+            'time_over_bytes_bound': t / (bytes_2p / bandwidth),
+            'time_over_ideal_bound': t / (bytes_1p / bandwidth),
+        }
+      for m in METHODS:
+        row[m]['ratio_vs_clip_sgd'] = (
+            row[m]['median_s'] / row[BASELINE]['median_s'])
+      for m in METHODS:  # Bytes the compiled HLO moves (see analyze_hlo).
+        hlo_bytes = hlo_here[m]['bytes_moved_per_param'] * size
+        row[m]['hlo_bytes'] = hlo_bytes
+        row[m]['hlo_bandwidth_fraction'] = (
+            hlo_bytes / row[m]['median_s'] / bandwidth)
+      updates[str(size)] = row
+
+    train: dict[str, Any] = {}
+    kp, kx, ky = jax.random.split(jax.random.fold_in(key, 7), 3)
+    mparams = mlp_init(kp)
+    n_mlp = sum(x.size for x in jax.tree.leaves(mparams))
+    for b in batches:
+      batch = (jax.random.normal(kx, (b, 784)),
+               jax.random.randint(ky, (b,), 0, 10))
+      steppers = {m: _TrainStepper(m, mparams, batch) for m in TRAIN_METHODS}
+      times = time_interleaved(steppers, train_reps, f'train B={b}', bar)
+      base = _median(times['grad_clip_sgd'])
+      train[str(b)] = {
+          m: {'median_s': _median(times[m]), 'min_s': float(min(times[m])),
+              'reps': len(times[m]),
+              'ratio_vs_grad_clip_sgd': _median(times[m]) / base}
+          for m in TRAIN_METHODS}
+  results['updates'] = updates
+  results['hlo'] = hlo
+  results['hlo_by_size'] = hlo_by_size
+  results['train_step'] = {'mlp': '784-256-256-10', 'params': n_mlp,
+                           'batches': batches, 'results': train}
+  return results
+
+
+def format_table(res: dict[str, Any]) -> str:
+  hw = res['hardware']
+  bw = res['bandwidth']
+  lines = [
+      f"overhead ({res['mode']}): {hw['processor']}, {hw['cpu_count']} CPUs, "
+      f"{hw['jax_devices']}, jax {hw['jax_version']}, optax "
+      f"{hw['optax_version']}",
+      f"measured bandwidth: axpy {bw['axpy_bytes_per_s'] / 1e9:.2f} GB/s, "
+      f"copy to a fresh buffer {bw['copy_bytes_per_s'] / 1e9:.2f} GB/s "
+      f"(using {bw['bytes_per_s'] / 1e9:.2f} GB/s)",
+      '',
+      'Jitted update + apply_updates (median; bytes = two-pass model; '
+      'bw frac = bytes/time/bandwidth; HLO = bytes the compiled update moves)',
+      f"{'params':>7} {'method':>9} {'time':>10} {'vs clip':>8} "
+      f"{'bytes/P':>7} {'GB/s':>7} {'bw frac':>7} {'t/bound':>7} "
+      f"{'HLO B/P':>7} {'HLO frac':>8}",
+  ]
+  for size, row in res['updates'].items():
+    for m in METHODS:
+      r = row[m]
+      lines.append(
+          f"{_fmt_size(int(size)):>7} {m:>9} {r['median_s'] * 1e3:>8.3f}ms "
+          f"{r['ratio_vs_clip_sgd']:>7.2f}x "
+          f"{r['model_bytes_two_pass'] / int(size):>7.0f} "
+          f"{r['achieved_bytes_per_s'] / 1e9:>7.2f} "
+          f"{r['bandwidth_fraction']:>7.2f} {r['time_over_bytes_bound']:>7.2f} "
+          f"{r['hlo_bytes'] / int(size):>7.0f} {r['hlo_bandwidth_fraction']:>8.2f}")
+  if res['hlo']:
+    size = next(iter(res['hlo'].values()))['size']
+    lines += ['', f'Optimized HLO at P={_fmt_size(size)} (4 leaves): passes '
+              'over parameter-sized arrays',
+              f"{'method':>9} {'passes':>6} {'/leaf':>6} {'fusions':>7} "
+              f"{'copies':>6} {'HLO B/P':>7} {'model B/P':>9}"]
+    for m, a in res['hlo'].items():
+      lines.append(
+          f"{m:>9} {a['n_passes']:>6} {a['passes_per_leaf']:>6.2f} "
+          f"{a['entry_fusions']:>7} {a['entry_copies']:>6} "
+          f"{a['bytes_moved_per_param']:>7.1f} "
+          f"{a['model_bytes_per_param']['two_pass']:>9}")
+    for m, a in res['hlo'].items():
+      top = max(p['max_numel'] for p in a['passes'])
+      leaf = [p for p in a['passes'] if p['max_numel'] == top]
+      lines.append(f'{m:>9} largest leaf: ' + ', '.join(
+          f"{p['op']}{'/' + p['kind'] if p['kind'] else ''}"
+          f"(R{p['read_bytes'] // (4 * top)} W{p['written_bytes'] // (4 * top)})"
+          for p in leaf))
+  tr = res['train_step']
+  lines += ['', f"Training step, MLP {tr['mlp']} ({tr['params']} params), "
+            'median (ratio vs grad + clip/sgd)',
+            f"{'batch':>5} " + ' '.join(f'{m:>24}' for m in TRAIN_METHODS)]
+  for b, row in tr['results'].items():
+    lines.append(f'{b:>5} ' + ' '.join(
+        f"{row[m]['median_s'] * 1e3:>13.3f}ms ({row[m]['ratio_vs_grad_clip_sgd']:.2f}x)"
+        for m in TRAIN_METHODS))
+  return '\n'.join(lines)
+
+
+def make_plots(res: dict[str, Any], plot_dir: str) -> list[str]:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  os.makedirs(plot_dir, exist_ok=True)
+  paths = []
+  sizes = [int(s) for s in res['updates']]
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  for m in METHODS:
+    ax.loglog(sizes, [res['updates'][str(s)][m]['median_s'] * 1e3
+                      for s in sizes], 'o-', label=m)
+  bw = res['bandwidth']['bytes_per_s']
+  for m, style in (('spider', ':'), ('clip_sgd', '--')):
+    ax.loglog(sizes, [BYTES_MODEL['two_pass'][m] * 4 * s / bw * 1e3
+                      for s in sizes], style, color='gray',
+              label=f'{m} bytes bound')
+  ax.set_xlabel('parameters (float32)')
+  ax.set_ylabel('time per update (ms)')
+  ax.set_title(f"Jitted update + apply ({res['hardware']['jax_backend']})")
+  ax.grid(True, which='both', alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = os.path.join(plot_dir, 'overhead_update_time.png')
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  paths.append(path)
+
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  batches = list(res['train_step']['results'])
+  width = 0.8 / len(TRAIN_METHODS)
+  for i, m in enumerate(TRAIN_METHODS):
+    ax.bar([j + i * width for j in range(len(batches))],
+           [res['train_step']['results'][b][m]['ratio_vs_grad_clip_sgd']
+            for b in batches], width, label=m)
+  ax.axhline(2.0, color='gray', ls='--', label='naive 2x')
+  ax.set_xticks([j + width for j in range(len(batches))])
+  ax.set_xticklabels([f'batch {b}' for b in batches])
+  ax.set_ylabel('step time / (grad + clip/sgd)')
+  ax.set_title(f"MLP {res['train_step']['mlp']} training step")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = os.path.join(plot_dir, 'overhead_train_step.png')
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  paths.append(path)
+  return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--quick', action='store_true',
+                      help='small sizes and few repetitions (< 1 minute)')
+  parser.add_argument('--out', default=DEFAULT_OUT, help='JSON results path')
+  parser.add_argument('--plot-dir', default=DEFAULT_PLOT_DIR,
+                      help='directory for the PNG plots')
+  args = parser.parse_args(argv)
+
+  t0 = time.perf_counter()
+  res = run(args.quick)
+  res['plots'] = make_plots(res, args.plot_dir)
+  res['wall_s'] = time.perf_counter() - t0
+  out_dir = os.path.dirname(os.path.abspath(args.out))
+  os.makedirs(out_dir, exist_ok=True)
+  with open(args.out, 'w') as f:
+    json.dump(res, f, indent=1)
+  print(format_table(res))
+  print(f"\nwall {res['wall_s']:.1f}s; wrote {args.out} and "
+        f"{', '.join(res['plots'])}")
+  return res
+
+
+if __name__ == '__main__':
+  main()

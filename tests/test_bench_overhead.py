@@ -1,0 +1,74 @@
+"""Smoke test of benchmarks/overhead.py --quick: output shape, not timings."""
+
+import importlib.util
+import json
+import math
+import os
+
+_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    'benchmarks', 'overhead.py')
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location('bench_overhead', _PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _positive(x):
+  return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_overhead(tmp_path):
+  overhead = _load()
+  out = tmp_path / 'overhead.json'
+  res = overhead.main(['--quick', '--out', str(out), '--plot-dir',
+                       str(tmp_path)])
+
+  with open(out) as f:
+    saved = json.load(f)
+  assert saved['mode'] == 'quick'
+  assert set(saved['updates']) == set(res['updates'])
+
+  hw = res['hardware']
+  for key in ('processor', 'cpu_count', 'jax_devices', 'jax_version',
+              'optax_version'):
+    assert key in hw
+  assert _positive(res['bandwidth']['bytes_per_s'])
+
+  assert set(res['updates']) == {'100000', '1000000'}
+  for size, row in res['updates'].items():
+    assert set(row) == {'spider', 'clip_sgd', 'adam'}
+    for method, r in row.items():
+      for key in ('median_s', 'ratio_vs_clip_sgd', 'achieved_bytes_per_s',
+                  'bandwidth_fraction', 'time_over_bytes_bound',
+                  'model_bytes_two_pass', 'model_bytes_ideal', 'hlo_bytes',
+                  'hlo_bandwidth_fraction'):
+        assert _positive(r[key]), (size, method, key, r[key])
+    assert row['clip_sgd']['ratio_vs_clip_sgd'] == 1.0
+
+  assert set(res['hlo_by_size']) == set(res['updates'])
+  assert set(res['hlo']) == {'spider', 'clip_sgd', 'adam'}
+  for method, a in res['hlo'].items():
+    assert a['n_passes'] >= 1 and a['entry_fusions'] >= 1
+    assert _positive(a['bytes_moved_per_param'])
+  # The global norm must finish before scaling: at least 2 passes per leaf.
+  assert res['hlo']['spider']['passes_per_leaf'] >= 2
+
+  train = res['train_step']['results']
+  assert set(train) == {'32', '256'}
+  for batch, row in train.items():
+    assert set(row) == {'grad_clip_sgd', 'spider_paired_vmap',
+                        'spider_paired_loop'}
+    for method, r in row.items():
+      assert _positive(r['median_s']), (batch, method)
+      assert _positive(r['ratio_vs_grad_clip_sgd']), (batch, method)
+
+  assert len(res['plots']) == 2
+  for path in res['plots']:
+    assert path.endswith('.png') and os.path.dirname(path) == str(tmp_path)
+    assert os.path.getsize(path) > 0
+    with open(path, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
