@@ -510,6 +510,16 @@ def format_table(res: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def _save(fig, plot_dir: str, name: str) -> str:
+  """Writes ``fig`` as ``plot_dir/name``, closes it, returns the path."""
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  path = os.path.join(plot_dir, name)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
 def make_plots(res: dict[str, Any], plot_dir: str) -> list[str]:
   import matplotlib
   matplotlib.use('Agg')
@@ -532,11 +542,7 @@ def make_plots(res: dict[str, Any], plot_dir: str) -> list[str]:
   ax.set_title(f"Jitted update + apply ({res['hardware']['jax_backend']})")
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  path = os.path.join(plot_dir, 'overhead_update_time.png')
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  paths.append(path)
+  paths.append(_save(fig, plot_dir, 'overhead_update_time.png'))
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
   batches = list(res['train_step']['results'])
@@ -551,11 +557,7 @@ def make_plots(res: dict[str, Any], plot_dir: str) -> list[str]:
   ax.set_ylabel('step time / (grad + clip/sgd)')
   ax.set_title(f"MLP {res['train_step']['mlp']} training step")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  path = os.path.join(plot_dir, 'overhead_train_step.png')
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  paths.append(path)
+  paths.append(_save(fig, plot_dir, 'overhead_train_step.png'))
   return paths
 
 

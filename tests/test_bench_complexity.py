@@ -1,27 +1,16 @@
 """Smoke test of benchmarks/complexity.py --quick: output shape, not values."""
 
-import importlib.util
 import json
 import math
 import os
 
 import pytest
-
-PATH = os.path.join(os.path.dirname(__file__), '..', 'benchmarks',
-                    'complexity.py')
-
-
-def load():
-  spec = importlib.util.spec_from_file_location('bench_complexity', PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from benchmark_scripts import load_benchmark
 
 @pytest.fixture(scope='module')
 def quick(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('complexity')
-  module = load()
+  module = load_benchmark('complexity')
   out = str(tmp / 'complexity.json')
   res = module.main(['--quick', '--out', out, '--plot-dir', str(tmp)])
   return module, res, out, tmp

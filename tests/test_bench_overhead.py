@@ -1,28 +1,17 @@
 """Smoke test of benchmarks/overhead.py --quick: output shape, not timings."""
 
-import importlib.util
 import json
 import math
 import os
 
-_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    'benchmarks', 'overhead.py')
-
-
-def _load():
-  spec = importlib.util.spec_from_file_location('bench_overhead', _PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
+from benchmark_scripts import load_benchmark
 
 def _positive(x):
   return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 def test_quick_overhead(tmp_path):
-  overhead = _load()
+  overhead = load_benchmark('overhead')
   out = tmp_path / 'overhead.json'
   res = overhead.main(['--quick', '--out', str(out), '--plot-dir',
                        str(tmp_path)])

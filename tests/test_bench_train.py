@@ -1,31 +1,22 @@
 """Smoke test of benchmarks/train.py in --quick mode, run in-process."""
 
-import importlib.util
 import json
 import math
 import pathlib
 
 import pytest
+from benchmark_scripts import load_benchmark
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_SCRIPT = _ROOT / 'benchmarks' / 'train.py'
 TASKS = ('digits', 'charlm')
 METHODS = ('spider', 'sarah', 'svrg', 'clipped_sgd', 'clipped_adam')
 CURVE_KEYS = ('oracle_calls', 'steps', 'wall_time_s', 'loss', 'grad_norm')
-
-
-def _load_train():
-  spec = importlib.util.spec_from_file_location('bench_train', _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope='module')
 def quick_run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('train')
   out = tmp / 'train.json'
-  results = _load_train().main(
+  results = load_benchmark('train').main(
       ['--quick', '--no-progress', '--out', str(out), '--plot-dir', str(tmp)])
   return results, out, tmp
 

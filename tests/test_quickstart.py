@@ -1,28 +1,18 @@
 """Smoke test of benchmarks/quickstart.py in --quick mode, run in-process."""
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import pytest
+from benchmark_scripts import load_benchmark
 
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
-_SCRIPT = _ROOT / 'benchmarks' / 'quickstart.py'
 METHODS = ('spider', 'clipped_sgd')
-
-
-def _load_quickstart():
-  spec = importlib.util.spec_from_file_location('quickstart', _SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope='module')
 def quick_run(tmp_path_factory):
   out = tmp_path_factory.mktemp('quickstart') / 'quickstart.json'
-  results = _load_quickstart().main(
+  results = load_benchmark('quickstart').main(
       ['--quick', '--seed', '0', '--out', str(out)])
   return results, out
 
