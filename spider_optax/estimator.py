@@ -116,7 +116,8 @@ def spider_estimator(
     _checks.check_trees_match('params', params, 'grads', updates)
     if prev_grads is None:  # Anchor step: reset the estimator.
       estimate = jax.tree.map(
-          lambda v, g: g.astype(v.dtype), state.estimate, updates)
+          lambda v, g: _overwrite(v, g.astype(v.dtype)), state.estimate,
+          updates)
       steps_since_anchor = jnp.zeros([], jnp.int32)
     else:
       _checks.check_trees_match(
@@ -133,11 +134,24 @@ def spider_estimator(
         count=optax.safe_increment(state.count),
         steps_since_anchor=steps_since_anchor.astype(jnp.int32),
         estimate=estimate,
-        prev_params=params,
+        prev_params=jax.tree.map(_overwrite, state.prev_params, params),
     )
     return estimate, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _overwrite(old: jax.Array, new: jax.Array) -> jax.Array:
+  """``new``, written over ``old`` so that a donated ``old`` buffer is reused.
+
+  XLA compiles this to a plain copy of ``new``, but because ``old`` is used,
+  ``jax.jit`` keeps it as an input, and a step that donates the state writes
+  the result into ``old``'s buffer. Returning ``new`` alone leaves ``old``
+  unused: jit drops it and allocates a fresh output buffer every step, which on
+  CPU (fresh pages for every array over glibc's 32 MB mmap threshold) made the
+  update 2x slower at 1e7 params.
+  """
+  return jax.lax.dynamic_update_slice(old, new, (0,) * old.ndim)
 
 
 def prev_params(state: Any) -> optax.Params:
