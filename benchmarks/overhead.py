@@ -3,14 +3,16 @@
 What it measures, on the machine it runs on (all in one run):
 
 1. Jitted optimizer update time (update + ``optax.apply_updates``) for flat
-   float32 parameter pytrees (4 leaves) of 1e5 .. 3e7 parameters:
+   float32 parameter pytrees (4 leaves) of 1e5 .. 1e8 parameters:
    ``so.spider(lr, c0, c1)`` recursive step, ``optax.chain(
    optax.clip_by_global_norm(c), optax.sgd(lr))`` and ``optax.adam(lr)``.
    Every method is jitted with params and optimizer state donated (fair to all:
    each updates its buffers in place), compiled and warmed up outside the
    timing, and timed interleaved (the order of the methods rotates every
    repetition) with ``jax.block_until_ready``. Medians are reported, with the
-   ratio to ``clip_by_global_norm``.
+   ratio to ``clip_by_global_norm``. Peak memory of each update is XLA's own
+   account of the compiled step (``compiled.memory_analysis()``): arguments +
+   outputs not aliased to a donated argument + temporaries.
 2. A bytes model: the float32 arrays each update must read and write, times
    4 bytes. ``apply_updates`` is counted as fused into the update (the updates
    are never written out). Two columns:
@@ -29,8 +31,9 @@ What it measures, on the machine it runs on (all in one run):
    instruction that reads or writes a parameter-sized array is one pass over
    memory. The number of passes per leaf and the bytes they move are reported
    next to the model.
-4. A full training step on an MLP (784-256-256-10, batch 32 and 256):
-   ``so.paired_grad`` (vectorized and not) + SPIDER update against one
+4. A full training step on an MLP (784-256-256-10) and a character LSTM
+   (the one of ``train.py``: embedding 16, hidden 128, 32 steps), batch 32 and
+   256: ``so.paired_grad`` (vectorized and not) + SPIDER update against one
    ``jax.grad`` + clip/SGD update. A naive estimate of the ratio is 2.0.
 
 Usage::
@@ -116,6 +119,13 @@ def make_update_step(method: str) -> tuple[Callable, Callable]:
   return tx.init, step
 
 
+def peak_bytes(compiled) -> int:
+  """Bytes live during one call of a compiled step, by XLA's account."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes
+          - m.alias_size_in_bytes + m.temp_size_in_bytes)
+
+
 def _median(xs: Sequence[float]) -> float:
   return float(statistics.median(xs))
 
@@ -165,11 +175,10 @@ class _Stepper:
         self.params, self.state, self.grads, self.prev_grads)
     jax.block_until_ready((self.params, self.state))
 
-  def hlo_text(self) -> str:
+  def compiled(self):
     args = (self.params, self.state, self.grads, self.prev_grads)
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
-    return jax.jit(self.raw, donate_argnums=(0, 1)).lower(
-        *shapes).compile().as_text()
+    return jax.jit(self.raw, donate_argnums=(0, 1)).lower(*shapes).compile()
 
 
 # ---------------------------------------------------------------- bandwidth --
@@ -261,7 +270,7 @@ def analyze_hlo(hlo: str, min_numel: int) -> dict[str, Any]:
           'bytes_moved': total_bytes}
 
 
-# -------------------------------------------------------------------- MLP --
+# ----------------------------------------------------------- train models --
 
 def mlp_init(key, sizes=(784, 256, 256, 10)):
   params = []
@@ -272,39 +281,63 @@ def mlp_init(key, sizes=(784, 256, 256, 10)):
   return params
 
 
-def mlp_loss(params, batch):
-  x, y = batch
+def mlp_loss(params, x, y):
   for layer in params[:-1]:
     x = jax.nn.relu(x @ layer['w'] + layer['b'])
   logits = x @ params[-1]['w'] + params[-1]['b']
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+def _train_module():
+  """benchmarks/train.py as a module, for its character LSTM and text."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      '_train_for_overhead', os.path.join(_HERE, 'train.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def train_models(key: jax.Array, batches: Sequence[int]) -> dict[str, Any]:
+  """name -> (loss_fn(params, x, y), params, {batch: (x, y)}, description)."""
+  kp, kx, ky = jax.random.split(key, 3)
+  mlp = (mlp_loss, mlp_init(kp),
+         {b: (jax.random.normal(kx, (b, 784)),
+              jax.random.randint(ky, (b,), 0, 10)) for b in batches},
+         'MLP 784-256-256-10')
+  train = _train_module()
+  lm = train.charlm_task(0, n=max(batches), seq_len=32, embed=16, hidden=128)
+  x, y = lm['data']
+  lstm = (lm['loss_fn'], lm['params'], {b: (x[:b], y[:b]) for b in batches},
+          'char LSTM, embed 16, hidden 128, 32 steps')
+  return {'mlp': mlp, 'lstm': lstm}
+
+
 class _TrainStepper:
   """One donated jitted training step (gradient(s) + update + apply)."""
 
-  def __init__(self, method: str, params, batch):
+  def __init__(self, method: str, loss_fn: Callable, params, batch):
     if method == 'grad_clip_sgd':
       tx = _tx('clip_sgd')
 
       def step(params, state, batch):
-        grads = jax.grad(mlp_loss)(params, batch)
+        grads = jax.grad(loss_fn)(params, *batch)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
     else:
       tx = _tx('spider')
       paired = so.paired_grad(
-          mlp_loss, vectorized=(method == 'spider_paired_vmap'))
+          loss_fn, vectorized=(method == 'spider_paired_vmap'))
 
       def step(params, state, batch):
-        grads, prev_grads = paired(params, so.prev_params(state), batch)
+        grads, prev_grads = paired(params, so.prev_params(state), *batch)
         updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
         return optax.apply_updates(params, updates), state
 
     self.params = jax.tree.map(jnp.copy, params)
     self.state = tx.init(self.params)
     if method != 'grad_clip_sgd':
-      g = jax.grad(mlp_loss)(self.params, batch)
+      g = jax.grad(loss_fn)(self.params, *batch)
       self.state = jax.jit(lambda p, s, g: tx.update(g, s, p)[1])(
           self.params, self.state, g)
     self.batch = batch
@@ -342,19 +375,21 @@ def _fmt_size(n: int) -> str:
 
 def run(quick: bool) -> dict[str, Any]:
   sizes = [100_000, 1_000_000] if quick else [
-      100_000, 1_000_000, 10_000_000, 30_000_000]
+      100_000, 1_000_000, 10_000_000, 30_000_000, 100_000_000]
   batches = [32, 256]
 
   def update_reps(size: int) -> int:
     if quick:
       return 10
-    return {100_000: 200, 1_000_000: 60, 10_000_000: 20}.get(size, 10)
+    return {100_000: 200, 1_000_000: 60, 10_000_000: 20,
+            30_000_000: 10}.get(size, 6)
 
   train_reps = 10 if quick else 60
   bw_n = 4_000_000 if quick else 25_000_000
   bw_reps = 10 if quick else 20
 
-  total = sum(update_reps(s) for s in sizes) + train_reps * len(batches)
+  total = (sum(update_reps(s) for s in sizes)
+           + train_reps * len(batches) * 2)  # 2 models
   results: dict[str, Any] = {
       'mode': 'quick' if quick else 'full',
       'hardware': _hardware(),
@@ -388,7 +423,9 @@ def run(quick: bool) -> dict[str, Any]:
       min_numel = min(x.size for x in jax.tree.leaves(params))
       hlo_here = {}
       for m, st in steppers.items():
-        a = analyze_hlo(st.hlo_text(), min_numel)
+        compiled = st.compiled()
+        a = analyze_hlo(compiled.as_text(), min_numel)
+        a['peak_bytes'] = peak_bytes(compiled)
         a['size'] = size
         a['passes_per_leaf'] = a['n_passes'] / 4
         a['bytes_moved_per_param'] = a['bytes_moved'] / size
@@ -419,6 +456,7 @@ def run(quick: bool) -> dict[str, Any]:
             'bandwidth_fraction': bytes_2p / t / bandwidth,
             'time_over_bytes_bound': t / (bytes_2p / bandwidth),
             'time_over_ideal_bound': t / (bytes_1p / bandwidth),
+            'peak_bytes': hlo_here[m]['peak_bytes'],
         }
       for m in METHODS:
         row[m]['ratio_vs_clip_sgd'] = (
@@ -431,25 +469,26 @@ def run(quick: bool) -> dict[str, Any]:
       updates[str(size)] = row
 
     train: dict[str, Any] = {}
-    kp, kx, ky = jax.random.split(jax.random.fold_in(key, 7), 3)
-    mparams = mlp_init(kp)
-    n_mlp = sum(x.size for x in jax.tree.leaves(mparams))
-    for b in batches:
-      batch = (jax.random.normal(kx, (b, 784)),
-               jax.random.randint(ky, (b,), 0, 10))
-      steppers = {m: _TrainStepper(m, mparams, batch) for m in TRAIN_METHODS}
-      times = time_interleaved(steppers, train_reps, f'train B={b}', bar)
-      base = _median(times['grad_clip_sgd'])
-      train[str(b)] = {
-          m: {'median_s': _median(times[m]), 'min_s': float(min(times[m])),
-              'reps': len(times[m]),
-              'ratio_vs_grad_clip_sgd': _median(times[m]) / base}
-          for m in TRAIN_METHODS}
+    models = train_models(jax.random.fold_in(key, 7), batches)
+    for name, (loss_fn, params, batch_of, description) in models.items():
+      rows = {}
+      for b in batches:
+        steppers = {m: _TrainStepper(m, loss_fn, params, batch_of[b])
+                    for m in TRAIN_METHODS}
+        times = time_interleaved(steppers, train_reps, f'{name} B={b}', bar)
+        base = _median(times['grad_clip_sgd'])
+        rows[str(b)] = {
+            m: {'median_s': _median(times[m]), 'min_s': float(min(times[m])),
+                'reps': len(times[m]),
+                'ratio_vs_grad_clip_sgd': _median(times[m]) / base}
+            for m in TRAIN_METHODS}
+      train[name] = {'description': description,
+                     'params': sum(x.size for x in jax.tree.leaves(params)),
+                     'results': rows}
   results['updates'] = updates
   results['hlo'] = hlo
   results['hlo_by_size'] = hlo_by_size
-  results['train_step'] = {'mlp': '784-256-256-10', 'params': n_mlp,
-                           'batches': batches, 'results': train}
+  results['train_step'] = {'batches': batches, 'models': train}
   return results
 
 
@@ -468,7 +507,7 @@ def format_table(res: dict[str, Any]) -> str:
       'bw frac = bytes/time/bandwidth; HLO = bytes the compiled update moves)',
       f"{'params':>7} {'method':>9} {'time':>10} {'vs clip':>8} "
       f"{'bytes/P':>7} {'GB/s':>7} {'bw frac':>7} {'t/bound':>7} "
-      f"{'HLO B/P':>7} {'HLO frac':>8}",
+      f"{'HLO B/P':>7} {'HLO frac':>8} {'peak MB':>8}",
   ]
   for size, row in res['updates'].items():
     for m in METHODS:
@@ -479,7 +518,8 @@ def format_table(res: dict[str, Any]) -> str:
           f"{r['model_bytes_two_pass'] / int(size):>7.0f} "
           f"{r['achieved_bytes_per_s'] / 1e9:>7.2f} "
           f"{r['bandwidth_fraction']:>7.2f} {r['time_over_bytes_bound']:>7.2f} "
-          f"{r['hlo_bytes'] / int(size):>7.0f} {r['hlo_bandwidth_fraction']:>8.2f}")
+          f"{r['hlo_bytes'] / int(size):>7.0f} {r['hlo_bandwidth_fraction']:>8.2f}"
+          f" {r['peak_bytes'] / 1e6:>8.1f}")
   if res['hlo']:
     size = next(iter(res['hlo'].values()))['size']
     lines += ['', f'Optimized HLO at P={_fmt_size(size)} (4 leaves): passes '
@@ -499,14 +539,14 @@ def format_table(res: dict[str, Any]) -> str:
           f"{p['op']}{'/' + p['kind'] if p['kind'] else ''}"
           f"(R{p['read_bytes'] // (4 * top)} W{p['written_bytes'] // (4 * top)})"
           for p in leaf))
-  tr = res['train_step']
-  lines += ['', f"Training step, MLP {tr['mlp']} ({tr['params']} params), "
-            'median (ratio vs grad + clip/sgd)',
-            f"{'batch':>5} " + ' '.join(f'{m:>24}' for m in TRAIN_METHODS)]
-  for b, row in tr['results'].items():
-    lines.append(f'{b:>5} ' + ' '.join(
-        f"{row[m]['median_s'] * 1e3:>13.3f}ms ({row[m]['ratio_vs_grad_clip_sgd']:.2f}x)"
-        for m in TRAIN_METHODS))
+  for model in res['train_step']['models'].values():
+    lines += ['', f"Training step, {model['description']} ({model['params']} "
+              'params), median (ratio vs grad + clip/sgd)',
+              f"{'batch':>5} " + ' '.join(f'{m:>24}' for m in TRAIN_METHODS)]
+    for b, row in model['results'].items():
+      lines.append(f'{b:>5} ' + ' '.join(
+          f"{row[m]['median_s'] * 1e3:>13.3f}ms "
+          f"({row[m]['ratio_vs_grad_clip_sgd']:.2f}x)" for m in TRAIN_METHODS))
   return '\n'.join(lines)
 
 
@@ -544,18 +584,19 @@ def make_plots(res: dict[str, Any], plot_dir: str) -> list[str]:
   ax.legend(fontsize=8)
   paths.append(_save(fig, plot_dir, 'overhead_update_time.png'))
 
-  fig, ax = plt.subplots(figsize=(6, 4.5))
-  batches = list(res['train_step']['results'])
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  groups = [(name, b, row) for name, model in res['train_step']['models'].items()
+            for b, row in model['results'].items()]
   width = 0.8 / len(TRAIN_METHODS)
   for i, m in enumerate(TRAIN_METHODS):
-    ax.bar([j + i * width for j in range(len(batches))],
-           [res['train_step']['results'][b][m]['ratio_vs_grad_clip_sgd']
-            for b in batches], width, label=m)
+    ax.bar([j + i * width for j in range(len(groups))],
+           [row[m]['ratio_vs_grad_clip_sgd'] for _, _, row in groups],
+           width, label=m)
   ax.axhline(2.0, color='gray', ls='--', label='naive 2x')
-  ax.set_xticks([j + width for j in range(len(batches))])
-  ax.set_xticklabels([f'batch {b}' for b in batches])
+  ax.set_xticks([j + width for j in range(len(groups))])
+  ax.set_xticklabels([f'{name}\nbatch {b}' for name, b, _ in groups])
   ax.set_ylabel('step time / (grad + clip/sgd)')
-  ax.set_title(f"MLP {res['train_step']['mlp']} training step")
+  ax.set_title('Training step: paired gradients + SPIDER update')
   ax.legend(fontsize=8)
   paths.append(_save(fig, plot_dir, 'overhead_train_step.png'))
   return paths

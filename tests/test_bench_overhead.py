@@ -34,9 +34,12 @@ def test_quick_overhead(tmp_path):
       for key in ('median_s', 'ratio_vs_clip_sgd', 'achieved_bytes_per_s',
                   'bandwidth_fraction', 'time_over_bytes_bound',
                   'model_bytes_two_pass', 'model_bytes_ideal', 'hlo_bytes',
-                  'hlo_bandwidth_fraction'):
+                  'hlo_bandwidth_fraction', 'peak_bytes'):
         assert _positive(r[key]), (size, method, key, r[key])
     assert row['clip_sgd']['ratio_vs_clip_sgd'] == 1.0
+    # SPIDER holds v and x_{k-1}: two more parameter-sized arrays than clip.
+    assert row['spider']['peak_bytes'] >= row['clip_sgd']['peak_bytes'] + (
+        2 * 4 * int(size))
 
   assert set(res['hlo_by_size']) == set(res['updates'])
   assert set(res['hlo']) == {'spider', 'clip_sgd', 'adam'}
@@ -46,14 +49,18 @@ def test_quick_overhead(tmp_path):
   # The global norm must finish before scaling: at least 2 passes per leaf.
   assert res['hlo']['spider']['passes_per_leaf'] >= 2
 
-  train = res['train_step']['results']
-  assert set(train) == {'32', '256'}
-  for batch, row in train.items():
-    assert set(row) == {'grad_clip_sgd', 'spider_paired_vmap',
-                        'spider_paired_loop'}
-    for method, r in row.items():
-      assert _positive(r['median_s']), (batch, method)
-      assert _positive(r['ratio_vs_grad_clip_sgd']), (batch, method)
+
+  models = res['train_step']['models']
+  assert set(models) == {'mlp', 'lstm'}
+  for name, model in models.items():
+    assert model['params'] > 0
+    assert set(model['results']) == {'32', '256'}
+    for batch, row in model['results'].items():
+      assert set(row) == {'grad_clip_sgd', 'spider_paired_vmap',
+                          'spider_paired_loop'}
+      for method, r in row.items():
+        assert _positive(r['median_s']), (name, batch, method)
+        assert _positive(r['ratio_vs_grad_clip_sgd']), (name, batch, method)
 
   assert len(res['plots']) == 2
   for path in res['plots']:
