@@ -6,6 +6,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental import shard_alike
 
 from spider_optax import _checks
 
@@ -101,7 +102,8 @@ def spider_estimator(
     return SpiderEstimatorState(
         count=jnp.zeros([], jnp.int32),
         steps_since_anchor=jnp.zeros([], jnp.int32),
-        estimate=optax.tree.zeros_like(params, dtype=estimator_dtype),
+        estimate=jax.tree.map(lambda p: _zeros_like(p, estimator_dtype),
+                              params),
         # A buffer of its own: loops that donate params and state together
         # must not donate one buffer twice.
         prev_params=jax.tree.map(jnp.copy, params),
@@ -139,6 +141,16 @@ def spider_estimator(
     return estimate, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _zeros_like(x: jax.Array, dtype: Optional[chex.ArrayDType]) -> jax.Array:
+  """Zeros shaped and sharded like ``x``, also when traced under ``jax.jit``.
+
+  Under jit on a mesh with Auto axes, ``jnp.zeros_like`` is a constant with no
+  link to ``x``, which XLA replicates on every device; ``shard_alike`` gives
+  it the sharding of ``x`` (FSDP or tensor-parallel layouts included).
+  """
+  return shard_alike.shard_alike(jnp.zeros_like(x, dtype=dtype), x)[0]
 
 
 def _overwrite(old: jax.Array, new: jax.Array) -> jax.Array:
