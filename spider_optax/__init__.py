@@ -5,13 +5,18 @@ recursive gradient estimator with an (L0, L1)-clipped learning rate, as
 composable optax transformations.
 """
 
+from spider_optax import autoclip
 from spider_optax import theory
 from spider_optax.alias import spider
 from spider_optax.clipping import global_norm
 from spider_optax.clipping import relaxed_clip
 from spider_optax.clipping import relaxed_clip_factor
+from spider_optax.clipping import RelaxedClipState
+from spider_optax.estimator import anchor_due
+from spider_optax.estimator import diagnostics
 from spider_optax.estimator import prev_params
 from spider_optax.estimator import spider_estimator
+from spider_optax.estimator import SpiderDiagnostics
 from spider_optax.estimator import SpiderEstimatorState
 from spider_optax.paired import paired_grad
 from spider_optax.paired import paired_value_and_grad
@@ -28,15 +33,20 @@ def __getattr__(name):
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 __all__ = (
+    'anchor_due',
     'apply_if_finite',
+    'autoclip',
+    'diagnostics',
     'global_norm',
     'paired_grad',
     'paired_value_and_grad',
     'prev_params',
     'relaxed_clip',
     'relaxed_clip_factor',
+    'RelaxedClipState',
     'spider',
     'spider_estimator',
+    'SpiderDiagnostics',
     'SpiderEstimatorState',
     'theory',
 )

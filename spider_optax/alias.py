@@ -6,6 +6,7 @@ import chex
 import optax
 
 from spider_optax import _checks
+from spider_optax.autoclip import auto_clip_spider
 from spider_optax.clipping import relaxed_clip
 from spider_optax.estimator import spider_estimator
 
@@ -16,6 +17,9 @@ def spider(
     c1: Optional[chex.Numeric] = None,
     *,
     estimator_dtype: Optional[chex.ArrayDType] = None,
+    diagnostics: bool = False,
+    epsilon: Optional[float] = None,
+    fit_learning_rate: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SPIDER with the (L0, L1) clipped learning rate (Reisizadeh et al., 2023).
 
@@ -67,6 +71,19 @@ def spider(
       bfloat16 params; ``None`` uses the params' dtype. Under
       ``optax.inject_hyperparams``, which takes every callable for a schedule,
       pass it as a string (``'float32'``) or name it in ``static_args``.
+    diagnostics: keep the local smoothness and norms of each update in the
+      state, read with :func:`spider_optax.diagnostics`.
+    epsilon: a target gradient norm; turns on automatic clipping. Then ``c0``
+      and ``c1`` are set every step from a running fit of (L0, L1) to the
+      smoothness the estimator measures along its own steps, as
+      :math:`c_i = \epsilon / (4 \eta L_i)` (the step caps of
+      :func:`spider_optax.theory.online`); ``c0`` and ``c1`` given here are
+      used only until the fit has enough samples. A larger ``epsilon`` allows
+      longer steps. The fit uses the last 256 recursive steps
+      (:func:`spider_optax.autoclip.auto_clip_spider` takes other windows). Diagnostics are kept, and the fit, thresholds and
+      learning rate are in the state (:class:`spider_optax.autoclip.AutoClipState`).
+    fit_learning_rate: with ``epsilon``, also set the learning rate to
+      :math:`1/(4 L_0)` once the fit is ready (``learning_rate`` before).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. It works under
@@ -81,9 +98,13 @@ def spider(
     Stochastic Path Integrated Differential Estimator
     <https://arxiv.org/abs/1807.01695>`_, NeurIPS 2018.
   """
+  if epsilon is not None:
+    return auto_clip_spider(
+        learning_rate, epsilon, c0=c0, c1=c1,
+        fit_learning_rate=fit_learning_rate, estimator_dtype=estimator_dtype)
   _checks.check_positive('learning_rate', learning_rate)
   return optax.chain(
-      spider_estimator(estimator_dtype),
+      spider_estimator(estimator_dtype, diagnostics=diagnostics),
       relaxed_clip(c0, c1),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -1,6 +1,6 @@
 """Relaxed (L0, L1) clipping of the step."""
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import chex
 import jax
@@ -32,6 +32,16 @@ def relaxed_clip_factor(
   if c1 is not None:
     factor = jnp.minimum(factor, c1 / jnp.square(safe_norm))
   return jnp.where(norm > 0, factor, 1.0)
+
+
+class RelaxedClipState(NamedTuple):
+  """State of :func:`relaxed_clip`.
+
+  Attributes:
+    clip_factor: the factor min(1, c0/||u||, c1/||u||^2) of the last update
+      (float32; 1 before the first), for logging how often clipping binds.
+  """
+  clip_factor: chex.Array
 
 
 def relaxed_clip(
@@ -72,7 +82,8 @@ def relaxed_clip(
     c1: threshold of the squared-norm term (> 0), or None to drop it.
 
   Returns:
-    A :class:`optax.GradientTransformation` with an empty state.
+    A :class:`optax.GradientTransformation` whose state, a
+    :class:`RelaxedClipState`, records the last factor applied.
 
   References:
     Reisizadeh, Li, Das, Jadbabaie, `Variance-reduced Clipping for Non-convex
@@ -84,12 +95,16 @@ def relaxed_clip(
   _checks.check_positive('c0', c0, allow_none=True)
   _checks.check_positive('c1', c1, allow_none=True)
 
-  def update_fn(updates, state, params=None):
+  def init_fn(params):
     del params
+    return RelaxedClipState(clip_factor=jnp.ones([], jnp.float32))
+
+  def update_fn(updates, state, params=None):
+    del params, state
     if c0 is None and c1 is None:
-      return updates, state
+      return updates, RelaxedClipState(clip_factor=jnp.ones([], jnp.float32))
     factor = relaxed_clip_factor(global_norm(updates), c0, c1)
     updates = jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
-    return updates, state
+    return updates, RelaxedClipState(clip_factor=factor.astype(jnp.float32))
 
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)

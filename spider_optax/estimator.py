@@ -9,10 +9,46 @@ import optax
 from jax.experimental import shard_alike
 
 from spider_optax import _checks
+from spider_optax.clipping import global_norm
+from spider_optax.clipping import RelaxedClipState
 
 _PREV_GRADS_HINT = (
     'prev_grads must be the gradients of the same loss on the same minibatch '
     'at so.prev_params(state), e.g. from so.paired_grad(loss_fn).')
+
+
+class SpiderDiagnostics(NamedTuple):
+  r"""What one update saw, kept by ``spider_estimator(diagnostics=True)``.
+
+  All float32 scalars; see :func:`diagnostics` for a dict of them.
+
+  Attributes:
+    grad_norm: :math:`\|g_k\|`, the gradient passed to the update (the
+      anchor gradient on anchor steps).
+    grad_diff_norm: :math:`\|g_k - g'_k\|` on the shared minibatch; 0 on
+      anchor steps.
+    step_norm: :math:`\|x_k - x_{k-1}\|`, the last step taken.
+    smoothness: :math:`\hat L_k = \|g_k - g'_k\| / \|x_k - x_{k-1}\|`, the
+      local smoothness along the step; NaN on anchor steps and after a zero
+      step, where there is no pair to measure.
+    estimate_norm: :math:`\|v_k\|`.
+    accumulated_error: :math:`\sum_j \|g_j - g'_j\|^2 = \sum_j \hat L_j^2
+      \|x_j - x_{j-1}\|^2` over the recursive steps since the last anchor.
+      Divided by the minibatch size it bounds the variance the recursion has
+      added to :math:`v_k` (Fang et al., 2018, Lemma 1); see
+      :func:`anchor_due`.
+  """
+  grad_norm: chex.Array
+  grad_diff_norm: chex.Array
+  step_norm: chex.Array
+  smoothness: chex.Array
+  estimate_norm: chex.Array
+  accumulated_error: chex.Array
+
+
+def _no_diagnostics() -> SpiderDiagnostics:
+  zero = jnp.zeros([], jnp.float32)
+  return SpiderDiagnostics(zero, zero, zero, jnp.full([], jnp.nan), zero, zero)
 
 
 class SpiderEstimatorState(NamedTuple):
@@ -27,15 +63,20 @@ class SpiderEstimatorState(NamedTuple):
     prev_params: the params x_k passed to the last update, i.e. the previous
       parameters x_{k-1} of the next step; read them with
       :func:`prev_params`. Equal to the initial params before the first update.
+    diagnostics: a :class:`SpiderDiagnostics` of the last update with
+      ``diagnostics=True``, else None.
   """
   count: chex.Array
   steps_since_anchor: chex.Array
   estimate: optax.Updates
   prev_params: optax.Params
+  diagnostics: Optional[SpiderDiagnostics] = None
 
 
 def spider_estimator(
     estimator_dtype: Optional[chex.ArrayDType] = None,
+    *,
+    diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SPIDER's recursive gradient estimator (Fang et al., 2018).
 
@@ -83,6 +124,10 @@ def spider_estimator(
       params, so that the running sum does not lose precision. ``None`` uses
       the dtype of the params. The previous params are always kept in the
       params' own dtype.
+    diagnostics: also keep a :class:`SpiderDiagnostics` of each update in the
+      state (the local smoothness :math:`\hat L_k`, norms, and the error the
+      recursion has accumulated), read with :func:`diagnostics`. It costs no
+      gradient evaluation, only four global norms per update.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`.
@@ -107,6 +152,7 @@ def spider_estimator(
         # A buffer of its own: loops that donate params and state together
         # must not donate one buffer twice.
         prev_params=jax.tree.map(jnp.copy, params),
+        diagnostics=_no_diagnostics() if diagnostics else None,
     )
 
   def update_fn(updates, state, params=None, *, prev_grads=None, **extra_args):
@@ -137,10 +183,38 @@ def spider_estimator(
         steps_since_anchor=steps_since_anchor.astype(jnp.int32),
         estimate=estimate,
         prev_params=jax.tree.map(_overwrite, state.prev_params, params),
+        diagnostics=_measure(state, updates, prev_grads, params, estimate,
+                             steps_since_anchor) if diagnostics else None,
     )
     return estimate, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _measure(state: SpiderEstimatorState, grads, prev_grads, params, estimate,
+             steps_since_anchor) -> SpiderDiagnostics:
+  """The :class:`SpiderDiagnostics` of an update (see there)."""
+  sub = lambda a, b: jax.tree.map(
+      lambda x, y: x.astype(jnp.float32) - y.astype(jnp.float32), a, b)
+  step_norm = global_norm(sub(params, state.prev_params))
+  recursive = steps_since_anchor > 0  # False on anchors, also first recursive
+  if prev_grads is None:
+    grad_diff_norm = jnp.zeros([], jnp.float32)
+  else:
+    grad_diff_norm = jnp.where(recursive, global_norm(sub(grads, prev_grads)),
+                               0.0)
+  smoothness = jnp.where(recursive & (step_norm > 0),
+                         grad_diff_norm / jnp.where(step_norm > 0, step_norm, 1),
+                         jnp.nan)
+  previous = jnp.where(recursive, state.diagnostics.accumulated_error, 0.0)
+  return SpiderDiagnostics(
+      grad_norm=global_norm(grads),
+      grad_diff_norm=grad_diff_norm,
+      step_norm=step_norm,
+      smoothness=smoothness,
+      estimate_norm=global_norm(estimate),
+      accumulated_error=previous + jnp.square(grad_diff_norm),
+  )
 
 
 def _zeros_like(x: jax.Array, dtype: Optional[chex.ArrayDType]) -> jax.Array:
@@ -191,9 +265,108 @@ def prev_params(state: Any) -> optax.Params:
   Raises:
     ValueError: if the state holds no estimator state, or more than one.
   """
-  is_estimator_state = lambda x: isinstance(x, SpiderEstimatorState)
-  found = [x for x in jax.tree_util.tree_leaves(state, is_leaf=is_estimator_state)
-           if is_estimator_state(x)]
+  return estimator_state(state).prev_params
+
+
+def diagnostics(state: Any) -> dict[str, chex.Array]:
+  r"""What the last update saw, for logging; no gradient is evaluated.
+
+  Needs an estimator built with ``diagnostics=True`` (e.g.
+  ``so.spider(lr, c0, c1, diagnostics=True)``). Works inside ``jax.jit``.
+
+  Examples:
+    >>> import jax.numpy as jnp, spider_optax as so
+    >>> tx = so.spider(0.5, c0=1.0, diagnostics=True)
+    >>> x0 = {'w': jnp.array([1.0, 1.0])}
+    >>> state = tx.init(x0)
+    >>> _, state = tx.update({'w': jnp.array([4.0, 0.0])}, state, x0)
+    >>> x1 = {'w': jnp.array([0.5, 1.0])}  # step of length 0.5
+    >>> _, state = tx.update({'w': jnp.array([3.0, 0.0])}, state, x1,
+    ...                      prev_grads={'w': jnp.array([4.0, 0.0])})
+    >>> d = so.diagnostics(state)
+    >>> print(d['smoothness'], d['estimate_norm'], d['clip_factor'])
+    2.0 3.0 0.33333334
+
+  Args:
+    state: an optimizer state that contains one :class:`SpiderEstimatorState`
+      with diagnostics.
+
+  Returns:
+    A dict of scalars: the fields of :class:`SpiderDiagnostics`
+    (``smoothness`` is :math:`\hat L_k`), ``steps_since_anchor``, and, if the
+    state holds one :func:`relaxed_clip` state, its ``clip_factor``.
+
+  Raises:
+    ValueError: if the estimator keeps no diagnostics.
+  """
+  estimator = estimator_state(state)
+  if estimator.diagnostics is None:
+    raise ValueError(
+        'This estimator keeps no diagnostics: build it with '
+        'so.spider(..., diagnostics=True) or '
+        'so.spider_estimator(diagnostics=True).')
+  out = dict(estimator.diagnostics._asdict())
+  out['steps_since_anchor'] = estimator.steps_since_anchor
+  clips = _find(state, RelaxedClipState)
+  if len(clips) == 1:
+    out['clip_factor'] = clips[0].clip_factor
+  return out
+
+
+def anchor_due(
+    state: Any, error_budget: chex.Numeric, batch_size: int,
+) -> chex.Array:
+  r"""Whether the next step should be an anchor (adaptive anchoring).
+
+  Instead of a fixed period q, anchor once the variance the recursion has
+  added since the last anchor, estimated from the diagnostics as
+
+  .. math::
+
+    rac{1}{S_2} \sum_{j} \hat L_j^2 \|x_j - x_{j-1}\|^2
+    = rac{1}{S_2} \sum_j \|g_j - g'_j\|^2,
+
+  exceeds ``error_budget``: where the loss curves more, or steps are longer,
+  anchors come sooner. A budget of :math:`\epsilon^2/8` for a target
+  :math:`\epsilon` matches the variance of the anchor batch
+  :math:`S_1 = 8\sigma^2/\epsilon^2` of :func:`spider_optax.theory.online`, so
+  the estimator's error stays within :math:`\epsilon^2/4`. Returns a boolean
+  scalar (jit-friendly); a host-side loop reads it once per step, e.g.
+  ``so.flax.spider_loop(..., error_budget=...)``.
+
+  Examples:
+    >>> import jax.numpy as jnp, spider_optax as so
+    >>> tx = so.spider(0.1, diagnostics=True)
+    >>> x = {'w': jnp.zeros(2)}
+    >>> state = tx.init(x)
+    >>> _, state = tx.update({'w': jnp.ones(2)}, state, x)
+    >>> bool(so.anchor_due(state, error_budget=0.1, batch_size=8))
+    False
+
+  Args:
+    state: an optimizer state with a :class:`SpiderEstimatorState` that keeps
+      diagnostics.
+    error_budget: the variance the recursion may add (> 0).
+    batch_size: the minibatch size :math:`S_2` of the recursive steps.
+
+  Returns:
+    A bool scalar, True when the accumulated error exceeds the budget.
+  """
+  _checks.check_positive('error_budget', error_budget)
+  _checks.check_positive('batch_size', batch_size)
+  accumulated = diagnostics(state)['accumulated_error']
+  return accumulated / batch_size > error_budget
+
+
+def _find(state: Any, kind: type) -> list[Any]:
+  is_kind = lambda x: isinstance(x, kind)
+  return [x for x in jax.tree_util.tree_leaves(state, is_leaf=is_kind)
+          if is_kind(x)]
+
+
+def estimator_state(state: Any) -> SpiderEstimatorState:
+  """The one :class:`SpiderEstimatorState` inside an optimizer state."""
+  found = _find(state, SpiderEstimatorState)
   if not found:
     raise ValueError(
         'This optimizer state holds no spider_estimator state. Build the '
@@ -205,6 +378,6 @@ def prev_params(state: Any) -> optax.Params:
   if len(found) > 1:
     raise ValueError(
         f'This optimizer state holds {len(found)} spider_estimator states; '
-        'so.prev_params needs exactly one. Pass the sub-state of the one you '
-        'mean.')
-  return found[0].prev_params
+        'so.prev_params and so.diagnostics need exactly one. Pass the '
+        'sub-state of the one you mean.')
+  return found[0]

@@ -17,7 +17,7 @@ extra: ``pip install 'spider-optax[flax]'``.
 """
 
 import numbers
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -229,6 +229,13 @@ def linen_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
 # --------------------------------------------------------------------------
 
 
+def _opt_state(carry: Any) -> Any:
+  """The optimizer state in a ``(model, optimizer)`` or TrainState carry."""
+  if isinstance(carry, tuple):
+    return next(c for c in carry if isinstance(c, nnx.Optimizer)).opt_state
+  return carry.opt_state
+
+
 def spider_loop(
     anchor_step: Callable,
     recursive_step: Callable,
@@ -239,6 +246,8 @@ def spider_loop(
     anchor_period: int,
     num_steps: int,
     start_step: int = 0,
+    error_budget: Optional[float] = None,
+    batch_size: Optional[int] = None,
 ) -> tuple[Any, list[jax.Array]]:
   """Runs SPIDER steps ``start_step, ..., num_steps - 1``.
 
@@ -246,6 +255,13 @@ def spider_loop(
   ``k % anchor_period == 0``, otherwise a recursive step on the next of
   ``minibatches``. The schedule lives on the host: nothing is read back from
   the device to decide it, so steps are dispatched asynchronously.
+
+  With ``error_budget``, anchoring is adaptive: the first step is an anchor,
+  and after that a step is an anchor when :func:`spider_optax.anchor_due`
+  says the recursion's accumulated error exceeds the budget, or when
+  ``anchor_period`` steps have passed since the last anchor (a cap). This
+  reads one boolean back from the device per step, and needs an optimizer
+  built with ``diagnostics=True`` (or ``epsilon=``).
 
   Args:
     anchor_step, recursive_step: from :func:`nnx_steps` or
@@ -261,6 +277,11 @@ def spider_loop(
       are drawn on recursive steps only; for a resume that sees the same
       data, key them by step:
       ``(batch_at(k) for k in range(start_step, num_steps) if k % q)``.
+      With ``error_budget`` the schedule continues from the restored state.
+    error_budget: turns on adaptive anchoring (see above); e.g.
+      ``epsilon**2 / 8`` for a target gradient norm ``epsilon``.
+    batch_size: the minibatch size of recursive steps; needed with
+      ``error_budget``.
 
   Returns:
     The final carry and the list of per-step losses (device arrays, not yet
@@ -269,11 +290,21 @@ def spider_loop(
   if (isinstance(anchor_period, bool)
       or not isinstance(anchor_period, numbers.Integral) or anchor_period <= 0):
     raise ValueError(f'anchor_period must be a positive int, got {anchor_period!r}.')
+  if error_budget is not None and batch_size is None:
+    raise ValueError('spider_loop needs batch_size with error_budget.')
   batches = {True: iter(anchor_batches), False: iter(minibatches)}
   steps = {True: anchor_step, False: recursive_step}
   losses = []
   for k in range(start_step, num_steps):
-    is_anchor = k % anchor_period == 0
+    if error_budget is None:
+      is_anchor = k % anchor_period == 0
+    else:
+      state = nnx.as_pure(_opt_state(carry))
+      last = estimator.estimator_state(state)
+      count, since, due = jax.device_get((  # One read back per step.
+          last.count, last.steps_since_anchor,
+          estimator.anchor_due(state, error_budget, batch_size)))
+      is_anchor = bool(count == 0 or since + 1 >= anchor_period or due)
     batch = next(batches[is_anchor], None)
     if batch is None:
       kind = 'anchor_batches' if is_anchor else 'minibatches'

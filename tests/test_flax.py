@@ -723,3 +723,75 @@ def test_spider_loop_accepts_a_numpy_integer_anchor_period():
   sof.spider_loop(anchor, recursive, 0, numbered('A'), numbered('m'),
                   anchor_period=np.int64(3), num_steps=6)
   assert [c[0] for c in calls].count('anchor') == 2
+
+
+# --------------------------------------------------------------------------
+# 7. Adaptive anchoring in spider_loop
+# --------------------------------------------------------------------------
+
+ADAPTIVE_STEPS, BUDGET = 60, 2e-4
+
+
+def recording(steps, kinds):
+  """The step functions of ``steps``, noting which kind ran at each step."""
+  anchor, recursive = steps
+  def note(kind, step):
+    def wrapped(carry, *batch):
+      kinds.append(kind)
+      return step(carry, *batch)
+    return wrapped
+  return note('anchor', anchor), note('recursive', recursive)
+
+
+def functional_adaptive(params, tx, budget, period):
+  """The adaptive rule written out with the functional API."""
+  state, kinds, batches = tx.init(params), [], minibatches()
+  grad = jax.jit(jax.grad(loss_fn))
+  paired = jax.jit(so.paired_grad(loss_fn))
+  for k in range(ADAPTIVE_STEPS):
+    if (k == 0 or int(state[0].steps_since_anchor) + 1 >= period
+        or bool(so.anchor_due(state, budget, batch_size=MINIBATCH))):
+      kinds.append('anchor')
+      updates, state = tx.update(grad(params, X, Y), state, params)
+    else:
+      kinds.append('recursive')
+      grads, prev_grads = paired(params, so.prev_params(state), *next(batches))
+      updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
+    params = optax.apply_updates(params, updates)
+  return params, kinds
+
+
+@pytest.mark.parametrize('api', ['nnx', 'linen'])
+@pytest.mark.parametrize('period', [10**6, 7])
+def test_spider_loop_adaptive_anchoring(api, period):
+  tx = so.spider(**HP, diagnostics=True)
+  want_params, want = functional_adaptive(initial_params(), tx, BUDGET, period)
+  kinds = []
+  if api == 'nnx':
+    steps = recording(NNX_STEPS, kinds)
+    carry = new_nnx(initial_params(), tx)
+  else:
+    steps = recording(LINEN_STEPS, kinds)
+    carry = new_linen(initial_params(), tx)
+  carry, losses = sof.spider_loop(
+      *steps, carry, full_data(), minibatches(), anchor_period=period,
+      num_steps=ADAPTIVE_STEPS, error_budget=BUDGET, batch_size=MINIBATCH)
+  assert kinds == want
+  # The budget binds: anchors come at uneven intervals, more than the first.
+  gaps = np.diff([k for k, kind in enumerate(kinds) if kind == 'anchor'])
+  assert len(gaps) >= 2 and len(set(gaps)) > 1, kinds
+  if period < ADAPTIVE_STEPS:
+    assert gaps.max() <= period
+  got = nnx_params(carry[0]) if api == 'nnx' else carry.params
+  leaves_close(got, want_params, atol=1e-5)
+
+
+def test_spider_loop_adaptive_needs_batch_size_and_diagnostics():
+  with pytest.raises(ValueError, match='batch_size'):
+    sof.spider_loop(*LINEN_STEPS, new_linen(initial_params(), TX),
+                    full_data(), minibatches(), anchor_period=5, num_steps=2,
+                    error_budget=1.0)
+  with pytest.raises(ValueError, match='diagnostics=True'):
+    sof.spider_loop(*LINEN_STEPS, new_linen(initial_params(), TX),
+                    full_data(), minibatches(), anchor_period=5, num_steps=2,
+                    error_budget=1.0, batch_size=4)

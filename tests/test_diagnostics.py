@@ -1,0 +1,152 @@
+"""so.diagnostics and so.anchor_due against values computed by hand."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import spider_optax as so
+from reference import (Spider, clip_factor, flatten, global_norm,
+                       make_quartic_problem, quartic_grad_np, unflatten)
+from test_trajectory import ANCHOR_PERIOD, STEPS, minibatches, quartic_loss
+
+LR, C0, C1 = 0.1, 2.0, 20.0
+
+
+def run_with_diagnostics(params, data):
+  """so.spider(diagnostics=True) on the quartic; so.diagnostics read in jit."""
+  tx = so.spider(LR, C0, C1, diagnostics=True)
+
+  @jax.jit
+  def anchor(params, state):
+    updates, state = tx.update(jax.grad(quartic_loss)(params, data), state,
+                               params)
+    return optax.apply_updates(params, updates), state, so.diagnostics(state)
+
+  @jax.jit
+  def recursive(params, state, batch):
+    grads, prev_grads = so.paired_grad(quartic_loss)(
+        params, so.prev_params(state), batch)
+    updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
+    return optax.apply_updates(params, updates), state, so.diagnostics(state)
+
+  state, seen = tx.init(params), []
+  for k, batch in enumerate(minibatches(data)):
+    if k % ANCHOR_PERIOD == 0:
+      params, state, d = anchor(params, state)
+    else:
+      params, state, d = recursive(params, state, batch)
+    seen.append(jax.device_get(d))
+  return seen
+
+
+def reference_diagnostics(params, data):
+  """The same quantities in float64 from the NumPy reference trajectory."""
+  ref = Spider(flatten(params), LR, C0, C1)
+  sub = lambda a, b: {k: a[k] - b[k] for k in a}
+  x_prev, accumulated, out = ref.x, 0.0, []
+  for k, batch in enumerate(minibatches(data)):
+    x = ref.x
+    if k % ANCHOR_PERIOD == 0:
+      g, diff, accumulated = quartic_grad_np(unflatten(x), data), None, 0.0
+      ref.step(g)
+    else:
+      g = quartic_grad_np(unflatten(x), batch)
+      diff = global_norm(sub(g, quartic_grad_np(unflatten(x_prev), batch)))
+      accumulated += diff**2
+      ref.step(g, quartic_grad_np(unflatten(x_prev), batch))
+    step = global_norm(sub(x, x_prev))
+    out.append({
+        'grad_norm': global_norm(g),
+        'grad_diff_norm': 0.0 if diff is None else diff,
+        'step_norm': step,
+        'smoothness': np.nan if diff is None else diff / step,
+        'estimate_norm': global_norm(ref.v),
+        'accumulated_error': accumulated,
+        'steps_since_anchor': k % ANCHOR_PERIOD,
+        'clip_factor': clip_factor(global_norm(ref.v), C0, C1),
+    })
+    x_prev = x
+  return out
+
+
+def test_diagnostics_match_hand_computed_values():
+  params64, data64 = make_quartic_problem()
+  to32 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), t)
+  got = run_with_diagnostics(to32(params64), to32(data64))
+  want = reference_diagnostics(params64, data64)
+  assert len(got) == len(want) == STEPS
+  assert set(got[0]) == set(want[0])
+  assert len({round(w['clip_factor'], 3) for w in want}) > 10, 'factors vary'
+  for k, (g, w) in enumerate(zip(got, want)):
+    for name, value in w.items():
+      # The float32 trajectory agrees with the reference to 2e-4
+      # (test_trajectory); differences of nearby gradients lose a little more.
+      np.testing.assert_allclose(np.float64(g[name]), value, rtol=2e-3,
+                                 atol=1e-5, err_msg=f'step {k}, {name}')
+
+
+def test_diagnostics_need_the_option():
+  tx = so.spider(0.1)
+  with pytest.raises(ValueError, match='diagnostics=True'):
+    so.diagnostics(tx.init({'w': jnp.zeros(2)}))
+
+
+def test_clip_factor_of_relaxed_clip():
+  tx = so.relaxed_clip(c0=2.0, c1=5.0)
+  u = {'w': jnp.array([3.0, 4.0])}
+  state = tx.init(u)
+  assert float(state.clip_factor) == 1.0
+  _, state = tx.update(u, state)
+  np.testing.assert_allclose(state.clip_factor, 0.2)  # min(1, 2/5, 5/25)
+
+
+def run_adaptive(curvature, budget, steps=60, period=1000):
+  """Anchor count of so.spider on 0.5 * a * |x - z|^2 with noisy z.
+
+  The recursion's added error per step is a^2 |x_k - x_{k-1}|^2 / S2, so a
+  higher curvature a spends the budget sooner.
+  """
+  rng = np.random.default_rng(0)
+  loss = lambda p, z: 0.5 * curvature * jnp.mean(jnp.sum((p['x'] - z) ** 2, -1))
+  tx = so.spider(0.05 / curvature, diagnostics=True)  # no clip: same path
+  params = {'x': jnp.full(4, 3.0)}
+  state = tx.init(params)
+  anchors = 0
+  for k in range(steps):
+    z = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+    last = state[0]
+    if (k == 0 or last.steps_since_anchor + 1 >= period
+        or so.anchor_due(state, budget, batch_size=8)):
+      anchors += 1
+      updates, state = tx.update(jax.grad(loss)(params, z), state, params)
+    else:
+      grads, prev_grads = so.paired_grad(loss)(params, so.prev_params(state), z)
+      updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
+    params = optax.apply_updates(params, updates)
+  return anchors
+
+
+def test_adaptive_anchoring_anchors_more_where_curvature_is_higher():
+  # lr * a is the same, so the steps are alike; only the curvature differs.
+  counts = [run_adaptive(a, budget=0.03) for a in (1.0, 4.0, 16.0)]
+  assert counts[0] < counts[1] < counts[2], counts
+  assert counts[0] >= 1
+
+
+def test_anchor_due_is_the_accumulated_error_over_the_batch():
+  tx = so.spider(0.5, diagnostics=True)
+  x0 = {'w': jnp.array([1.0, 1.0])}
+  state = tx.init(x0)
+  _, state = tx.update({'w': jnp.array([4.0, 0.0])}, state, x0)
+  x1 = {'w': jnp.array([0.5, 1.0])}
+  _, state = tx.update({'w': jnp.array([3.0, 0.0])}, state, x1,
+                       prev_grads={'w': jnp.array([4.0, 0.0])})
+  # accumulated = |g - g'|^2 = 1; over a batch of 4: 0.25.
+  assert bool(so.anchor_due(state, 0.24, batch_size=4))
+  assert not bool(so.anchor_due(state, 0.26, batch_size=4))
+  _, state = tx.update({'w': jnp.array([4.0, 0.0])}, state, x1)  # anchor
+  assert float(so.diagnostics(state)['accumulated_error']) == 0.0
+  with pytest.raises(ValueError, match='error_budget'):
+    so.anchor_due(state, -1.0, batch_size=4)
