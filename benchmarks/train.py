@@ -29,26 +29,38 @@ calls, counted as in SPEC.md section 2):
   optax.adam(lr))`` on minibatches of 32 (costs 32).
 
 Minibatches are drawn uniformly with replacement from a seeded NumPy
-generator; all methods start from the same params. Each method runs over a
-small learning-rate grid (2 values with ``--quick``, 4 otherwise; the
-SGD-type methods share one grid, Adam has its own because its lr has other
-units) and the run with the lowest final full training loss is reported as
-that method's result (diverged runs are never picked). The learning rate is a
-traced argument of the jitted step, so each method compiles once per task.
+generator; all methods start from the same params.
+
+Tuning, with the same budget of configurations for every method (9 in full
+mode, 2 with ``--quick``): the clipped methods (spider, clipped_sgd,
+clipped_adam) run a full grid of 3 learning rates x 3 threshold scales (the
+scale multiplies the task's base thresholds: SPIDER's c0 and c1 together, or
+the ``clip_by_global_norm`` threshold); sarah and svrg, which have no
+threshold, run 9 learning rates from a finer ladder. Every lr grid is a
+window of a shared ladder (``LADDER``, ``FINE_LADDER``, which contains it,
+and ``ADAM_LADDER``, since Adam's lr has other units), placed per method so
+that its best is interior. The run with the lowest final full training loss
+is that method's result (diverged runs are never picked), and the output
+flags (``edge``: true; ``edge_lr``, ``edge_clip``) every best that sits at
+the smallest or largest value of its lr or scale grid, so a grid that is too
+narrow cannot pass unnoticed. The learning rate is a traced argument of the
+jitted step, so each method compiles once per threshold.
 
 Every ``eval_every`` oracle calls the script evaluates, outside the budget and
 the clock, the full training loss and the global norm of the full gradient.
 Wall time counts the steps only (compilation and evaluation excluded).
 
-Outputs: a summary table on stdout, saying where SPIDER loses; a JSON file
-(``--out``) with the config, hardware and versions, every run's curves and
-the summary; one PNG per task in ``--plot-dir`` (loss vs oracle calls,
-gradient norm vs oracle calls, loss vs wall time, each method at its best lr).
+Outputs: a summary table on stdout, saying where SPIDER loses and which bests
+sit at a grid edge; a JSON file (``--out``) with the config, hardware and
+versions, every run's curves, each method's chosen lr and thresholds with
+their edge flags, and the summary; one PNG per task in ``--plot-dir`` (loss
+vs oracle calls, gradient norm vs oracle calls, loss vs wall time, each
+method at its best config).
 
 Run (from the repository root)::
 
   python benchmarks/train.py --quick   # under a minute on 2 CPU cores
-  python benchmarks/train.py           # full mode, a few minutes
+  python benchmarks/train.py           # full mode, ~7.5 min on 2 loaded cores
 """
 
 import argparse
@@ -76,24 +88,64 @@ DEFAULT_PLOT_DIR = 'benchmarks/out/'
 METHODS = ('spider', 'sarah', 'svrg', 'clipped_sgd', 'clipped_adam')
 SGD_BATCH = 32
 
-# Learning-rate grids. The SGD-type methods (spider, sarah, svrg, clipped_sgd)
-# share one grid; Adam's lr is a per-coordinate step length, so it has its own.
-LR_GRID = dict(full=(0.1, 0.3, 1.0, 3.0), quick=(0.3, 1.0))
-ADAM_LR_GRID = dict(full=(1e-3, 3e-3, 1e-2, 3e-2), quick=(3e-3, 1e-2))
+# Methods with a clipping threshold (tuned on a grid of threshold scales).
+CLIPPED = ('spider', 'clipped_sgd', 'clipped_adam')
+
+# Learning-rate ladders: every lr grid below is a window of consecutive values
+# of LADDER (Adam: of ADAM_LADDER, its lr being a per-coordinate step length);
+# sarah and svrg, which have no threshold to tune, take their window from the
+# finer FINE_LADDER (which contains LADDER), so that every method gets the
+# same number of configurations in full mode (9: 3 lrs x 3 clip scales, or 9
+# lrs).
+LADDER = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+FINE_LADDER = (0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0,
+               10.0, 15.0, 20.0, 30.0, 50.0, 70.0, 100.0)
+ADAM_LADDER = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 # Per-task settings. ``budget`` and ``eval_every`` are in passes (units of n).
+# Per mode, ``lr_grid`` maps each method to its learning rates and
+# ``clip_scale_grid`` multiplies the base thresholds of the clipped methods
+# (``spider`` c0 and c1, ``clip_norm``, ``adam_clip_norm``), tuned jointly
+# with the lr (a full lr x scale grid). Scaling c0 and c1 together keeps
+# c1 / c0 (~ L0 / L1: the norm of v above which the c1 term binds) and varies
+# the target accuracy (lr * c0 ~ eps / L0). The windows were placed so that
+# every method's best config is interior in full mode (``edge`` in the output
+# says when it is not).
 TASKS = dict(
     digits=dict(
-        full=dict(budget_passes=60, eval_every_passes=2),
-        quick=dict(budget_passes=8, eval_every_passes=1),
-        # Clipping thresholds: quickstart.py's tuned values for this model.
-        spider=dict(c0=0.1, c1=0.05), clip_norm=0.25, adam_clip_norm=1.0,
+        full=dict(budget_passes=60, eval_every_passes=2,
+                  lr_grid=dict(spider=(0.3, 1.0, 3.0),
+                               sarah=FINE_LADDER[:9], svrg=FINE_LADDER[:9],
+                               clipped_sgd=(1.0, 3.0, 10.0),
+                               clipped_adam=(1e-3, 3e-3, 1e-2)),
+                  clip_scale_grid=(0.3, 1.0, 3.0)),
+        quick=dict(budget_passes=8, eval_every_passes=1,
+                   lr_grid=dict(spider=(0.3, 1.0), sarah=(0.3, 1.0),
+                                svrg=(0.3, 1.0), clipped_sgd=(0.3, 1.0),
+                                clipped_adam=(3e-3, 1e-2)),
+                   clip_scale_grid=(1.0,)),
+        # Base thresholds: quickstart.py's tuned values for this model (Adam:
+        # a lower one, which a wider sweep found slightly better).
+        spider=dict(c0=0.1, c1=0.05), clip_norm=0.25, adam_clip_norm=0.3,
     ),
     charlm=dict(
-        full=dict(n=1024, budget_passes=24, eval_every_passes=1),
-        quick=dict(n=256, budget_passes=6, eval_every_passes=1),
+        full=dict(n=1024, budget_passes=24, eval_every_passes=2,
+                  lr_grid=dict(spider=(1.0, 3.0, 10.0),
+                               sarah=FINE_LADDER[5:14], svrg=FINE_LADDER[5:14],
+                               clipped_sgd=(10.0, 30.0, 100.0),
+                               clipped_adam=(1e-2, 3e-2, 1e-1)),
+                  clip_scale_grid=(0.3, 1.0, 3.0)),
+        quick=dict(n=256, budget_passes=6, eval_every_passes=1,
+                   lr_grid=dict(spider=(0.3, 1.0), sarah=(0.3, 1.0),
+                                svrg=(0.3, 1.0), clipped_sgd=(0.3, 1.0),
+                                clipped_adam=(3e-3, 1e-2)),
+                   clip_scale_grid=(1.0,)),
         seq_len=32, embed=16, hidden=64,
-        spider=dict(c0=1.0, c1=1.0), clip_norm=1.0, adam_clip_norm=1.0,
+        # Base thresholds: the centres of the grids, placed by a coarse sweep
+        # (lr x threshold) with seed 0. Clipped SGD's best lies on a ridge
+        # lr * c ~ 3 (the step length of nearly normalised SGD), hence its
+        # high lrs and low threshold.
+        spider=dict(c0=0.9, c1=0.9), clip_norm=0.1, adam_clip_norm=1.0,
     ),
 )
 
@@ -312,31 +364,64 @@ def minibatch_method(grads_fns, n, tx, batch_size):
   return make, warmup
 
 
-def build_methods(task: dict[str, Any], settings: dict[str, Any], fns):
+def clip_thresholds(method: str, settings: dict[str, Any],
+                    scale: Optional[float]) -> Optional[dict[str, float]]:
+  """The thresholds of ``method`` at ``scale`` times its base (None: none)."""
+  if method not in CLIPPED:
+    return None
+  r = lambda v: None if v is None else float(f'{scale * v:.6g}')
+  if method == 'spider':
+    return {k: r(v) for k, v in settings['spider'].items()}
+  key = 'adam_clip_norm' if method == 'clipped_adam' else 'clip_norm'
+  return dict(clip_norm=r(settings[key]))
+
+
+def method_grid(method: str, mode_settings: dict[str, Any]):
+  """(lr grid, clip-scale grid) of ``method``; the scale grid is (None,)."""
+  scales = mode_settings['clip_scale_grid'] if method in CLIPPED else (None,)
+  return tuple(mode_settings['lr_grid'][method]), tuple(scales)
+
+
+def build_method(method: str, task: dict[str, Any], clip, fns):
+  """(make, warmup, config) of ``method`` with thresholds ``clip``."""
   n = task['n']
   q = s2 = math.isqrt(n - 1) + 1  # ceil(sqrt(n)), as theory.finite_sum
   m = -(-n // s2)  # SVRG epoch length ceil(n / b), b = s2
-  sgd = optax.chain(optax.clip_by_global_norm(settings['clip_norm']),
-                    optax.sgd(1.0))
-  adam = optax.chain(optax.clip_by_global_norm(settings['adam_clip_norm']),
+  if method == 'spider':
+    return (*vr_method(fns, n, q, s2, **clip),
+            dict(clip, anchor_period=q, anchor_batch=n, minibatch=s2))
+  if method == 'sarah':
+    return (*vr_method(fns, n, q, s2),
+            dict(c0=None, c1=None, anchor_period=q, anchor_batch=n,
+                 minibatch=s2))
+  if method == 'svrg':
+    return (*vr_method(fns, n, m, s2, kind='svrg'),
+            dict(epoch_length=m, snapshot_batch=n, minibatch=s2))
+  if method == 'clipped_sgd':
+    tx = optax.chain(optax.clip_by_global_norm(clip['clip_norm']),
+                     optax.sgd(1.0))
+  elif method == 'clipped_adam':
+    tx = optax.chain(optax.clip_by_global_norm(clip['clip_norm']),
                      optax.scale_by_adam(), optax.scale(-1.0))
-  methods = dict(
-      spider=vr_method(fns, n, q, s2, **settings['spider']),
-      sarah=vr_method(fns, n, q, s2),
-      svrg=vr_method(fns, n, m, s2, kind='svrg'),
-      clipped_sgd=minibatch_method(fns, n, sgd, SGD_BATCH),
-      clipped_adam=minibatch_method(fns, n, adam, SGD_BATCH),
-  )
-  config = dict(
-      spider=dict(settings['spider'], anchor_period=q, anchor_batch=n,
-                  minibatch=s2),
-      sarah=dict(c0=None, c1=None, anchor_period=q, anchor_batch=n,
-                 minibatch=s2),
-      svrg=dict(epoch_length=m, snapshot_batch=n, minibatch=s2),
-      clipped_sgd=dict(clip_norm=settings['clip_norm'], batch=SGD_BATCH),
-      clipped_adam=dict(clip_norm=settings['adam_clip_norm'], batch=SGD_BATCH),
-  )
-  return methods, config
+  else:
+    raise ValueError(f'unknown method {method!r}; one of {METHODS}')
+  return (*minibatch_method(fns, n, tx, SGD_BATCH),
+          dict(clip, batch=SGD_BATCH))
+
+
+def run_key(lr: float, clip: Optional[dict[str, float]]) -> str:
+  """'lr=1' or 'lr=1,c0=0.1,c1=0.05': the key of a run in the JSON."""
+  parts = [f'lr={lr:g}'] + [f'{k}={v:g}' for k, v in (clip or {}).items()
+                            if v is not None]
+  return ','.join(parts)
+
+
+def at_edge(value, grid) -> bool:
+  """Whether ``value`` is the smallest or the largest of ``grid``.
+
+  A grid of one or two values has no interior: its best is always an edge.
+  """
+  return value in (min(grid), max(grid))
 
 
 # ----------------------------------------------------------------------------
@@ -380,8 +465,9 @@ def run(step_fn, cost_fn, params, evaluate, budget, every) -> dict[str, Any]:
 
 def run_task(name, task, settings, mode, seed, bar) -> dict[str, Any]:
   n = task['n']
-  budget = settings[mode]['budget_passes'] * n
-  every = settings[mode]['eval_every_passes'] * n
+  mode_settings = settings[mode]
+  budget = mode_settings['budget_passes'] * n
+  every = mode_settings['eval_every_passes'] * n
   fns = shared_grads(task['loss_fn'], task['data'])
   norm = jax.jit(so.global_norm)
 
@@ -390,28 +476,48 @@ def run_task(name, task, settings, mode, seed, bar) -> dict[str, Any]:
     return loss, norm(grads)
 
   jax.block_until_ready(evaluate(task['params']))
-  methods, method_config = build_methods(task, settings, fns)
   result = dict(description=task['description'], n=n, budget=budget,
                 budget_passes=budget / n, eval_every=every, methods={})
-  for method, (make, warmup) in methods.items():
-    grid = (ADAM_LR_GRID if method == 'clipped_adam' else LR_GRID)[mode]
-    warmup(task['params'])  # compile once; lr is a traced argument
+  for method in METHODS:
+    lrs, scales = method_grid(method, mode_settings)
     runs = {}
-    for lr in grid:
-      bar.set_postfix_str(f'{name}/{method} lr={lr:g}')
-      step_fn, cost_fn = make(task['params'], lr, np.random.default_rng(seed))
-      runs[f'{lr:g}'] = dict(learning_rate=lr, **run(
-          step_fn, cost_fn, task['params'], evaluate, budget, every))
-      bar.update(1)
+    for scale in scales:
+      clip = clip_thresholds(method, settings, scale)
+      make, warmup, config = build_method(method, task, clip, fns)
+      warmup(task['params'])  # compile once; lr is a traced argument
+      for lr in lrs:
+        key = run_key(lr, clip)
+        bar.set_postfix_str(f'{name}/{method} {key}')
+        step_fn, cost_fn = make(task['params'], lr,
+                                np.random.default_rng(seed))
+        runs[key] = dict(learning_rate=lr, clip_scale=scale, clip=clip, **run(
+            step_fn, cost_fn, task['params'], evaluate, budget, every))
+        bar.update(1)
     finite = [r for r in runs.values() if not r['diverged']]
     best = min(finite, key=lambda r: r['final_loss']) if finite else None
-    result['methods'][method] = dict(
-        config=method_config[method], lr_grid=list(grid),
-        best_lr=None if best is None else best['learning_rate'],
-        best_lr_picked_by='lowest final full training loss', runs=runs,
-        **({} if best is None else {k: best[k] for k in (
-            'final_loss', 'final_grad_norm', 'wall_time_s', 'steps',
-            'oracle_calls', 'curves')}))
+    entry = dict(
+        config=config, lr_grid=list(lrs),
+        clip_scale_grid=None if method not in CLIPPED else list(scales),
+        clip_grid=None if method not in CLIPPED else [
+            clip_thresholds(method, settings, s) for s in scales],
+        n_configs=len(runs),
+        best_lr=None, best_clip=None, best_clip_scale=None,
+        edge=None, edge_lr=None, edge_clip=None,
+        best_picked_by='lowest final full training loss', runs=runs)
+    if best is not None:
+      edge_lr = at_edge(best['learning_rate'], lrs)
+      edge_clip = (method in CLIPPED
+                   and at_edge(best['clip_scale'], scales))
+      # The config of the best run: its thresholds, not the last built.
+      entry['config'] = dict(config, **(best['clip'] or {}))
+      entry.update(
+          best_lr=best['learning_rate'], best_clip=best['clip'],
+          best_clip_scale=best['clip_scale'], edge=edge_lr or edge_clip,
+          edge_lr=edge_lr, edge_clip=edge_clip,
+          **{k: best[k] for k in ('final_loss', 'final_grad_norm',
+                                  'wall_time_s', 'steps', 'oracle_calls',
+                                  'curves')})
+    result['methods'][method] = entry
   return result
 
 
@@ -442,29 +548,64 @@ def spider_losses(tasks: dict[str, Any]) -> list[str]:
   return out
 
 
+def format_clip(clip: Optional[dict[str, float]]) -> str:
+  """'c0=0.1,c1=0.05', 'c=0.25' or '-' (no threshold)."""
+  if not clip:
+    return '-'
+  return ','.join(f'{"c" if k == "clip_norm" else k}={v:g}'
+                  for k, v in clip.items() if v is not None)
+
+
+def edge_warnings(tasks: dict[str, Any]) -> list[str]:
+  """One line per method whose best config sits at an edge of its grid."""
+  out = []
+  for name, task in tasks.items():
+    for method, r in task['methods'].items():
+      if not r.get('edge'):
+        continue
+      where = []
+      if r['edge_lr']:
+        grid = ', '.join(f'{v:g}' for v in r['lr_grid'])
+        where.append(f'lr {r["best_lr"]:g} of {{{grid}}}')
+      if r['edge_clip']:
+        grid = ', '.join(f'{v:g}' for v in r['clip_scale_grid'])
+        where.append(f'clip scale {r["best_clip_scale"]:g} of {{{grid}}}')
+      out.append(f'{name}/{method}: best at a grid edge ({"; ".join(where)})')
+  return out
+
+
 def format_summary(tasks: dict[str, Any], losses: list[str]) -> str:
-  header = (f'{"task":<7} {"method":<13} {"best lr":>8} {"steps":>6} '
-            f'{"oracle calls":>12} {"final loss":>11} {"|grad f|":>10} '
-            f'{"wall s":>7}')
+  header = (f'{"task":<7} {"method":<13} {"best lr":>8} {"clip":<16} '
+            f'{"edge":<4} {"cfgs":>4} {"steps":>6} {"oracle calls":>12} '
+            f'{"final loss":>11} {"|grad f|":>10} {"wall s":>7}')
   lines = [header, '-' * len(header)]
   for name, task in tasks.items():
     for method, r in task['methods'].items():
       if r.get('final_loss') is None:
-        lines.append(f'{name:<7} {method:<13} diverged at every lr')
+        lines.append(f'{name:<7} {method:<13} diverged at every config')
         continue
       lines.append(
-          f'{name:<7} {method:<13} {r["best_lr"]:>8g} {r["steps"]:>6} '
-          f'{r["oracle_calls"]:>12} {r["final_loss"]:>11.5f} '
+          f'{name:<7} {method:<13} {r["best_lr"]:>8g} '
+          f'{format_clip(r["best_clip"]):<16} '
+          f'{"yes" if r["edge"] else "no":<4} {r["n_configs"]:>4} '
+          f'{r["steps"]:>6} {r["oracle_calls"]:>12} {r["final_loss"]:>11.5f} '
           f'{r["final_grad_norm"]:>10.5f} {r["wall_time_s"]:>7.2f}')
   lines.append('')
-  lines.append('Each method at its best lr of its grid (lowest final full '
+  lines.append('Each method at its best config of its grid (lowest final full '
                'training loss); wall time excludes compilation and '
-               'evaluation.')
+               'evaluation. clip: c0,c1 of SPIDER, c of clip_by_global_norm. '
+               'edge: the best lr or clip scale is the smallest or largest '
+               'of its grid.')
   for name, task in tasks.items():
     for method, r in task['methods'].items():
-      bad = [lr for lr, run_ in r['runs'].items() if run_['diverged']]
+      bad = [k for k, run_ in r['runs'].items() if run_['diverged']]
       if bad:
-        lines.append(f'{name}/{method}: diverged at lr {", ".join(bad)}')
+        lines.append(f'{name}/{method}: diverged at {"; ".join(bad)}')
+  edges = edge_warnings(tasks)
+  lines.append('')
+  lines.append('WARNING, best at a grid edge (extend the grid):' if edges else
+               'Every best config is interior to its grid.')
+  lines.extend(f'  - {s}' for s in edges)
   lines.append('')
   lines.append('Where SPIDER loses:' if losses else
                'SPIDER loses nowhere in this run.')
@@ -482,7 +623,9 @@ def plot(name: str, task: dict[str, Any], plot_dir: pathlib.Path) -> str:
     if 'curves' not in r:
       continue
     c = r['curves']
-    label = f'{method} (lr={r["best_lr"]:g})'
+    clip = format_clip(r['best_clip'])
+    label = (f'{method} (lr={r["best_lr"]:g}'
+             f'{"" if clip == "-" else ", " + clip})')
     passes = np.asarray(c['oracle_calls']) / n
     axes[0].plot(passes, c['loss'], label=label)
     axes[1].plot(passes, c['grad_norm'], label=label)
@@ -530,7 +673,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """Runs every task and method, prints the summary, writes JSON and PNGs."""
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--quick', action='store_true',
-                      help='small budgets and a 2-point lr grid (< ~60 s)')
+                      help='small budgets and 2-config grids (< ~60 s)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--tasks', nargs='+', default=list(TASKS),
                       choices=list(TASKS))
@@ -545,8 +688,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
       digits=lambda s: digits_task(args.seed),
       charlm=lambda s: charlm_task(args.seed, s[mode]['n'], s['seq_len'],
                                    s['embed'], s['hidden']))
-  n_runs = sum(len(LR_GRID[mode]) * (len(METHODS) - 1) + len(ADAM_LR_GRID[mode])
-               for _ in args.tasks)
+  n_runs = sum(math.prod(len(g) for g in method_grid(m, TASKS[t][mode]))
+               for t in args.tasks for m in METHODS)
   tasks = {}
   with tqdm.tqdm(total=n_runs, desc=f'train ({mode})', unit='run',
                  disable=args.no_progress, file=sys.stderr) as bar:
@@ -563,12 +706,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   plots = {name: plot(name, task, plot_dir) for name, task in tasks.items()}
   total = time.perf_counter() - total_start
   output = dict(
-      config=dict(mode=mode, seed=args.seed, lr_grid=LR_GRID[mode],
-                  adam_lr_grid=ADAM_LR_GRID[mode],
+      config=dict(mode=mode, seed=args.seed,
                   tasks={k: TASKS[k] for k in args.tasks},
                   oracle_accounting='anchor/snapshot n; spider/sarah/svrg '
                   'inner step 2*S2; sgd/adam batch size'),
       environment=environment(), tasks=tasks, spider_loses=losses,
+      edges=edge_warnings(tasks),
       summary=summary, plots=plots, total_wall_time_s=total)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

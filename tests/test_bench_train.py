@@ -9,6 +9,7 @@ from benchmark_scripts import load_benchmark
 
 TASKS = ('digits', 'charlm')
 METHODS = ('spider', 'sarah', 'svrg', 'clipped_sgd', 'clipped_adam')
+CLIPPED = ('spider', 'clipped_sgd', 'clipped_adam')
 CURVE_KEYS = ('oracle_calls', 'steps', 'wall_time_s', 'loss', 'grad_norm')
 
 
@@ -31,10 +32,25 @@ def test_shape(quick_run):
   assert set(results['tasks']) == set(TASKS)
   for task in results['tasks'].values():
     assert set(task['methods']) == set(METHODS)
-    for method in task['methods'].values():
+    for name, method in task['methods'].items():
+      # --quick: 2 lrs, one clip scale; the same number of configs each.
       assert len(method['lr_grid']) == 2
-      assert len(method['runs']) == 2
+      assert method['n_configs'] == len(method['runs']) == 2
       assert method['best_lr'] in method['lr_grid']
+      run = method['runs'][min(method['runs'],
+                               key=lambda k: method['runs'][k]['final_loss'])]
+      assert run['learning_rate'] == method['best_lr']
+      assert run['clip'] == method['best_clip']
+      if name in CLIPPED:
+        assert method['clip_scale_grid'] == [1.0]
+        assert method['best_clip_scale'] == 1.0
+        assert len(method['clip_grid']) == 1
+        assert method['best_clip'] == method['clip_grid'][0]
+        assert all(v > 0 for v in method['best_clip'].values())
+        assert set(method['best_clip']) <= set(method['config'])
+      else:
+        assert method['best_clip'] is None
+        assert method['clip_scale_grid'] is None
       curves = method['curves']
       assert set(CURVE_KEYS) <= set(curves)
       lengths = {len(curves[k]) for k in CURVE_KEYS}
@@ -45,6 +61,48 @@ def test_shape(quick_run):
   for key in ('jax', 'optax', 'numpy'):
     assert env['versions'][key]
   assert env['cpu_count'] and env['python']
+
+
+def test_edge_flags(quick_run):
+  """Grids of 2 lrs (and 1 clip scale) have no interior: every best is an
+  edge, and the flag, the summary and the JSON's list all say so."""
+  results, _, _ = quick_run
+  for task in results['tasks'].values():
+    for name, method in task['methods'].items():
+      for key in ('edge', 'edge_lr', 'edge_clip'):
+        assert isinstance(method[key], bool), (name, key)
+      assert method['edge_lr'] is True
+      assert method['edge_clip'] is (name in CLIPPED)
+      assert method['edge'] is True
+  assert len(results['edges']) == len(TASKS) * len(METHODS)
+  assert 'grid edge' in results['summary']
+
+
+def test_at_edge():
+  train = load_benchmark('train')
+  assert train.at_edge(1.0, (0.3, 1.0, 3.0)) is False
+  assert train.at_edge(3.0, (0.3, 1.0, 3.0)) is True
+  assert train.at_edge(0.3, (0.3, 1.0, 3.0)) is True
+  assert train.at_edge(1.0, (1.0,)) is True
+
+
+def test_full_grids_equal_budget_and_from_ladders():
+  """Full mode gives every method the same number of configurations, each lr
+  grid a window of a shared ladder, and sarah/svrg's finer ladder contains
+  the coarse one."""
+  train = load_benchmark('train')
+  assert set(train.LADDER) <= set(train.FINE_LADDER)
+  for settings in train.TASKS.values():
+    counts = set()
+    for name in METHODS:
+      lrs, scales = train.method_grid(name, settings['full'])
+      counts.add(len(lrs) * len(scales))
+      ladder = (train.ADAM_LADDER if name == 'clipped_adam' else
+                train.LADDER if name in CLIPPED else train.FINE_LADDER)
+      start = ladder.index(lrs[0])  # a window of consecutive values
+      assert tuple(ladder[start:start + len(lrs)]) == tuple(lrs), name
+      assert len(lrs) >= 3 and (name not in CLIPPED or len(scales) >= 3)
+    assert len(counts) == 1
 
 
 def test_losses_finite_and_best_is_lowest(quick_run):
