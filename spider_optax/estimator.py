@@ -323,8 +323,8 @@ def anchor_due(
 
   .. math::
 
-    rac{1}{S_2} \sum_{j} \hat L_j^2 \|x_j - x_{j-1}\|^2
-    = rac{1}{S_2} \sum_j \|g_j - g'_j\|^2,
+    \frac{1}{S_2} \sum_{j} \hat L_j^2 \|x_j - x_{j-1}\|^2
+    = \frac{1}{S_2} \sum_j \|g_j - g'_j\|^2,
 
   exceeds ``error_budget``: where the loss curves more, or steps are longer,
   anchors come sooner. A budget of :math:`\epsilon^2/8` for a target
