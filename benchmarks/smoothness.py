@@ -208,7 +208,9 @@ def make_steps(task: dict[str, Any], s2: int) -> dict[str, Any]:
 
   def per_sample(p, other, idx):
     """Of d_i = grad f_i(p) - grad f_i(other) over the minibatch: the mean
-    of ||d_i||^2 and the sample variance (1/(S2-1)) sum_i ||d_i - d_bar||^2."""
+    of ||d_i||^2, the sample variance (1/(S2-1)) sum_i ||d_i - d_bar||^2, and
+    the split-half estimate of Var(d_bar) from the two halves' means alone,
+    ||d_A - d_B||^2 m_A m_B / S2^2 (E||d_A - d_B||^2 = Var (1/m_A + 1/m_B))."""
     grad_i = jax.vmap(jax.grad(lambda q, xi, yi: loss_fn(q, xi[None], yi[None])),
                       (None, 0, 0))
     d = jax.tree.map(lambda a, b: (a - b).reshape(a.shape[0], -1),
@@ -216,7 +218,11 @@ def make_steps(task: dict[str, Any], s2: int) -> dict[str, Any]:
     sq = sum(jnp.sum(jnp.square(v), 1) for v in jax.tree.leaves(d))
     dev = sum(jnp.sum(jnp.square(v - v.mean(0)), 1)
               for v in jax.tree.leaves(d))
-    return jnp.mean(sq), jnp.sum(dev) / (idx.shape[0] - 1)
+    b = idx.shape[0]
+    m = b // 2
+    split = sum(jnp.sum(jnp.square(v[:m].mean(0) - v[m:].mean(0)))
+                for v in jax.tree.leaves(d)) * m * (b - m) / b**2
+    return jnp.mean(sq), jnp.sum(dev) / (b - 1), split
 
   steps['per_sample'] = jax.jit(per_sample)
   steps['error'] = jax.jit(lambda state, p: jnp.square(so.global_norm(
@@ -236,7 +242,10 @@ def error_check(steps, setting: dict[str, Any], params, n: int, s2: int,
   Lemma 1 bound, sum_j mean_i ||d_i||^2 / S2 with per-sample differences
   d_i = grad f_i(x_j) - grad f_i(x_{j-1}) on the same minibatch, and its
   centred form sum_j Var_i(d_i) / S2, which is what the recursion adds to
-  E||v_k - grad f(x_k)||^2 (the steps' mean gradient change is no error).
+  E||v_k - grad f(x_k)||^2 (the steps' mean gradient change is no error),
+  and the same centred quantity estimated without per-sample gradients, from
+  the means over the two halves of each minibatch (see ``per_sample``):
+  the two halves' gradients cost what the whole minibatch's do.
   """
   q = setting['q']
   step = steps['fixed']
@@ -248,23 +257,25 @@ def error_check(steps, setting: dict[str, Any], params, n: int, s2: int,
   probes = {1, q // 4, q // 2, (3 * q) // 4, q - 1} - {0}
   rows = []
   k = calls = 0
-  lemma = centred = 0.0
+  lemma = centred = split = 0.0
   while calls + (cost := n if k % q == 0 else 2 * s2) <= budget:
     if k % q == 0:
       new_params, state, info = step['anchor'](params, state, hp)
-      lemma = centred = 0.0
+      lemma = centred = split = 0.0
     else:
       idx = jnp.asarray(rng.integers(0, n, s2), jnp.int32)
-      sq, var = steps['per_sample'](params, so.prev_params(state), idx)
+      sq, var, sp = steps['per_sample'](params, so.prev_params(state), idx)
       lemma, centred = lemma + float(sq), centred + float(var)
+      split += float(sp)
       new_params, state, info = step['recursive'](params, state, hp, idx)
     if k % q in probes:
       rows.append((k, k % q, float(steps['error'](state, params)),
                    float(info['accumulated_error']) / s2, lemma / s2,
-                   centred / s2, float(info['estimate_norm'])**2))
+                   centred / s2, float(info['estimate_norm'])**2, split))
     params, k, calls = new_params, k + 1, calls + cost
   cols = ('step', 'since_anchor', 'true_error', 'package_estimate',
-          'per_sample_estimate', 'centred_estimate', 'estimate_norm_sq')
+          'per_sample_estimate', 'centred_estimate', 'estimate_norm_sq',
+          'split_half_estimate')
   table = {c: [row[i] for row in rows] for i, c in enumerate(cols)}
   # Medians of the ratios over each third of the run, at period ends.
   ratios = []
@@ -283,9 +294,11 @@ def error_check(steps, setting: dict[str, Any], params, n: int, s2: int,
         per_sample_estimate=med(lambda r: r[4]),
         centred_estimate=med(lambda r: r[5]),
         estimate_norm_sq=med(lambda r: r[6]),
+        split_half_estimate=med(lambda r: r[7]),
         true_over_package=med(lambda r: r[2] / r[3]),
         true_over_per_sample=med(lambda r: r[2] / r[4]),
         true_over_centred=med(lambda r: r[2] / r[5]),
+        true_over_split_half=med(lambda r: r[2] / r[7]),
         true_over_package_times_s2=med(lambda r: r[2] / (r[3] * s2))))
   return dict(setting=setting, seed=seed, minibatch=s2, by_third=ratios,
               **table)
@@ -607,6 +620,13 @@ def format_summary(tasks: dict[str, Any], lines_wl: list[str]) -> str:
           f'(quantile 1: ({s[prefix + "L0_quantile_1"]:.3g}, '
           f'{s[prefix + "L1_quantile_1"]:.3g})); log-log slope '
           f'{_or_nan(s[prefix + "loglog_slope"]):.2f}')
+    thirds = t['error_check']['by_third']
+    for key, label in (('package', 'anchor_due'),
+                       ('centred', 'per-sample centred'),
+                       ('split_half', 'split-half')):
+      ratios = ', '.join(f'{r["true_over_" + key]:.3g}' for r in thirds)
+      lines.append(f'  true error / {label} estimate, by third of the '
+                   f'run: {ratios}')
     header = (f'  {"method":<17} {"grid":>4} {"best setting":<40} '
               f'{"to A":>11} {"to B":>11} {"final loss":>10} {"|grad f|":>9} '
               f'{"anchors":>7}')
@@ -765,6 +785,7 @@ def plot(tasks: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
         ('package_estimate', 'C2-', 'accumulated_error / S2 (anchor_due)'),
         ('per_sample_estimate', 'C4--', 'per-sample Lemma 1 bound'),
         ('centred_estimate', 'C1-', 'per-sample, centred (variance)'),
+        ('split_half_estimate', 'C3--', 'split-half, no extra gradients'),
         ('estimate_norm_sq', 'C7:', '||v_k||^2')):
       ax3.plot(e['step'], e[key], style, lw=1, label=label)
     ax3.set_yscale('log')

@@ -97,7 +97,7 @@ def test_adaptive_anchoring_respects_cap(quick_run):
 def test_error_check(quick_run):
   results, _, _ = quick_run
   keys = ('true_error', 'package_estimate', 'per_sample_estimate',
-          'centred_estimate', 'estimate_norm_sq')
+          'centred_estimate', 'estimate_norm_sq', 'split_half_estimate')
   for task in results['tasks'].values():
     check = task['error_check']
     assert len(check['step']) >= 3
