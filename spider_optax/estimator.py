@@ -34,9 +34,14 @@ class SpiderDiagnostics(NamedTuple):
     estimate_norm: :math:`\|v_k\|`.
     accumulated_error: :math:`\sum_j \|g_j - g'_j\|^2 = \sum_j \hat L_j^2
       \|x_j - x_{j-1}\|^2` over the recursive steps since the last anchor.
-      Divided by the minibatch size it bounds the variance the recursion has
-      added to :math:`v_k` (Fang et al., 2018, Lemma 1); see
+      Divided by the minibatch size it is the term of Fang et al. (2018,
+      Lemma 1) with minibatch means in place of samples; see
       :func:`anchor_due`.
+    accumulated_variance: the sum of the ``grad_diff_variance`` estimates
+      passed to the recursive steps since the last anchor (from
+      ``so.paired_grad(loss_fn, split_batch=True)``): the variance the
+      recursion has added to :math:`v_k`. 0 right after an anchor; NaN once a
+      recursive step since the last anchor came without one.
   """
   grad_norm: chex.Array
   grad_diff_norm: chex.Array
@@ -44,11 +49,13 @@ class SpiderDiagnostics(NamedTuple):
   smoothness: chex.Array
   estimate_norm: chex.Array
   accumulated_error: chex.Array
+  accumulated_variance: chex.Array
 
 
 def _no_diagnostics() -> SpiderDiagnostics:
   zero = jnp.zeros([], jnp.float32)
-  return SpiderDiagnostics(zero, zero, zero, jnp.full([], jnp.nan), zero, zero)
+  return SpiderDiagnostics(zero, zero, zero, jnp.full([], jnp.nan), zero, zero,
+                           zero)
 
 
 class SpiderEstimatorState(NamedTuple):
@@ -97,6 +104,10 @@ def spider_estimator(
 
   ``update(grads, state, params)`` without ``prev_grads`` is an anchor step;
   ``update(grads, state, params, prev_grads=prev_grads)`` is a recursive step.
+  A recursive step may also pass ``grad_diff_variance=``, the estimate of the
+  variance it adds to :math:`v` that ``so.paired_grad(loss_fn,
+  split_batch=True)`` returns; the diagnostics sum it for
+  :func:`anchor_due`.
   Because the two calls differ in their arguments, a jitted training loop
   compiles one anchor step and one recursive step, and the host decides which
   to call (every ``q`` steps an anchor). A recursive step before any anchor has
@@ -155,13 +166,20 @@ def spider_estimator(
         diagnostics=_no_diagnostics() if diagnostics else None,
     )
 
-  def update_fn(updates, state, params=None, *, prev_grads=None, **extra_args):
+  def update_fn(updates, state, params=None, *, prev_grads=None,
+                grad_diff_variance=None, **extra_args):
     del extra_args
     if params is None:
       raise ValueError(
           'spider_estimator needs params: call tx.update(grads, state, params)'
           ' so that it can keep the previous parameters.')
     _checks.check_trees_match('params', params, 'grads', updates)
+    if grad_diff_variance is not None and (
+        prev_grads is None or jnp.ndim(grad_diff_variance) != 0):
+      raise ValueError(
+          'grad_diff_variance must be a scalar, passed with prev_grads on a '
+          'recursive step (so.paired_grad(loss_fn, split_batch=True) returns '
+          'it).')
     if prev_grads is None:  # Anchor step: reset the estimator.
       estimate = jax.tree.map(
           lambda v, g: _overwrite(v, g.astype(v.dtype)), state.estimate,
@@ -183,16 +201,17 @@ def spider_estimator(
         steps_since_anchor=steps_since_anchor.astype(jnp.int32),
         estimate=estimate,
         prev_params=jax.tree.map(_overwrite, state.prev_params, params),
-        diagnostics=_measure(state, updates, prev_grads, params, estimate,
-                             steps_since_anchor) if diagnostics else None,
+        diagnostics=_measure(state, updates, prev_grads, grad_diff_variance,
+                             params, estimate, steps_since_anchor)
+        if diagnostics else None,
     )
     return estimate, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _measure(state: SpiderEstimatorState, grads, prev_grads, params, estimate,
-             steps_since_anchor) -> SpiderDiagnostics:
+def _measure(state: SpiderEstimatorState, grads, prev_grads, grad_diff_variance,
+             params, estimate, steps_since_anchor) -> SpiderDiagnostics:
   """The :class:`SpiderDiagnostics` of an update (see there)."""
   sub = lambda a, b: jax.tree.map(
       lambda x, y: x.astype(jnp.float32) - y.astype(jnp.float32), a, b)
@@ -207,6 +226,10 @@ def _measure(state: SpiderEstimatorState, grads, prev_grads, params, estimate,
                          grad_diff_norm / jnp.where(step_norm > 0, step_norm, 1),
                          jnp.nan)
   previous = jnp.where(recursive, state.diagnostics.accumulated_error, 0.0)
+  # Unknown (NaN) from the first recursive step that brings no variance.
+  variance = jnp.nan if grad_diff_variance is None else grad_diff_variance
+  accumulated_variance = jnp.where(
+      recursive, state.diagnostics.accumulated_variance + variance, 0.0)
   return SpiderDiagnostics(
       grad_norm=global_norm(grads),
       grad_diff_norm=grad_diff_norm,
@@ -214,6 +237,7 @@ def _measure(state: SpiderEstimatorState, grads, prev_grads, params, estimate,
       smoothness=smoothness,
       estimate_norm=global_norm(estimate),
       accumulated_error=previous + jnp.square(grad_diff_norm),
+      accumulated_variance=accumulated_variance.astype(jnp.float32),
   )
 
 
@@ -314,54 +338,74 @@ def diagnostics(state: Any) -> dict[str, chex.Array]:
 
 
 def anchor_due(
-    state: Any, error_budget: chex.Numeric, batch_size: int,
+    state: Any, error_budget: chex.Numeric, batch_size: Optional[int] = None,
 ) -> chex.Array:
   r"""Whether the next step should be an anchor (adaptive anchoring).
 
   Instead of a fixed period q, anchor once the variance the recursion has
-  added since the last anchor, estimated from the diagnostics as
+  added to the estimator since the last anchor exceeds ``error_budget``:
+  where the loss curves more, or steps are longer, anchors come sooner. A
+  budget of :math:`\epsilon^2/8` for a target :math:`\epsilon` is the variance
+  of the anchor batch :math:`S_1 = 8\sigma^2/\epsilon^2` of
+  :func:`spider_optax.theory.online`, so that the estimator's error stays
+  near :math:`\epsilon^2/4`. The variance added is estimated in one of two
+  ways:
 
-  .. math::
+  - ``batch_size=None`` (recommended): the sum of the ``grad_diff_variance``
+    estimates that the recursive steps since the last anchor passed to the
+    update (``accumulated_variance``), from
+    ``so.paired_grad(loss_fn, split_batch=True)``. They are unbiased
+    estimates of :math:`\mathrm{Var}(g_j - g'_j)` from the two halves of each
+    minibatch, at no extra gradient cost; on the benchmarks' tasks their sum
+    tracked the true error :math:`\|v_k - \nabla f(x_k)\|^2` within a factor
+    of 0.7 to 1.3 (``benchmarks/RESULTS.md``, section 4). If a recursive step
+    since the last anchor brought none, the sum is NaN and this returns True,
+    so that such a loop anchors at every step rather than never.
+  - ``batch_size=S2``: :math:`\frac{1}{S_2} \sum_j \hat L_j^2
+    \|x_j - x_{j-1}\|^2 = \frac{1}{S_2} \sum_j \|g_j - g'_j\|^2`
+    (``accumulated_error``), which needs nothing from the gradient call: Fang
+    et al.'s Lemma 1 term with minibatch means in place of samples. It mixes
+    the gradient's mean change along the steps (no error) with the sampling
+    noise averaged over :math:`S_2`, and measured 10 times too high on a
+    character LSTM and 10 to 20 times too low on an MLP: a heuristic whose
+    budget must be tuned.
 
-    \frac{1}{S_2} \sum_{j} \hat L_j^2 \|x_j - x_{j-1}\|^2
-    = \frac{1}{S_2} \sum_j \|g_j - g'_j\|^2,
-
-  exceeds ``error_budget``: where the loss curves more, or steps are longer,
-  anchors come sooner. A budget of :math:`\epsilon^2/8` for a target
-  :math:`\epsilon` is the variance of the anchor batch
-  :math:`S_1 = 8\sigma^2/\epsilon^2` of :func:`spider_optax.theory.online`: a
-  starting point to tune from, not a guarantee. The sum is Fang et al.'s
-  Lemma 1 term with minibatch-mean differences in place of per-sample ones,
-  which mixes the mean change of the gradient along the steps (no error) with
-  the sampling noise (averaged over :math:`S_2`). Against the estimator's
-  true error :math:`\|v_k - \nabla f(x_k)\|^2` it measured about 10 times
-  too high on a character LSTM and 10 to 20 times too low on an MLP
-  (``benchmarks/RESULTS.md``, section 4). Returns a boolean scalar
-  (jit-friendly); a host-side loop reads it once per step, e.g.
-  ``so.flax.spider_loop(..., error_budget=...)``.
+  Returns a boolean scalar (jit-friendly); a host-side loop reads it once per
+  step, e.g. ``so.flax.spider_loop(..., error_budget=...)``.
 
   Examples:
-    >>> import jax.numpy as jnp, spider_optax as so
+    >>> import jax, jax.numpy as jnp, spider_optax as so
+    >>> loss_fn = lambda p, z: 0.5 * jnp.mean(jnp.sum((p['w'] - z) ** 2, -1))
     >>> tx = so.spider(0.1, diagnostics=True)
     >>> x = {'w': jnp.zeros(2)}
     >>> state = tx.init(x)
-    >>> _, state = tx.update({'w': jnp.ones(2)}, state, x)
-    >>> bool(so.anchor_due(state, error_budget=0.1, batch_size=8))
+    >>> batch = jax.random.normal(jax.random.key(0), (8, 2))
+    >>> _, state = tx.update(jax.grad(loss_fn)(x, batch), state, x)  # anchor
+    >>> x = {'w': jnp.array([0.1, 0.0])}
+    >>> grads, prev_grads, variance = so.paired_grad(loss_fn, split_batch=True)(
+    ...     x, so.prev_params(state), batch)
+    >>> _, state = tx.update(grads, state, x, prev_grads=prev_grads,
+    ...                      grad_diff_variance=variance)
+    >>> bool(so.anchor_due(state, error_budget=0.1))
     False
 
   Args:
     state: an optimizer state with a :class:`SpiderEstimatorState` that keeps
       diagnostics.
     error_budget: the variance the recursion may add (> 0).
-    batch_size: the minibatch size :math:`S_2` of the recursive steps.
+    batch_size: None to use the split-half estimates; else the minibatch size
+      :math:`S_2` of the recursive steps, for the estimate from the
+      minibatch-mean differences.
 
   Returns:
-    A bool scalar, True when the accumulated error exceeds the budget.
+    A bool scalar, True when the estimated variance exceeds the budget.
   """
   _checks.check_positive('error_budget', error_budget)
+  d = diagnostics(state)
+  if batch_size is None:
+    return ~(d['accumulated_variance'] <= error_budget)  # NaN: anchor
   _checks.check_positive('batch_size', batch_size)
-  accumulated = diagnostics(state)['accumulated_error']
-  return accumulated / batch_size > error_budget
+  return d['accumulated_error'] / batch_size > error_budget
 
 
 def _find(state: Any, kind: type) -> list[Any]:

@@ -16,6 +16,7 @@ Import it as ``spider_optax.flax`` (or ``so.flax``); it needs the ``flax``
 extra: ``pip install 'spider-optax[flax]'``.
 """
 
+import math
 import numbers
 from typing import Any, Callable, Iterable, Optional
 
@@ -75,7 +76,8 @@ def paired_value_and_grad(
     *args: Any,
     has_aux: bool = False,
     vectorized: bool = True,
-) -> tuple[Any, Any]:
+    split_batch: bool = False,
+) -> tuple[Any, ...]:
   """``nnx.value_and_grad(loss_fn)`` at the model's params and at x_{k-1}.
 
   ``loss_fn(model, *args)`` is evaluated on the same ``args`` (the batch) at
@@ -87,10 +89,13 @@ def paired_value_and_grad(
 
   ``loss_fn`` reads the model's other state but does not write it back: pass
   dropout keys through ``args`` rather than advancing an ``nnx.Rngs`` inside.
+  With ``split_batch=True`` a third output is the variance estimate for
+  adaptive anchoring (see :func:`spider_optax.paired_value_and_grad`).
   """
   loss_of_params, params = _loss_of_params(loss_fn, model, optimizer)
-  return paired.paired_value_and_grad(loss_of_params, has_aux, vectorized=vectorized)(
-      params, _prev_like(params, optimizer), *args)
+  return paired.paired_value_and_grad(
+      loss_of_params, has_aux, vectorized=vectorized, split_batch=split_batch)(
+          params, _prev_like(params, optimizer), *args)
 
 
 def paired_grad(
@@ -100,7 +105,8 @@ def paired_grad(
     *args: Any,
     has_aux: bool = False,
     vectorized: bool = True,
-) -> tuple[Any, Any]:
+    split_batch: bool = False,
+) -> tuple[Any, ...]:
   """``nnx.grad(loss_fn)`` at the model's params and at x_{k-1}, one batch.
 
   Example (inside or outside ``nnx.jit``)::
@@ -108,17 +114,21 @@ def paired_grad(
     grads, prev_grads = so.flax.paired_grad(loss_fn, model, optimizer, x, y)
     optimizer.update(model, grads, prev_grads=prev_grads)
 
-  With ``has_aux=True`` each half is ``(grads, aux)``. See
+  With ``has_aux=True`` each half is ``(grads, aux)``; with
+  ``split_batch=True`` a third output is the variance estimate. See
   :func:`paired_value_and_grad`.
   """
-  (value, grads), (prev_value, prev_grads) = paired_value_and_grad(
-      loss_fn, model, optimizer, *args, has_aux=has_aux, vectorized=vectorized)
+  (value, grads), (prev_value, prev_grads), *variance = paired_value_and_grad(
+      loss_fn, model, optimizer, *args, has_aux=has_aux, vectorized=vectorized,
+      split_batch=split_batch)
   if has_aux:
     return (grads, value[1]), (prev_grads, prev_value[1])
-  return grads, prev_grads
+  return (grads, prev_grads, *variance)
 
 
-def nnx_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
+def nnx_steps(
+    loss_fn: Callable[..., Any], *, split_batch: bool = False,
+) -> tuple[Callable, Callable]:
   """Jitted ``(anchor_step, recursive_step)`` for an NNX model.
 
   Both have the signature ``step((model, optimizer), *batch) ->
@@ -131,6 +141,12 @@ def nnx_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
   ``loss_fn`` must not write model state (BatchNorm in training mode, Dropout
   drawing from the model's own ``nnx.Rngs``): the two points are evaluated
   from one snapshot of it. Pass dropout keys in the batch instead.
+
+  With ``split_batch=True`` the recursive step evaluates the minibatch as two
+  halves and passes the variance estimate to the update
+  (``grad_diff_variance``), for adaptive anchoring with
+  :func:`spider_loop` (``error_budget`` without ``batch_size``). The
+  optimizer must keep diagnostics, and ``loss_fn`` average over the batch.
   """
 
   @nnx.jit
@@ -142,9 +158,10 @@ def nnx_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
 
   @nnx.jit
   def recursive(model, optimizer, *batch):
-    (loss, grads), (_, prev_grads) = paired_value_and_grad(
-        loss_fn, model, optimizer, *batch)
-    optimizer.update(model, grads, prev_grads=prev_grads)
+    (loss, grads), (_, prev_grads), *variance = paired_value_and_grad(
+        loss_fn, model, optimizer, *batch, split_batch=split_batch)
+    optimizer.update(model, grads, prev_grads=prev_grads,
+                     **_variance_arg(variance))
     return loss
 
   def anchor_step(carry, *batch):
@@ -184,8 +201,11 @@ class TrainState(train_state.TrainState):
     state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
     return state.replace(step=jnp.zeros([], jnp.int32))
 
-  def apply_gradients(self, *, grads, prev_grads=None, **kwargs):
+  def apply_gradients(self, *, grads, prev_grads=None,
+                      grad_diff_variance=None, **kwargs):
     extra = {} if prev_grads is None else {'prev_grads': prev_grads}
+    if grad_diff_variance is not None:
+      extra['grad_diff_variance'] = grad_diff_variance
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params,
                                         **extra)
     return self.replace(
@@ -201,13 +221,16 @@ class TrainState(train_state.TrainState):
     return estimator.prev_params(self.opt_state)
 
 
-def linen_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
+def linen_steps(
+    loss_fn: Callable[..., Any], *, split_batch: bool = False,
+) -> tuple[Callable, Callable]:
   """Jitted ``(anchor_step, recursive_step)`` for a Linen :class:`TrainState`.
 
   ``loss_fn(params, *batch)`` is the loss (typically calling
   ``state.apply_fn({'params': params}, ...)`` or ``model.apply``). Both steps
   have the signature ``step(state, *batch) -> (state, loss)``; the loss is at
-  the current params, before the update.
+  the current params, before the update. ``split_batch`` as in
+  :func:`nnx_steps`.
   """
 
   @jax.jit
@@ -217,11 +240,18 @@ def linen_steps(loss_fn: Callable[..., Any]) -> tuple[Callable, Callable]:
 
   @jax.jit
   def recursive_step(state, *batch):
-    (loss, grads), (_, prev_grads) = paired.paired_value_and_grad(loss_fn)(
-        state.params, state.prev_params, *batch)
-    return state.apply_gradients(grads=grads, prev_grads=prev_grads), loss
+    (loss, grads), (_, prev_grads), *variance = paired.paired_value_and_grad(
+        loss_fn, split_batch=split_batch)(state.params, state.prev_params,
+                                          *batch)
+    return state.apply_gradients(grads=grads, prev_grads=prev_grads,
+                                 **_variance_arg(variance)), loss
 
   return anchor_step, recursive_step
+
+
+def _variance_arg(variance: list[jax.Array]) -> dict[str, jax.Array]:
+  """The update's ``grad_diff_variance`` keyword, if a split batch gave one."""
+  return {'grad_diff_variance': variance[0]} if variance else {}
 
 
 # --------------------------------------------------------------------------
@@ -261,7 +291,10 @@ def spider_loop(
   says the recursion's accumulated error exceeds the budget, or when
   ``anchor_period`` steps have passed since the last anchor (a cap). This
   reads one boolean back from the device per step, and needs an optimizer
-  built with ``diagnostics=True`` (or ``epsilon=``).
+  built with ``diagnostics=True`` (or ``epsilon=``). Without ``batch_size``
+  it sums the split-half variance estimates, which needs steps built with
+  ``split_batch=True``; with ``batch_size`` it uses the minibatch-mean
+  heuristic (see :func:`spider_optax.anchor_due`).
 
   Args:
     anchor_step, recursive_step: from :func:`nnx_steps` or
@@ -280,8 +313,8 @@ def spider_loop(
       With ``error_budget`` the schedule continues from the restored state.
     error_budget: turns on adaptive anchoring (see above); e.g.
       ``epsilon**2 / 8`` for a target gradient norm ``epsilon``.
-    batch_size: the minibatch size of recursive steps; needed with
-      ``error_budget``.
+    batch_size: with ``error_budget``, the minibatch size of recursive steps
+      for the minibatch-mean heuristic; None for the split-half estimates.
 
   Returns:
     The final carry and the list of per-step losses (device arrays, not yet
@@ -290,8 +323,6 @@ def spider_loop(
   if (isinstance(anchor_period, bool)
       or not isinstance(anchor_period, numbers.Integral) or anchor_period <= 0):
     raise ValueError(f'anchor_period must be a positive int, got {anchor_period!r}.')
-  if error_budget is not None and batch_size is None:
-    raise ValueError('spider_loop needs batch_size with error_budget.')
   batches = {True: iter(anchor_batches), False: iter(minibatches)}
   steps = {True: anchor_step, False: recursive_step}
   losses = []
@@ -301,9 +332,16 @@ def spider_loop(
     else:
       state = nnx.as_pure(_opt_state(carry))
       last = estimator.estimator_state(state)
-      count, since, due = jax.device_get((  # One read back per step.
+      count, since, due, variance = jax.device_get((  # One read per step.
           last.count, last.steps_since_anchor,
-          estimator.anchor_due(state, error_budget, batch_size)))
+          estimator.anchor_due(state, error_budget, batch_size),
+          last.diagnostics.accumulated_variance))
+      if batch_size is None and since > 0 and math.isnan(variance):
+        raise ValueError(
+            'Adaptive anchoring without batch_size sums the variance '
+            'estimates of split batches, but a recursive step brought none: '
+            'build the steps with split_batch=True, or pass batch_size for '
+            'the minibatch-mean heuristic.')
       is_anchor = bool(count == 0 or since + 1 >= anchor_period or due)
     batch = next(batches[is_anchor], None)
     if batch is None:

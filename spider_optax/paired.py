@@ -4,8 +4,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spider_optax import _checks
+from spider_optax.clipping import global_norm
 
 
 def paired_value_and_grad(
@@ -13,7 +15,8 @@ def paired_value_and_grad(
     has_aux: bool = False,
     *,
     vectorized: bool = True,
-) -> Callable[..., tuple[Any, Any]]:
+    split_batch: bool = False,
+) -> Callable[..., tuple[Any, ...]]:
   r"""``jax.value_and_grad(loss_fn)`` at two parameter sets on one batch.
 
   SPIDER's recursive step needs :math:`\nabla f_{S_2}(x_k)` and
@@ -31,6 +34,31 @@ def paired_value_and_grad(
   first argument of ``loss_fn`` is differentiated; ``args`` and ``kwargs``
   (the batch, an RNG key) are shared by both points.
 
+  With ``split_batch=True`` the minibatch of :math:`b` samples (every leaf of
+  ``args``, along its first axis) is evaluated as two halves, :math:`A` of
+  :math:`m = \lfloor b/2 \rfloor` samples and :math:`B` of the rest, at both
+  points: the same number of gradient evaluations. The returned values and
+  gradients are the halves' weighted means, which for a ``loss_fn`` that
+  averages over the batch are those of the whole minibatch (up to rounding).
+  A third output estimates the variance that this recursive step adds to the
+  SPIDER estimator, :math:`\mathrm{Var}(\bar d)` with
+  :math:`\bar d = \nabla f_{S_2}(x_k) - \nabla f_{S_2}(x_{k-1})`:
+
+  .. math::
+
+    \widehat{\mathrm{Var}} = \frac{m (b - m)}{b^2}
+      \|\bar d_A - \bar d_B\|^2,
+
+  unbiased for samples drawn independently, since
+  :math:`\mathbb{E}\|\bar d_A - \bar d_B\|^2 = \sigma^2 (1/m + 1/(b - m))`
+  and :math:`\mathrm{Var}(\bar d) = \sigma^2 / b`, with :math:`\sigma^2` the
+  variance of one sample's gradient difference. Pass it to the update as
+  ``grad_diff_variance=``; :func:`spider_optax.anchor_due` then anchors on
+  the sum of these estimates since the last anchor. It needs a
+  ``loss_fn`` that averages over the batch, ``args`` whose leaves all share
+  the batch axis first (``kwargs`` are shared, e.g. an RNG key), and
+  ``has_aux=False``.
+
   Examples:
     >>> import jax.numpy as jnp, spider_optax as so
     >>> loss_fn = lambda p, x: jnp.sum((p['w'] * x) ** 2)
@@ -47,11 +75,17 @@ def paired_value_and_grad(
       parameter sets (one batched forward/backward, which uses the hardware
       better at small batch sizes, at the cost of stacking the two parameter
       copies), or, when False, as two gradient calls in the same trace.
+    split_batch: also estimate the variance the step adds to the estimator,
+      from the two halves of the batch (see above).
 
   Returns:
     A function ``(params, prev_params, *args, **kwargs)`` returning the pair
-    ``(value_and_grad at params, value_and_grad at prev_params)``.
+    ``(value_and_grad at params, value_and_grad at prev_params)``, and with
+    ``split_batch`` the float32 variance estimate as a third element.
   """
+  if split_batch and has_aux:
+    raise ValueError('split_batch=True needs has_aux=False: the aux outputs '
+                     'of two half batches have no mean to return.')
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
   def paired(params, prev_params, *args, **kwargs):
@@ -66,7 +100,49 @@ def paired_value_and_grad(
     both = jax.vmap(at)(stacked)  # args/kwargs are closed over: not mapped.
     return jax.tree.map(lambda x: x[0], both), jax.tree.map(lambda x: x[1], both)
 
-  return paired
+  if not split_batch:
+    return paired
+
+  def paired_halves(params, prev_params, *args, **kwargs):
+    b = _batch_size(args)
+    m = b // 2
+    first, second = (
+        paired(params, prev_params, *jax.tree.map(half, args), **kwargs)
+        for half in (lambda x: x[:m], lambda x: x[m:]))
+    mean = lambda u, v: jax.tree.map(
+        lambda x, y: ((m * x + (b - m) * y) / b).astype(x.dtype), u, v)
+    # d_A - d_B = (g_A - g'_A) - (g_B - g'_B), in float32 for the norm.
+    diff = lambda a, pa, b_, pb: (
+        (a.astype(jnp.float32) - pa.astype(jnp.float32))
+        - (b_.astype(jnp.float32) - pb.astype(jnp.float32)))
+    spread = jax.tree.map(diff, first[0][1], first[1][1], second[0][1],
+                          second[1][1])
+    variance = jnp.square(global_norm(spread)) * (m * (b - m) / b**2)
+    return mean(first[0], second[0]), mean(first[1], second[1]), variance
+
+  return paired_halves
+
+
+def _batch_size(args: tuple[Any, ...]) -> int:
+  """The shared first-axis length of every leaf of ``args`` (at least 2)."""
+  leaves = jax.tree_util.tree_leaves_with_path(args)
+  if not leaves:
+    raise ValueError('split_batch=True needs the batch as positional '
+                     'arguments after the two parameter sets.')
+  sizes = {jax.tree_util.keystr(p): (np.shape(x)[0] if np.ndim(x) else None)
+           for p, x in leaves}
+  first_path, b = next(iter(sizes.items()))
+  for path, size in sizes.items():
+    if size != b or size is None:
+      axis = 'no first axis' if size is None else f'first axis {size}'
+      raise ValueError(
+          f'split_batch=True splits every leaf of the batch along its first '
+          f'axis, but args{path} has {axis} and args{first_path} has {b}. '
+          f'Pass shared values (an RNG key) as keyword arguments.')
+  if b < 2:
+    raise ValueError(f'split_batch=True needs a batch of at least 2 samples, '
+                     f'got {b}.')
+  return b
 
 
 def paired_grad(
@@ -74,7 +150,8 @@ def paired_grad(
     has_aux: bool = False,
     *,
     vectorized: bool = True,
-) -> Callable[..., tuple[Any, Any]]:
+    split_batch: bool = False,
+) -> Callable[..., tuple[Any, ...]]:
   r"""``jax.grad(loss_fn)`` at two parameter sets on one batch.
 
   .. code-block:: python
@@ -85,7 +162,18 @@ def paired_grad(
         grads, opt_state, params, prev_grads=prev_grads)
 
   With ``has_aux=True`` each half is ``(grads, aux)``, as ``jax.grad``
-  returns. See :func:`paired_value_and_grad` for the arguments.
+  returns. With ``split_batch=True`` it returns
+  ``grads, prev_grads, grad_diff_variance``, the last for adaptive anchoring:
+
+  .. code-block:: python
+
+    grads, prev_grads, variance = so.paired_grad(loss_fn, split_batch=True)(
+        params, so.prev_params(opt_state), batch)
+    updates, opt_state = tx.update(grads, opt_state, params,
+                                   prev_grads=prev_grads,
+                                   grad_diff_variance=variance)
+
+  See :func:`paired_value_and_grad` for the arguments.
 
   Examples:
     >>> import jax.numpy as jnp, spider_optax as so
@@ -95,13 +183,14 @@ def paired_grad(
     >>> print(grads['w'], prev_grads['w'])
     36.0 18.0
   """
-  paired = paired_value_and_grad(loss_fn, has_aux, vectorized=vectorized)
+  paired = paired_value_and_grad(loss_fn, has_aux, vectorized=vectorized,
+                                 split_batch=split_batch)
 
   def paired_grads(params, prev_params, *args, **kwargs):
-    (value, grads), (prev_value, prev_grads) = paired(
+    (value, grads), (prev_value, prev_grads), *variance = paired(
         params, prev_params, *args, **kwargs)
     if has_aux:
       return (grads, value[1]), (prev_grads, prev_value[1])
-    return grads, prev_grads
+    return (grads, prev_grads, *variance)
 
   return paired_grads

@@ -11,6 +11,8 @@ def apply_if_finite(
 ) -> optax.GradientTransformationExtraArgs:
   """Skips a step whose ``grads`` *or* ``prev_grads`` hold a NaN or Inf.
 
+  (Or whose ``grad_diff_variance``, for adaptive anchoring, is not finite.)
+
   :func:`optax.apply_if_finite` inspects only the first argument of ``update``.
   In a SPIDER recursive step a non-finite ``prev_grads`` would pass that check
   and poison the estimator for every step until the next anchor. This guard,
@@ -54,7 +56,8 @@ def apply_if_finite(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    checked = (updates, extra_args.get('prev_grads'))
+    checked = (updates, extra_args.get('prev_grads'),
+               extra_args.get('grad_diff_variance'))
     isfinite = jnp.all(jnp.array(
         [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]))
     notfinite_count = jnp.where(

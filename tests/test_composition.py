@@ -205,3 +205,18 @@ def test_apply_if_finite_bfloat16_params_float32_estimator():
                                       prev_grads=_with_nan(grads))
   assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
   assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+
+
+def test_apply_if_finite_skips_a_nonfinite_grad_diff_variance():
+  """A NaN variance estimate would make the adaptive-anchoring sum unknown."""
+  tx = so.apply_if_finite(so.spider(0.1, diagnostics=True), 1)
+  grads = jax.tree.map(jnp.ones_like, PARAMS)
+  state = tx.init(PARAMS)
+  _, state = tx.update(grads, state, PARAMS)
+  _, state = tx.update(grads, state, PARAMS, prev_grads=grads,
+                       grad_diff_variance=jnp.float32(0.25))
+  updates, state = tx.update(grads, state, PARAMS, prev_grads=grads,
+                             grad_diff_variance=jnp.float32(jnp.nan))
+  assert int(state.total_notfinite) == 1
+  assert all(np.all(u == 0) for u in jax.tree.leaves(updates))
+  assert float(so.diagnostics(state)['accumulated_variance']) == 0.25

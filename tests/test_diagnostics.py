@@ -64,6 +64,8 @@ def reference_diagnostics(params, data):
         'smoothness': np.nan if diff is None else diff / step,
         'estimate_norm': global_norm(ref.v),
         'accumulated_error': accumulated,
+        # No grad_diff_variance was passed: unknown after a recursive step.
+        'accumulated_variance': 0.0 if diff is None else np.nan,
         'steps_since_anchor': k % ANCHOR_PERIOD,
         'clip_factor': clip_factor(global_norm(ref.v), C0, C1),
     })
@@ -102,35 +104,45 @@ def test_clip_factor_of_relaxed_clip():
   np.testing.assert_allclose(state.clip_factor, 0.2)  # min(1, 2/5, 5/25)
 
 
-def run_adaptive(curvature, budget, steps=60, period=1000):
-  """Anchor count of so.spider on 0.5 * a * |x - z|^2 with noisy z.
+def run_adaptive(curvature, budget, split, steps=60, period=1000):
+  """Anchor count of so.spider on 0.5 a s |x - z|^2 with noisy z and s.
 
-  The recursion's added error per step is a^2 |x_k - x_{k-1}|^2 / S2, so a
-  higher curvature a spends the budget sooner.
+  A sample's gradient difference along a step is a s (x_k - x_{k-1}), so the
+  recursion's added error per step grows like a^2 |x_k - x_{k-1}|^2, and a
+  higher curvature a spends the budget sooner. ``split``: the split-half
+  estimates (anchor_due without batch_size), else the minibatch-mean rule.
   """
   rng = np.random.default_rng(0)
-  loss = lambda p, z: 0.5 * curvature * jnp.mean(jnp.sum((p['x'] - z) ** 2, -1))
+  def loss(p, batch):  # batch rows: (z_1..z_4, s)
+    z, s = batch[:, :4], 1.0 + 0.5 * batch[:, 4]
+    return 0.5 * curvature * jnp.mean(s * jnp.sum((p['x'] - z) ** 2, -1))
   tx = so.spider(0.05 / curvature, diagnostics=True)  # no clip: same path
   params = {'x': jnp.full(4, 3.0)}
   state = tx.init(params)
   anchors = 0
   for k in range(steps):
-    z = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
+    batch = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
     last = state[0]
-    if (k == 0 or last.steps_since_anchor + 1 >= period
-        or so.anchor_due(state, budget, batch_size=8)):
+    due = (so.anchor_due(state, budget) if split
+           else so.anchor_due(state, budget, batch_size=8))
+    if k == 0 or last.steps_since_anchor + 1 >= period or due:
       anchors += 1
-      updates, state = tx.update(jax.grad(loss)(params, z), state, params)
+      updates, state = tx.update(jax.grad(loss)(params, batch), state, params)
     else:
-      grads, prev_grads = so.paired_grad(loss)(params, so.prev_params(state), z)
-      updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
+      grads, prev_grads, *variance = so.paired_grad(loss, split_batch=split)(
+          params, so.prev_params(state), batch)
+      updates, state = tx.update(
+          grads, state, params, prev_grads=prev_grads,
+          grad_diff_variance=variance[0] if split else None)
     params = optax.apply_updates(params, updates)
   return anchors
 
 
-def test_adaptive_anchoring_anchors_more_where_curvature_is_higher():
+@pytest.mark.parametrize('split,budget', [(False, 0.03), (True, 0.003)])
+def test_adaptive_anchoring_anchors_more_where_curvature_is_higher(split,
+                                                                   budget):
   # lr * a is the same, so the steps are alike; only the curvature differs.
-  counts = [run_adaptive(a, budget=0.03) for a in (1.0, 4.0, 16.0)]
+  counts = [run_adaptive(a, budget, split) for a in (1.0, 4.0, 16.0)]
   assert counts[0] < counts[1] < counts[2], counts
   assert counts[0] >= 1
 
@@ -150,3 +162,75 @@ def test_anchor_due_is_the_accumulated_error_over_the_batch():
   assert float(so.diagnostics(state)['accumulated_error']) == 0.0
   with pytest.raises(ValueError, match='error_budget'):
     so.anchor_due(state, -1.0, batch_size=4)
+
+
+def test_accumulated_variance_sums_the_passed_estimates():
+  tx = so.spider(0.5, diagnostics=True)
+  x = {'w': jnp.array([1.0, 1.0])}
+  g = {'w': jnp.array([1.0, 0.0])}
+  state = tx.init(x)
+  _, state = tx.update(g, state, x)  # anchor
+  assert float(so.diagnostics(state)['accumulated_variance']) == 0.0
+  for variance in (0.3, 0.2):
+    _, state = tx.update(g, state, x, prev_grads=g,
+                         grad_diff_variance=jnp.float32(variance))
+  np.testing.assert_allclose(so.diagnostics(state)['accumulated_variance'], 0.5)
+  assert bool(so.anchor_due(state, 0.45))
+  assert not bool(so.anchor_due(state, 0.55))
+  _, state = tx.update(g, state, x)  # anchor: reset
+  assert float(so.diagnostics(state)['accumulated_variance']) == 0.0
+  assert not bool(so.anchor_due(state, 0.1))
+  # A recursive step without an estimate: the sum is unknown, so anchor.
+  _, state = tx.update(g, state, x, prev_grads=g)
+  assert np.isnan(so.diagnostics(state)['accumulated_variance'])
+  assert bool(so.anchor_due(state, 1e9))
+  _, state = tx.update(g, state, x, prev_grads=g, grad_diff_variance=0.0)
+  assert np.isnan(so.diagnostics(state)['accumulated_variance'])
+
+
+def test_grad_diff_variance_needs_a_recursive_step_and_a_scalar():
+  tx = so.spider(0.5, diagnostics=True)
+  x = {'w': jnp.zeros(2)}
+  state = tx.init(x)
+  with pytest.raises(ValueError, match='with prev_grads'):
+    tx.update(x, state, x, grad_diff_variance=0.1)
+  with pytest.raises(ValueError, match='scalar'):
+    tx.update(x, state, x, prev_grads=x, grad_diff_variance=jnp.ones(2))
+
+
+def test_split_half_sum_is_the_estimators_expected_error():
+  """E ||v_k - grad f(x_k)||^2 = E sum_j Var(g_j - g'_j) after an exact anchor
+  (the recursion is a martingale), so the mean of accumulated_variance over
+  independent runs must match the mean squared error of v_k, computed here
+  from the full gradient."""
+  n, d, q, runs, batch = 64, 3, 8, 4000, 6
+  rng = np.random.default_rng(1)
+  a = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=n), jnp.float32)
+  def loss(p, a, y):  # a (d, 1)-smooth non-convex finite sum
+    return jnp.mean(jnp.log(1 + (a @ p['x'] - y) ** 2))
+  tx = so.spider(0.3, diagnostics=True)
+  x0 = {'x': jnp.asarray(rng.normal(size=d), jnp.float32)}
+
+  def one_run(key):
+    updates, state = tx.update(jax.grad(loss)(x0, a, y), tx.init(x0), x0)
+    params = optax.apply_updates(x0, updates)
+    for k in jax.random.split(key, q - 1):
+      idx = jax.random.randint(k, (batch,), 0, n)  # with replacement
+      grads, prev_grads, variance = so.paired_grad(loss, split_batch=True)(
+          params, so.prev_params(state), a[idx], y[idx])
+      updates, state = tx.update(grads, state, params, prev_grads=prev_grads,
+                                 grad_diff_variance=variance)
+      params = optax.apply_updates(params, updates)
+    # v_{q-1} is the estimate of grad f at the params of the last update.
+    true = jnp.sum((state[0].estimate['x']
+                    - jax.grad(loss)(so.prev_params(state), a, y)['x']) ** 2)
+    return true, so.diagnostics(state)['accumulated_variance']
+
+  true, estimate = map(np.asarray, jax.jit(jax.vmap(one_run))(
+      jax.random.split(jax.random.key(0), runs)))
+  # Both means carry sampling error; allow 4 standard errors of each.
+  tolerance = 4 * np.hypot(true.std(), estimate.std()) / np.sqrt(runs)
+  assert true.mean() > 10 * tolerance / 4, 'the error must be measurable'
+  assert abs(true.mean() - estimate.mean()) < tolerance, (
+      true.mean(), estimate.mean(), tolerance)

@@ -729,7 +729,8 @@ def test_spider_loop_accepts_a_numpy_integer_anchor_period():
 # 7. Adaptive anchoring in spider_loop
 # --------------------------------------------------------------------------
 
-ADAPTIVE_STEPS, BUDGET = 60, 2e-4
+ADAPTIVE_STEPS = 60
+BUDGETS = {'heuristic': 2e-4, 'split': 1e-3}
 
 
 def recording(steps, kinds):
@@ -743,39 +744,53 @@ def recording(steps, kinds):
   return note('anchor', anchor), note('recursive', recursive)
 
 
-def functional_adaptive(params, tx, budget, period):
+def functional_adaptive(params, tx, budget, period, rule):
   """The adaptive rule written out with the functional API."""
   state, kinds, batches = tx.init(params), [], minibatches()
   grad = jax.jit(jax.grad(loss_fn))
-  paired = jax.jit(so.paired_grad(loss_fn))
+  split = rule == 'split'
+  paired = jax.jit(so.paired_grad(loss_fn, split_batch=split))
+  batch_size = None if split else MINIBATCH
   for k in range(ADAPTIVE_STEPS):
     if (k == 0 or int(state[0].steps_since_anchor) + 1 >= period
-        or bool(so.anchor_due(state, budget, batch_size=MINIBATCH))):
+        or bool(so.anchor_due(state, budget, batch_size))):
       kinds.append('anchor')
       updates, state = tx.update(grad(params, X, Y), state, params)
     else:
       kinds.append('recursive')
-      grads, prev_grads = paired(params, so.prev_params(state), *next(batches))
-      updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
+      grads, prev_grads, *variance = paired(
+          params, so.prev_params(state), *next(batches))
+      updates, state = tx.update(
+          grads, state, params, prev_grads=prev_grads,
+          grad_diff_variance=variance[0] if split else None)
     params = optax.apply_updates(params, updates)
   return params, kinds
 
 
+NNX_SPLIT_STEPS = sof.nnx_steps(nnx_loss, split_batch=True)
+LINEN_SPLIT_STEPS = sof.linen_steps(linen_loss, split_batch=True)
+
+
 @pytest.mark.parametrize('api', ['nnx', 'linen'])
 @pytest.mark.parametrize('period', [10**6, 7])
-def test_spider_loop_adaptive_anchoring(api, period):
+@pytest.mark.parametrize('rule', ['heuristic', 'split'])
+def test_spider_loop_adaptive_anchoring(api, period, rule):
   tx = so.spider(**HP, diagnostics=True)
-  want_params, want = functional_adaptive(initial_params(), tx, BUDGET, period)
+  budget = BUDGETS[rule]
+  want_params, want = functional_adaptive(initial_params(), tx, budget, period,
+                                          rule)
   kinds = []
+  split = rule == 'split'
   if api == 'nnx':
-    steps = recording(NNX_STEPS, kinds)
+    steps = recording(NNX_SPLIT_STEPS if split else NNX_STEPS, kinds)
     carry = new_nnx(initial_params(), tx)
   else:
-    steps = recording(LINEN_STEPS, kinds)
+    steps = recording(LINEN_SPLIT_STEPS if split else LINEN_STEPS, kinds)
     carry = new_linen(initial_params(), tx)
   carry, losses = sof.spider_loop(
       *steps, carry, full_data(), minibatches(), anchor_period=period,
-      num_steps=ADAPTIVE_STEPS, error_budget=BUDGET, batch_size=MINIBATCH)
+      num_steps=ADAPTIVE_STEPS, error_budget=budget,
+      batch_size=None if split else MINIBATCH)
   assert kinds == want
   # The budget binds: anchors come at uneven intervals, more than the first.
   gaps = np.diff([k for k, kind in enumerate(kinds) if kind == 'anchor'])
@@ -786,12 +801,29 @@ def test_spider_loop_adaptive_anchoring(api, period):
   leaves_close(got, want_params, atol=1e-5)
 
 
-def test_spider_loop_adaptive_needs_batch_size_and_diagnostics():
-  with pytest.raises(ValueError, match='batch_size'):
-    sof.spider_loop(*LINEN_STEPS, new_linen(initial_params(), TX),
-                    full_data(), minibatches(), anchor_period=5, num_steps=2,
+def test_spider_loop_adaptive_needs_split_batches_or_batch_size():
+  tx = so.spider(**HP, diagnostics=True)
+  with pytest.raises(ValueError, match='split_batch=True, or pass batch_size'):
+    sof.spider_loop(*LINEN_STEPS, new_linen(initial_params(), tx),
+                    full_data(), minibatches(), anchor_period=5, num_steps=3,
                     error_budget=1.0)
   with pytest.raises(ValueError, match='diagnostics=True'):
     sof.spider_loop(*LINEN_STEPS, new_linen(initial_params(), TX),
                     full_data(), minibatches(), anchor_period=5, num_steps=2,
                     error_budget=1.0, batch_size=4)
+
+
+def test_nnx_split_batch_matches_the_functional_split(few):
+  """so.flax.paired_grad(split_batch=True): the functional split's grads and
+  variance, as nnx.State."""
+  (model, optimizer), _, (params, opt_state) = few
+  x, y = next(minibatches(seed=9))
+  want = so.paired_grad(loss_fn, split_batch=True)(
+      params, so.prev_params(opt_state), x, y)
+  grads, prev_grads, variance = sof.paired_grad(
+      nnx_loss, model, optimizer, x, y, split_batch=True)
+  assert isinstance(grads, nnx.State) and isinstance(prev_grads, nnx.State)
+  for g, w in zip((grads, prev_grads), want[:2]):
+    leaves_close(nnx.to_pure_dict(g), w, rtol=1e-5, atol=1e-7)
+  assert float(variance) > 0
+  np.testing.assert_allclose(variance, want[2], rtol=1e-4)

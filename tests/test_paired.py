@@ -82,3 +82,85 @@ def test_mismatched_prev_params_names_the_leaf():
   loss = lambda p, b: mlp_loss(p, b)[0]
   with pytest.raises(ValueError, match=r"prev_params\['w1'\] has shape \(3, 8\)"):
     so.paired_grad(loss)(params, prev, batch)
+
+
+# --- split_batch: the two halves and the variance estimate -----------------
+
+def lsq_loss(params, x, y):
+  """Mean over samples of (x_i . w + c - y_i)^2; gradients written in NumPy."""
+  return jnp.mean((x @ params['w'] + params['c'] - y) ** 2)
+
+
+def lsq_per_sample_grads_np(params, x, y):
+  """Per-sample gradients in float64: r_i = x_i.w + c - y_i, grad = 2 r_i (x_i, 1)."""
+  w, c = np.float64(params['w']), np.float64(params['c'])
+  x, y = np.float64(x), np.float64(y)
+  r = x @ w + c - y
+  return np.concatenate([2 * r[:, None] * x, 2 * r[:, None]], axis=1)
+
+
+def lsq_setup(b, seed=0):
+  rng = np.random.default_rng(seed)
+  f32 = lambda *s: np.float32(rng.normal(size=s))
+  params = {'w': jnp.asarray(f32(3)), 'c': jnp.asarray(f32())}
+  prev = {'w': params['w'] + 0.5 * f32(3), 'c': params['c'] + 0.5 * f32()}
+  return params, prev, jnp.asarray(f32(b, 3)), jnp.asarray(f32(b))
+
+
+@pytest.mark.parametrize('b', [2, 7, 8])
+@pytest.mark.parametrize('vectorized', [True, False])
+@pytest.mark.parametrize('jit', [True, False], ids=['jit', 'nojit'])
+def test_split_batch_matches_float64_reference(b, vectorized, jit):
+  params, prev, x, y = lsq_setup(b)
+  paired = so.paired_value_and_grad(lsq_loss, vectorized=vectorized,
+                                    split_batch=True)
+  paired = jax.jit(paired) if jit else paired
+  (value, grads), (prev_value, prev_grads), variance = paired(params, prev, x, y)
+
+  g, pg = lsq_per_sample_grads_np(params, x, y), lsq_per_sample_grads_np(prev, x, y)
+  flat = lambda t: np.concatenate([np.ravel(t['w']), np.ravel(t['c'])])
+  np.testing.assert_allclose(flat(grads), g.mean(0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(flat(prev_grads), pg.mean(0), rtol=1e-5, atol=1e-5)
+  residual = lambda p: np.float64(x) @ np.float64(p['w']) + np.float64(p['c']) - np.float64(y)
+  np.testing.assert_allclose(value, np.mean(residual(params) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(prev_value, np.mean(residual(prev) ** 2), rtol=1e-5)
+  m = b // 2
+  d = g - pg
+  want = m * (b - m) / b**2 * np.sum((d[:m].mean(0) - d[m:].mean(0)) ** 2)
+  assert variance.dtype == jnp.float32 and variance.shape == ()
+  np.testing.assert_allclose(variance, want, rtol=1e-4)
+
+  grads_only = so.paired_grad(lsq_loss, vectorized=vectorized, split_batch=True)
+  g2, pg2, v2 = grads_only(params, prev, x, y)
+  close((g2, pg2, v2), (grads, prev_grads, variance))
+
+
+def test_split_batch_variance_is_unbiased():
+  """Over batches drawn with replacement from n samples, the mean estimate
+  is Var(d_bar) = sigma^2 / b, sigma^2 the population variance of d_i."""
+  n, b, draws = 40, 6, 20000
+  params, prev, x, y = lsq_setup(n, seed=3)
+  d = lsq_per_sample_grads_np(params, x, y) - lsq_per_sample_grads_np(prev, x, y)
+  sigma2 = np.mean(np.sum((d - d.mean(0)) ** 2, axis=1))
+  idx = jax.random.randint(jax.random.key(0), (draws, b), 0, n)
+  split = so.paired_grad(lsq_loss, split_batch=True)
+  estimates = np.asarray(jax.jit(jax.vmap(
+      lambda i: split(params, prev, x[i], y[i])[2]))(idx), np.float64)
+  standard_error = estimates.std() / np.sqrt(draws)
+  assert abs(estimates.mean() - sigma2 / b) < 4 * standard_error, (
+      estimates.mean(), sigma2 / b, standard_error)
+
+
+def test_split_batch_errors():
+  params, prev, x, y = lsq_setup(8)
+  with pytest.raises(ValueError, match='has_aux=False'):
+    so.paired_grad(mlp_loss, has_aux=True, split_batch=True)
+  split = so.paired_grad(lsq_loss, split_batch=True)
+  with pytest.raises(ValueError, match=r'args\[1\] has first axis 7'):
+    split(params, prev, x, y[:7])
+  with pytest.raises(ValueError, match='at least 2 samples'):
+    split(params, prev, x[:1], y[:1])
+  with pytest.raises(ValueError, match='keyword arguments'):
+    split(params, prev, x, 1.0)
+  with pytest.raises(ValueError, match='positional'):
+    so.paired_grad(lambda p: jnp.sum(p['w']), split_batch=True)(params, prev)
