@@ -21,17 +21,21 @@ char-LSTM on fewer windows so that the grids fit the time), this script
      q. The best fixed (c0, c1) are passed only as the thresholds of the
      first ~8 recursive steps, before the fit has samples. Grid: lr x eps (9).
    - ``adaptive_anchor``: the best fixed (c0, c1); an anchor when
-     ``so.anchor_due(state, error_budget, S2)`` says the recursion's error
-     exceeds ``error_budget = eps_a**2 / 8``, or after ``4 q0`` steps (a cap,
-     as in ``so.flax.spider_loop``). Grid: lr x eps_a (9).
-   - ``auto_both``: automatic clipping and adaptive anchoring together: the
-     best ``auto_clip`` eps; grid lr x eps_a, eps_a from the grid above plus
-     eps_a = eps (the budget eps**2 / 8 tied to the clipping eps, as the
-     ``anchor_due`` docstring suggests) (12).
-   - ``adaptive_relative`` (a rule of this benchmark, not in the package): as
-     ``adaptive_anchor``, but an anchor when the same error estimate,
-     accumulated_error / S2, exceeds theta ||v_k||^2, a budget relative to
-     the estimator's size. Grid: lr x theta (9).
+     ``so.anchor_due(state, error_budget)`` says the summed split-half
+     variance estimates (``so.paired_grad(..., split_batch=True)``) exceed
+     ``error_budget = eps_a**2 / 8``, or after ``4 q0`` steps (a cap, as in
+     ``so.flax.spider_loop``). Grid: lr x eps_a (9).
+   - ``adaptive_minibatch``: as ``adaptive_anchor`` with the minibatch-mean
+     heuristic, ``so.anchor_due(state, error_budget, S2)``. Grid: lr x eps_a
+     (9).
+   - ``auto_both``: automatic clipping and adaptive anchoring (split-half)
+     together: the best ``auto_clip`` eps; grid lr x eps_a, eps_a from the
+     grid above plus eps_a = eps (the budget eps**2 / 8 tied to the clipping
+     eps) (12).
+
+   Every recursive step evaluates its minibatch as two halves (the same
+   gradient cost; the gradients equal the whole minibatch's up to rounding),
+   so every run carries both estimates.
 
    So each automatic method replaces only the knobs it is meant to and keeps
    the best fixed values of the others. The fixed q grid includes 4 q0, the
@@ -40,9 +44,10 @@ char-LSTM on fewer windows so that the grids fit the time), this script
 
 3. checks what ``so.anchor_due`` measures: along the hand-tuned run it
    compares, outside the budget, the estimator's true error
-   ||v_k - grad f(x_k)||^2 (full gradient) with the package's estimate
-   accumulated_error / S2 and with per-sample versions of Fang et al.'s
-   Lemma 1 term (see :func:`error_check`).
+   ||v_k - grad f(x_k)||^2 (full gradient) with the package's two estimates
+   (the summed split-half estimates; accumulated_error / S2) and with
+   per-sample versions of Fang et al.'s Lemma 1 term (see
+   :func:`error_check`).
 
 Protocol. Every setting runs on seed 0 (the selection seed: init and
 minibatch order); each method's best setting (lowest final full training loss,
@@ -89,13 +94,13 @@ import spider_optax as so
 
 DEFAULT_OUT = 'benchmarks/out/smoothness.json'
 DEFAULT_PLOT_DIR = 'benchmarks/out/'
-METHODS = ('fixed', 'auto_clip', 'adaptive_anchor', 'auto_both',
-           'adaptive_relative')
+METHODS = ('fixed', 'auto_clip', 'adaptive_anchor', 'adaptive_minibatch',
+           'auto_both')
 LABELS = dict(fixed='fixed (hand-tuned grid)', auto_clip='automatic clipping',
-              adaptive_anchor='adaptive anchoring (so.anchor_due)',
-              auto_both='automatic clipping + adaptive anchoring',
-              adaptive_relative='adaptive anchoring, relative budget '
-              '(not in the package)')
+              adaptive_anchor='adaptive anchoring (split-half estimates)',
+              adaptive_minibatch='adaptive anchoring (minibatch-mean '
+              'heuristic)',
+              auto_both='automatic clipping + adaptive anchoring')
 CAP_PERIODS = 4  # adaptive anchoring: at most 4 q0 steps between anchors
 EVAL_EVERY_PASSES = 0.5
 FIT = dict(quantile=0.9, num_bins=8)  # so.theory.fit_smoothness defaults
@@ -109,21 +114,18 @@ TASKS = dict(
         hand=dict(lr=1.0, c0=0.1, c1=0.05),  # quickstart.py's tuned values
         full=dict(budget_passes=60, seeds=3, lr=(0.5, 1.0, 2.0),
                   c_scale=(1 / 3, 1.0, 3.0), q_scale=(0.5, 1.0, 2.0, 4.0),
-                  eps=(0.1, 0.3, 1.0), eps_a=(0.01, 0.03, 0.1),
-                  theta=(0.01, 0.1, 1.0)),
+                  eps=(0.1, 0.3, 1.0), eps_a=(0.01, 0.03, 0.1)),
         quick=dict(budget_passes=8, seeds=2, lr=(1.0,), c_scale=(1.0,),
-                   q_scale=(1.0, 2.0), eps=(0.1, 0.3), eps_a=(0.01, 0.03),
-                   theta=(0.1, 1.0)),
+                   q_scale=(1.0, 2.0), eps=(0.1, 0.3), eps_a=(0.01, 0.03)),
     ),
     charlm=dict(
         hand=dict(lr=3.0, c0=1.0, c1=1.0),  # train.py's settings and best lr
         full=dict(n=512, budget_passes=32, seeds=3, lr=(1.0, 3.0, 10.0),
                   c_scale=(1 / 3, 1.0, 3.0), q_scale=(0.5, 1.0, 2.0, 4.0),
-                  eps=(1.0, 3.0, 10.0), eps_a=(0.3, 1.0, 3.0),
-                  theta=(0.01, 0.1, 1.0)),
+                  eps=(1.0, 3.0, 10.0), eps_a=(0.3, 1.0, 3.0)),
         quick=dict(n=128, budget_passes=4, seeds=2, lr=(3.0,),
                    c_scale=(1.0,), q_scale=(1.0, 2.0), eps=(1.0, 3.0),
-                   eps_a=(0.3, 1.0), theta=(0.1, 1.0)),
+                   eps_a=(0.3, 1.0)),
     ),
 )
 
@@ -168,12 +170,10 @@ def _info(kind, state, hp, s2):
   out = dict(grad_norm=d['grad_norm'], smoothness=d['smoothness'],
              estimate_norm=d['estimate_norm'],
              accumulated_error=d['accumulated_error'],
+             accumulated_variance=d['accumulated_variance'],
              since=d['steps_since_anchor'],
-             due=so.anchor_due(state, hp['budget'], s2),
-             # The same error bound against theta ||v_k||^2 instead of a
-             # fixed budget: a rule of this benchmark, not of the package.
-             due_relative=d['accumulated_error'] / s2
-             > hp['theta'] * jnp.square(d['estimate_norm']))
+             due_split=so.anchor_due(state, hp['budget']),
+             due_minibatch=so.anchor_due(state, hp['budget'], s2))
   if kind == 'auto':
     out.update(L0=state.fit.L0, L1=state.fit.L1, c0=state.c0, c1=state.c1)
   return out
@@ -192,8 +192,10 @@ def make_steps(task: dict[str, Any], s2: int) -> dict[str, Any]:
 
     def recursive(params, state, hp, idx, kind=kind):
       tx = _tx(kind, hp)
-      grads, prev = fns['paired'](params, so.prev_params(state), idx)
-      updates, state = tx.update(grads, state, params, prev_grads=prev)
+      grads, prev, variance = so.paired_grad(loss_fn, split_batch=True)(
+          params, so.prev_params(state), x[idx], y[idx])
+      updates, state = tx.update(grads, state, params, prev_grads=prev,
+                                 grad_diff_variance=variance)
       return optax.apply_updates(params, updates), state, _info(
           kind, state, hp, s2)
 
@@ -207,9 +209,7 @@ def make_steps(task: dict[str, Any], s2: int) -> dict[str, Any]:
 
   def per_sample(p, other, idx):
     """Of d_i = grad f_i(p) - grad f_i(other) over the minibatch: the mean
-    of ||d_i||^2, the sample variance (1/(S2-1)) sum_i ||d_i - d_bar||^2, and
-    the split-half estimate of Var(d_bar) from the two halves' means alone,
-    ||d_A - d_B||^2 m_A m_B / S2^2 (E||d_A - d_B||^2 = Var (1/m_A + 1/m_B))."""
+    of ||d_i||^2 and the sample variance (1/(S2-1)) sum_i ||d_i - d_bar||^2."""
     grad_i = jax.vmap(jax.grad(lambda q, xi, yi: loss_fn(q, xi[None], yi[None])),
                       (None, 0, 0))
     d = jax.tree.map(lambda a, b: (a - b).reshape(a.shape[0], -1),
@@ -217,11 +217,7 @@ def make_steps(task: dict[str, Any], s2: int) -> dict[str, Any]:
     sq = sum(jnp.sum(jnp.square(v), 1) for v in jax.tree.leaves(d))
     dev = sum(jnp.sum(jnp.square(v - v.mean(0)), 1)
               for v in jax.tree.leaves(d))
-    b = idx.shape[0]
-    m = b // 2
-    split = sum(jnp.sum(jnp.square(v[:m].mean(0) - v[m:].mean(0)))
-                for v in jax.tree.leaves(d)) * m * (b - m) / b**2
-    return jnp.mean(sq), jnp.sum(dev) / (b - 1), split
+    return jnp.mean(sq), jnp.sum(dev) / (idx.shape[0] - 1)
 
   steps['per_sample'] = jax.jit(per_sample)
   # state[0]: the estimator's state in so.spider's chain (the 'fixed' kind).
@@ -236,43 +232,42 @@ def error_check(steps, setting: dict[str, Any], params, n: int, s2: int,
 
   Replays ``setting`` (every-q anchors) and records, outside the budget, the
   true error ||v_k - grad f(x_k)||^2 (full gradient) at 5 points per period,
-  the package's estimate accumulated_error / S2 (the sum of the squared
-  minibatch-mean differences ||g_j - g'_j||^2 over S2), Fang et al.'s
-  Lemma 1 bound, sum_j mean_i ||d_i||^2 / S2 with per-sample differences
-  d_i = grad f_i(x_j) - grad f_i(x_{j-1}) on the same minibatch, and its
-  centred form sum_j Var_i(d_i) / S2, which is what the recursion adds to
-  E||v_k - grad f(x_k)||^2 (the steps' mean gradient change is no error),
-  and the same centred quantity estimated without per-sample gradients, from
-  the means over the two halves of each minibatch (see ``per_sample``):
-  the two halves' gradients cost what the whole minibatch's do.
+  and four estimates of it: the package's two, accumulated_variance (the
+  summed split-half estimates, ``anchor_due(state, budget)``) and
+  accumulated_error / S2 (the squared minibatch-mean differences
+  ||g_j - g'_j||^2 over S2, ``anchor_due(state, budget, S2)``); Fang et
+  al.'s Lemma 1 bound, sum_j mean_i ||d_i||^2 / S2 with per-sample
+  differences d_i = grad f_i(x_j) - grad f_i(x_{j-1}) on the same minibatch;
+  and its centred form sum_j Var_i(d_i) / S2, which is what the recursion adds
+  to E||v_k - grad f(x_k)||^2 (the steps' mean gradient change is no error).
+  The last two need per-sample gradients.
   """
   q = setting['q']
   step = steps['fixed']
   hp = {k: jnp.float32(setting[k]) for k in ('lr', 'c0', 'c1')}
-  hp.update(eps=jnp.float32(1.0), budget=jnp.float32(1.0),
-            theta=jnp.float32(1.0))
+  hp.update(eps=jnp.float32(1.0), budget=jnp.float32(1.0))
   state = step['init'](params)
   rng = np.random.default_rng(seed)
   probes = {1, q // 4, q // 2, (3 * q) // 4, q - 1} - {0}
   rows = []
   k = calls = 0
-  lemma = centred = split = 0.0
+  lemma = centred = 0.0
   while calls + (cost := n if k % q == 0 else 2 * s2) <= budget:
     if k % q == 0:
       new_params, state, info = step['anchor'](params, state, hp)
-      lemma = centred = split = 0.0
+      lemma = centred = 0.0
     else:
       idx = jnp.asarray(rng.integers(0, n, s2), jnp.int32)
-      sq, var, sp = steps['per_sample'](params, so.prev_params(state), idx)
+      sq, var = steps['per_sample'](params, so.prev_params(state), idx)
       lemma, centred = lemma + float(sq), centred + float(var)
-      split += float(sp)
       new_params, state, info = step['recursive'](params, state, hp, idx)
     if k % q in probes:
       rows.append((k, k % q, float(steps['error'](state, params)),
                    float(info['accumulated_error']) / s2, lemma / s2,
-                   centred / s2, float(info['estimate_norm'])**2, split))
+                   centred / s2, float(info['estimate_norm'])**2,
+                   float(info['accumulated_variance'])))
     params, k, calls = new_params, k + 1, calls + cost
-  cols = ('step', 'since_anchor', 'true_error', 'package_estimate',
+  cols = ('step', 'since_anchor', 'true_error', 'minibatch_estimate',
           'per_sample_estimate', 'centred_estimate', 'estimate_norm_sq',
           'split_half_estimate')
   table = {c: [row[i] for row in rows] for i, c in enumerate(cols)}
@@ -289,16 +284,15 @@ def error_check(steps, setting: dict[str, Any], params, n: int, s2: int,
     ratios.append(dict(
         steps=[part * third, (part + 1) * third],
         true_error=med(lambda r: r[2]),
-        package_estimate=med(lambda r: r[3]),
+        minibatch_estimate=med(lambda r: r[3]),
         per_sample_estimate=med(lambda r: r[4]),
         centred_estimate=med(lambda r: r[5]),
         estimate_norm_sq=med(lambda r: r[6]),
         split_half_estimate=med(lambda r: r[7]),
-        true_over_package=med(lambda r: r[2] / r[3]),
+        true_over_minibatch=med(lambda r: r[2] / r[3]),
         true_over_per_sample=med(lambda r: r[2] / r[4]),
         true_over_centred=med(lambda r: r[2] / r[5]),
-        true_over_split_half=med(lambda r: r[2] / r[7]),
-        true_over_package_times_s2=med(lambda r: r[2] / (r[3] * s2))))
+        true_over_split_half=med(lambda r: r[2] / r[7])))
   return dict(setting=setting, seed=seed, minibatch=s2, by_third=ratios,
               **table)
 
@@ -308,16 +302,17 @@ def run(steps, setting: dict[str, Any], params, n: int, s2: int, budget: int,
   """One run at ``setting`` until the next step's cost would pass ``budget``.
 
   ``setting`` has kind ('fixed' or 'auto'), lr, c0, c1, eps, q (the period,
-  or the cap under adaptive anchoring) and anchor: 'every_q', 'budget'
-  (``so.anchor_due`` with error_budget) or 'relative' (with theta).
+  or the cap under adaptive anchoring) and anchor: 'every_q', 'split'
+  (``so.anchor_due(state, error_budget)``) or 'minibatch'
+  (``so.anchor_due(state, error_budget, S2)``).
   """
   kind, q, rule = setting['kind'], setting['q'], setting['anchor']
   step = steps[kind]
   hp = {k: jnp.float32(v) for k, v in dict(
       lr=setting['lr'], c0=setting['c0'], c1=setting['c1'],
-      eps=setting['eps'] or 1.0, budget=setting['error_budget'] or 1.0,
-      theta=setting['theta'] or 1.0).items()}
-  due = dict(budget='due', relative='due_relative').get(rule)
+      eps=setting['eps'] or 1.0,
+      budget=setting['error_budget'] or 1.0).items()}
+  due = dict(split='due_split', minibatch='due_minibatch').get(rule)
   state = step['init'](params)
   rng = np.random.default_rng(seed)
   curve = dict(oracle_calls=[0], loss=[float(steps['loss'](params))])
@@ -386,8 +381,7 @@ def grid(method: str, g: dict[str, Any], hand: dict[str, float], q0: int,
   """
   if method == 'fixed':
     return [dict(kind='fixed', lr=lr, c0=hand['c0'] * cs, c1=hand['c1'] * cs,
-                 eps=None, q=q0, anchor='every_q', error_budget=None,
-                 theta=None)
+                 eps=None, q=q0, anchor='every_q', error_budget=None)
             for lr, cs in itertools.product(g['lr'], g['c_scale'])]
   fixed = best['fixed']
   cap = CAP_PERIODS * q0
@@ -397,16 +391,14 @@ def grid(method: str, g: dict[str, Any], hand: dict[str, float], q0: int,
   if method == 'auto_clip':  # (c0, c1) -> eps; they only warm the fit up
     return [dict(fixed, kind='auto', lr=lr, eps=eps)
             for lr, eps in itertools.product(g['lr'], g['eps'])]
-  if method == 'adaptive_anchor':  # q -> an error budget, with a cap
-    return [dict(fixed, lr=lr, q=cap, anchor='budget', eps_a=e,
+  if method in ('adaptive_anchor', 'adaptive_minibatch'):  # q -> a budget
+    rule = 'split' if method == 'adaptive_anchor' else 'minibatch'
+    return [dict(fixed, lr=lr, q=cap, anchor=rule, eps_a=e,
                  error_budget=e**2 / 8)
             for lr, e in itertools.product(g['lr'], g['eps_a'])]
-  if method == 'adaptive_relative':
-    return [dict(fixed, lr=lr, q=cap, anchor='relative', theta=theta)
-            for lr, theta in itertools.product(g['lr'], g['theta'])]
   # auto_both: the best eps; eps_a from the grid and tied to eps (eps_a = eps).
   auto = best['auto_clip']
-  return [dict(auto, lr=lr, q=cap, anchor='budget', eps_a=e,
+  return [dict(auto, lr=lr, q=cap, anchor='split', eps_a=e,
                error_budget=e**2 / 8)
           for lr, e in itertools.product(
               g['lr'], dict.fromkeys(g['eps_a'] + (auto['eps'],)))]
@@ -506,7 +498,7 @@ def run_task(name: str, mode: str, bar) -> dict[str, Any]:
   methods, best = {}, {}
   hand_setting = dict(kind='fixed', lr=hand['lr'], c0=hand['c0'],
                       c1=hand['c1'], eps=None, q=q0, anchor='every_q',
-                      error_budget=None, theta=None)
+                      error_budget=None)
   picture = None
   for method in METHODS:
     settings = grid(method, g, hand, q0, best)
@@ -620,9 +612,9 @@ def format_summary(tasks: dict[str, Any], lines_wl: list[str]) -> str:
           f'{s[prefix + "L1_quantile_1"]:.3g})); log-log slope '
           f'{_or_nan(s[prefix + "loglog_slope"]):.2f}')
     thirds = t['error_check']['by_third']
-    for key, label in (('package', 'anchor_due'),
-                       ('centred', 'per-sample centred'),
-                       ('split_half', 'split-half')):
+    for key, label in (('split_half', 'split-half (anchor_due)'),
+                       ('minibatch', 'minibatch-mean (anchor_due, S2)'),
+                       ('centred', 'per-sample centred')):
       ratios = ', '.join(f'{r["true_over_" + key]:.3g}' for r in thirds)
       lines.append(f'  true error / {label} estimate, by third of the '
                    f'run: {ratios}')
@@ -639,10 +631,8 @@ def format_summary(tasks: dict[str, Any], lines_wl: list[str]) -> str:
         desc += f' c0={b["c0"]:.3g} c1={b["c1"]:.3g}'
       if b['anchor'] == 'every_q':
         desc += f' q={b["q"]}'
-      elif b['anchor'] == 'budget':
-        desc += f' eps_a={b["eps_a"]:g} cap={b["q"]}'
       else:
-        desc += f' theta={b["theta"]:g} cap={b["q"]}'
+        desc += f' eps_a={b["eps_a"]:g} cap={b["q"]}'
       fl = '-' if m['final_loss'] is None else f'{m["final_loss"]:.4g}'
       fg = '-' if m['final_grad_norm'] is None else f'{m["final_grad_norm"]:.3g}'
       lines.append(
@@ -666,7 +656,7 @@ def plot(tasks: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   colors = dict(fixed='C0', auto_clip='C1', adaptive_anchor='C2',
-                auto_both='C3', adaptive_relative='C4')
+                adaptive_minibatch='C4', auto_both='C3')
   paths = {}
   rows = len(tasks)
 
@@ -754,8 +744,8 @@ def plot(tasks: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
   fig, axes = plt.subplots(rows, 3, figsize=(19, 4.4 * rows), squeeze=False)
   for (name, t), (ax, ax2, ax3) in zip(tasks.items(), axes):
     n = t['n']
-    for method in ('fixed', 'adaptive_anchor', 'auto_both',
-                   'adaptive_relative'):
+    for method in ('fixed', 'adaptive_anchor', 'adaptive_minibatch',
+                   'auto_both'):
       r = t['methods'][method]['seeds'][0]
       calls = _step_calls(r, n, t['minibatch'])
       a = np.asarray(r['anchors'])
@@ -781,10 +771,12 @@ def plot(tasks: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
     e = t['error_check']
     for key, style, label in (
         ('true_error', 'k-', 'true ||v_k - grad f(x_k)||^2'),
-        ('package_estimate', 'C2-', 'accumulated_error / S2 (anchor_due)'),
-        ('per_sample_estimate', 'C4--', 'per-sample Lemma 1 bound'),
-        ('centred_estimate', 'C1-', 'per-sample, centred (variance)'),
-        ('split_half_estimate', 'C3--', 'split-half, no extra gradients'),
+        ('split_half_estimate', 'C2-',
+         'summed split-half estimates (anchor_due)'),
+        ('minibatch_estimate', 'C4-',
+         'accumulated_error / S2 (anchor_due with S2)'),
+        ('per_sample_estimate', 'C5--', 'per-sample Lemma 1 bound'),
+        ('centred_estimate', 'C1--', 'per-sample, centred (variance)'),
         ('estimate_norm_sq', 'C7:', '||v_k||^2')):
       ax3.plot(e['step'], e[key], style, lw=1, label=label)
     ax3.set_yscale('log')
@@ -824,7 +816,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
   def n_runs(g):
     return (len(g['lr']) * (len(g['c_scale']) + len(g['eps'])
-                            + 2 * len(g['eps_a']) + 1 + len(g['theta']))
+                            + 3 * len(g['eps_a']) + 1)
             + len(g['q_scale']) - 1 + len(METHODS) * (g['seeds'] - 1))
 
   tasks = {}

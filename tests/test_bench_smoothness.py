@@ -8,8 +8,8 @@ import pytest
 from benchmark_scripts import load_benchmark
 
 TASKS = ('digits', 'charlm')
-METHODS = ('fixed', 'auto_clip', 'adaptive_anchor', 'auto_both',
-           'adaptive_relative')
+METHODS = ('fixed', 'auto_clip', 'adaptive_anchor', 'adaptive_minibatch',
+           'auto_both')
 PLOTS = ('fit', 'loss', 'anchors')
 
 
@@ -86,7 +86,7 @@ def test_runs_finite_with_positive_oracle_counts(quick_run):
 def test_adaptive_anchoring_respects_cap(quick_run):
   results, _, _ = quick_run
   for task in results['tasks'].values():
-    for name in ('adaptive_anchor', 'auto_both', 'adaptive_relative'):
+    for name in ('adaptive_anchor', 'adaptive_minibatch', 'auto_both'):
       method = task['methods'][name]
       cap = method['best']['q']
       for run in method['seeds']:
@@ -96,7 +96,7 @@ def test_adaptive_anchoring_respects_cap(quick_run):
 
 def test_error_check(quick_run):
   results, _, _ = quick_run
-  keys = ('true_error', 'package_estimate', 'per_sample_estimate',
+  keys = ('true_error', 'minibatch_estimate', 'per_sample_estimate',
           'centred_estimate', 'estimate_norm_sq', 'split_half_estimate')
   for task in results['tasks'].values():
     check = task['error_check']
