@@ -660,6 +660,12 @@ def plot(tasks: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
   paths = {}
   rows = len(tasks)
 
+  def save(fig, name):
+    fig.tight_layout()
+    paths[name] = str(plot_dir / f'smoothness_{name}.png')
+    fig.savefig(paths[name], dpi=100)
+    plt.close(fig)
+
   # 1. L_hat vs ||g|| and vs ||v|| with the envelope; auto clip's running fit.
   fig, axes = plt.subplots(rows, 3, figsize=(19, 4.6 * rows), squeeze=False)
   for (name, t), (ax, ax1, ax2) in zip(tasks.items(), axes):
@@ -708,10 +714,7 @@ def plot(tasks: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
     ax2.set_yscale('log')
     ax2.legend(fontsize=8)
     ax2.grid(True, alpha=0.3)
-  fig.tight_layout()
-  paths['fit'] = str(plot_dir / 'smoothness_fit.png')
-  fig.savefig(paths['fit'], dpi=100)
-  plt.close(fig)
+  save(fig, 'fit')
 
   # 2. Loss vs oracle calls, each method at its best setting.
   fig, axes = plt.subplots(1, rows, figsize=(7 * rows, 4.6), squeeze=False)
@@ -734,10 +737,7 @@ def plot(tasks: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
                  'seeds light)', fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, which='both', alpha=0.3)
-  fig.tight_layout()
-  paths['loss'] = str(plot_dir / 'smoothness_loss.png')
-  fig.savefig(paths['loss'], dpi=100)
-  plt.close(fig)
+  save(fig, 'loss')
 
   # 3. Where anchors happen: period vs progress, a histogram, and what the
   # anchor rule estimates against the estimator's true error.
@@ -786,10 +786,7 @@ def plot(tasks: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
                   f'(q={t["q0"]}, 5 probes per period)', fontsize=9)
     ax3.legend(fontsize=8)
     ax3.grid(True, alpha=0.3)
-  fig.tight_layout()
-  paths['anchors'] = str(plot_dir / 'smoothness_anchors.png')
-  fig.savefig(paths['anchors'], dpi=100)
-  plt.close(fig)
+  save(fig, 'anchors')
   return paths
 
 
