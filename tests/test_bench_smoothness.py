@@ -5,7 +5,7 @@ import math
 import pathlib
 
 import pytest
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import run_quick
 
 TASKS = ('digits', 'charlm')
 METHODS = ('fixed', 'auto_clip', 'adaptive_anchor', 'adaptive_minibatch',
@@ -15,11 +15,7 @@ PLOTS = ('fit', 'loss', 'anchors')
 
 @pytest.fixture(scope='module')
 def quick_run(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp('smoothness')
-  out = tmp / 'smoothness.json'
-  results = load_benchmark('smoothness').main(
-      ['--quick', '--no-progress', '--out', str(out), '--plot-dir', str(tmp)])
-  return results, out, tmp
+  return run_quick('smoothness', tmp_path_factory)
 
 
 def _finite(x) -> bool:

@@ -5,7 +5,7 @@ import math
 import pathlib
 
 import pytest
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import load_benchmark, run_quick
 
 TASKS = ('digits', 'charlm')
 METHODS = ('spider', 'sarah', 'svrg', 'clipped_sgd', 'clipped_adam')
@@ -15,11 +15,7 @@ CURVE_KEYS = ('oracle_calls', 'steps', 'wall_time_s', 'loss', 'grad_norm')
 
 @pytest.fixture(scope='module')
 def quick_run(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp('train')
-  out = tmp / 'train.json'
-  results = load_benchmark('train').main(
-      ['--quick', '--no-progress', '--out', str(out), '--plot-dir', str(tmp)])
-  return results, out, tmp
+  return run_quick('train', tmp_path_factory)
 
 
 def test_json_matches_returned_results(quick_run):
