@@ -6,18 +6,22 @@ composable optax transformations.
 """
 
 from spider_optax import autoclip
+from spider_optax import lookup
+from spider_optax import smoothness_fit
 from spider_optax import theory
 from spider_optax.alias import spider
 from spider_optax.clipping import global_norm
 from spider_optax.clipping import relaxed_clip
 from spider_optax.clipping import relaxed_clip_factor
 from spider_optax.clipping import RelaxedClipState
-from spider_optax.estimator import anchor_due
-from spider_optax.estimator import diagnostics
-from spider_optax.estimator import prev_params
+from spider_optax.anchoring import anchor_due
+from spider_optax.anchoring import is_anchor_step
+from spider_optax.diagnostics import SpiderDiagnostics
 from spider_optax.estimator import spider_estimator
-from spider_optax.estimator import SpiderDiagnostics
 from spider_optax.estimator import SpiderEstimatorState
+from spider_optax.lookup import diagnostics
+from spider_optax.lookup import prev_params
+from spider_optax.loop import spider_loop
 from spider_optax.paired import paired_grad
 from spider_optax.paired import paired_value_and_grad
 from spider_optax.wrappers import apply_if_finite
@@ -38,6 +42,8 @@ __all__ = (
     'autoclip',
     'diagnostics',
     'global_norm',
+    'is_anchor_step',
+    'lookup',
     'paired_grad',
     'paired_value_and_grad',
     'prev_params',
@@ -48,5 +54,7 @@ __all__ = (
     'spider_estimator',
     'SpiderDiagnostics',
     'SpiderEstimatorState',
+    'smoothness_fit',
+    'spider_loop',
     'theory',
 )

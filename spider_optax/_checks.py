@@ -84,3 +84,22 @@ def check_trees_match(
       raise TypeError(
           f'{name}{key} has dtype {dtype} but {reference_name}{key} has dtype '
           f'{ref_dtype}.{suffix}')
+
+
+def error_if(pred: Any, message: str) -> None:
+  """Raises ``ValueError(message)`` where the boolean ``pred`` is True.
+
+  A concrete ``pred`` is checked now. A traced one (inside ``jax.jit``) is
+  checked when the computation runs, through ``jax.debug.callback``: the
+  error then surfaces, with this message, when the result is read.
+  """
+  if is_concrete(pred):
+    if np.any(pred):
+      raise ValueError(message)
+    return
+
+  def raise_if(value):
+    if np.any(value):
+      raise ValueError(message)
+
+  jax.debug.callback(raise_if, pred)

@@ -17,7 +17,7 @@ def spider(
     c1: Optional[chex.Numeric] = None,
     *,
     estimator_dtype: Optional[chex.ArrayDType] = None,
-    diagnostics: bool = False,
+    diagnostics: Optional[bool] = None,
     epsilon: Optional[float] = None,
     fit_learning_rate: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
@@ -72,7 +72,8 @@ def spider(
       ``optax.inject_hyperparams``, which takes every callable for a schedule,
       pass it as a string (``'float32'``) or name it in ``static_args``.
     diagnostics: keep the local smoothness and norms of each update in the
-      state, read with :func:`spider_optax.diagnostics`.
+      state, read with :func:`spider_optax.diagnostics`. ``None`` (the
+      default) keeps them only with ``epsilon``, which needs them.
     epsilon: a target gradient norm; turns on automatic clipping. Then ``c0``
       and ``c1`` are set every step from a running fit of (L0, L1) to the
       smoothness the estimator measures along its own steps, as
@@ -80,10 +81,13 @@ def spider(
       :func:`spider_optax.theory.online`); ``c0`` and ``c1`` given here are
       used only until the fit has enough samples. A larger ``epsilon`` allows
       longer steps. The fit uses the last 256 recursive steps
-      (:func:`spider_optax.autoclip.auto_clip_spider` takes other windows). Diagnostics are kept, and the fit, thresholds and
-      learning rate are in the state (:class:`spider_optax.autoclip.AutoClipState`).
+      (:func:`spider_optax.autoclip.auto_clip_spider` takes other windows).
+      Diagnostics are kept, and the fit, thresholds and learning rate are in
+      the state (:class:`spider_optax.autoclip.AutoClipState`), around the
+      same chain state as without ``epsilon``.
     fit_learning_rate: with ``epsilon``, also set the learning rate to
-      :math:`1/(4 L_0)` once the fit is ready (``learning_rate`` before).
+      :math:`1/(4 L_0)` once the fit is ready (``learning_rate`` before). It
+      needs ``epsilon``.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. It works under
@@ -98,13 +102,21 @@ def spider(
     Stochastic Path Integrated Differential Estimator
     <https://arxiv.org/abs/1807.01695>`_, NeurIPS 2018.
   """
+  if epsilon is None and fit_learning_rate:
+    raise ValueError(
+        'fit_learning_rate=True sets the learning rate from the (L0, L1) fit '
+        'of automatic clipping: pass epsilon= (the target gradient norm) too.')
   if epsilon is not None:
+    if diagnostics is False:
+      raise ValueError(
+          'epsilon= (automatic clipping) fits the thresholds to the '
+          'diagnostics the estimator measures: drop diagnostics=False.')
     return auto_clip_spider(
         learning_rate, epsilon, c0=c0, c1=c1,
         fit_learning_rate=fit_learning_rate, estimator_dtype=estimator_dtype)
   _checks.check_positive('learning_rate', learning_rate)
   return optax.chain(
-      spider_estimator(estimator_dtype, diagnostics=diagnostics),
+      spider_estimator(estimator_dtype, diagnostics=bool(diagnostics)),
       relaxed_clip(c0, c1),
       optax.scale_by_learning_rate(learning_rate),
   )

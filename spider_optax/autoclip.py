@@ -1,5 +1,5 @@
-"""Automatic clipping: c0 and c1 from a running (L0, L1) fit of the estimator's
-own smoothness measurements."""
+r"""Automatic clipping: ``so.spider``'s chain with thresholds from a running
+(L0, L1) fit of the smoothness the estimator measures along its own steps."""
 
 from typing import NamedTuple, Optional
 
@@ -9,40 +9,38 @@ import jax.numpy as jnp
 import optax
 
 from spider_optax import _checks
-from spider_optax import theory
-from spider_optax.clipping import RelaxedClipState
-from spider_optax.clipping import global_norm
-from spider_optax.clipping import relaxed_clip_factor
-from spider_optax.estimator import SpiderEstimatorState
+from spider_optax.clipping import relaxed_clip
 from spider_optax.estimator import spider_estimator
+from spider_optax.smoothness_fit import SmoothnessFit
+from spider_optax.smoothness_fit import fit_smoothness
 
 
 class AutoClipState(NamedTuple):
-  """State of ``so.spider(..., epsilon=...)``.
+  r"""State of ``so.spider(..., epsilon=...)``.
 
   Attributes:
-    estimator: the :class:`SpiderEstimatorState`, with diagnostics.
-    grad_norms: ring buffer of :math:`\\|g_k\\|` of the last ``window``
+    inner_state: the state of ``so.spider``'s chain, exactly as without
+      ``epsilon``: ``(SpiderEstimatorState, RelaxedClipState, learning-rate
+      state)``, the estimator with diagnostics.
+    grad_norms: ring buffer of :math:`\|g_k\|` of the last ``window``
       recursive steps (NaN where not yet filled).
-    smoothness: ring buffer of the matching :math:`\\hat L_k`.
+    smoothness: ring buffer of the matching :math:`\hat L_k`.
     num_samples: samples pushed so far (int32); the next goes to
       ``num_samples % window``.
-    fit: the current :class:`spider_optax.theory.SmoothnessFit` (NaN until
-      ``num_bins`` samples are in).
-    c0, c1: the thresholds of the last update (float32; inf drops a term).
+    fit: the current :class:`~spider_optax.smoothness_fit.SmoothnessFit` (NaN
+      until ``num_bins`` samples are in).
+    c0: the norm threshold of the last update (float32; inf drops the term).
+    c1: the squared-norm threshold of the last update (likewise).
     learning_rate: the learning rate of the last update (float32).
-    clip: the factor applied by the last update, as :func:`relaxed_clip`
-      keeps it.
   """
-  estimator: SpiderEstimatorState
+  inner_state: tuple[optax.OptState, ...]
   grad_norms: chex.Array
   smoothness: chex.Array
   num_samples: chex.Array
-  fit: theory.SmoothnessFit
+  fit: SmoothnessFit
   c0: chex.Array
   c1: chex.Array
   learning_rate: chex.Array
-  clip: RelaxedClipState
 
 
 def auto_clip_spider(
@@ -60,11 +58,17 @@ def auto_clip_spider(
   r"""SPIDER whose clipping thresholds follow a running (L0, L1) fit.
 
   Use it as ``so.spider(learning_rate, epsilon=...)``; the arguments are
-  documented there. Each recursive step measures the local smoothness
-  :math:`\hat L_k` and :math:`\|g_k\|` (see :class:`SpiderDiagnostics`), keeps
-  the last ``window`` pairs, and fits their upper envelope
+  documented there. It runs the members of ``so.spider``'s chain
+  (:func:`~spider_optax.spider_estimator` with diagnostics,
+  :func:`~spider_optax.relaxed_clip`, the learning rate) on the same states,
+  and between the estimator and the clip refits the thresholds: each
+  recursive step measures the local smoothness :math:`\hat L_k` and
+  :math:`\|g_k\|` (see :class:`~spider_optax.SpiderDiagnostics`), keeps the
+  last ``window`` pairs, and fits their upper envelope
   :math:`\hat L \le L_0 + L_1 \|g\|` with
-  :func:`spider_optax.theory.fit_smoothness`. The thresholds then give the
+  :func:`~spider_optax.smoothness_fit.fit_smoothness`. (A wrapper rather than
+  a chain member, because step :math:`k`'s clip uses step :math:`k`'s
+  measurement, which only the estimator sees.) The thresholds then give the
   step-length caps of :func:`spider_optax.theory.online` for the fitted
   constants, at any learning rate :math:`\eta`:
 
@@ -80,6 +84,21 @@ def auto_clip_spider(
   :math:`c_0 = \epsilon` and :math:`c_1 = \epsilon L_0 / L_1`. Until
   ``num_bins`` pairs are in, ``learning_rate``, ``c0`` and ``c1`` are used as
   given.
+
+  Args:
+    learning_rate: a positive float or an optax schedule.
+    epsilon: the target gradient norm (> 0, finite).
+    c0: the norm threshold until the fit is ready, or None.
+    c1: the squared-norm threshold until the fit is ready, or None.
+    fit_learning_rate: also set the learning rate from the fit.
+    window: how many recent recursive steps the fit uses (>= ``num_bins``).
+    quantile: see :func:`~spider_optax.smoothness_fit.fit_smoothness`.
+    num_bins: likewise.
+    estimator_dtype: see :func:`~spider_optax.spider_estimator`.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` whose state is an
+    :class:`AutoClipState`.
   """
   _checks.check_positive('learning_rate', learning_rate)
   _checks.check_positive('epsilon', epsilon, finite=True)
@@ -89,27 +108,29 @@ def auto_clip_spider(
     raise ValueError(
         f'window must be an int >= num_bins ({num_bins}), got {window!r}.')
   estimator = spider_estimator(estimator_dtype, diagnostics=True)
+  scale = optax.scale_by_learning_rate(learning_rate)
+  inner = optax.chain(estimator, relaxed_clip(c0, c1), scale)
   as_threshold = lambda c: jnp.asarray(jnp.inf if c is None else c, jnp.float32)
+  fit_of = lambda g, h: fit_smoothness(g, h, quantile=quantile,
+                                       num_bins=num_bins)
 
   def init_fn(params):
     nan = jnp.full([window], jnp.nan, jnp.float32)
     return AutoClipState(
-        estimator=estimator.init(params),
+        inner_state=inner.init(params),
         grad_norms=nan,
         smoothness=nan,
         num_samples=jnp.zeros([], jnp.int32),
-        fit=theory.fit_smoothness(nan, nan, quantile=quantile,
-                                  num_bins=num_bins),
+        fit=fit_of(nan, nan),
         c0=as_threshold(c0),
         c1=as_threshold(c1),
         learning_rate=jnp.zeros([], jnp.float32),
-        clip=RelaxedClipState(clip_factor=jnp.ones([], jnp.float32)),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    count = state.estimator.count
-    estimate, est_state = estimator.update(
-        updates, state.estimator, params, **extra_args)
+    est_state, clip_state, scale_state = state.inner_state
+    estimate, est_state = estimator.update(updates, est_state, params,
+                                           **extra_args)
     d = est_state.diagnostics
     # Push (||g||, L_hat) where a pair was measured (not on anchor steps).
     measured = jnp.isfinite(d.smoothness)
@@ -117,10 +138,10 @@ def auto_clip_spider(
     push = lambda buf, x: jnp.where(measured, buf.at[slot].set(x), buf)
     grad_norms = push(state.grad_norms, d.grad_norm)
     smoothness = push(state.smoothness, d.smoothness)
-    fit = theory.fit_smoothness(grad_norms, smoothness, quantile=quantile,
-                                num_bins=num_bins)
+    fit = fit_of(grad_norms, smoothness)
     ready = jnp.isfinite(fit.L0) & jnp.isfinite(fit.L1)
 
+    count = state.inner_state[0].count
     lr = learning_rate(count) if callable(learning_rate) else learning_rate
     lr = jnp.asarray(lr, jnp.float32)
     if fit_learning_rate:
@@ -130,11 +151,14 @@ def auto_clip_spider(
     c0_k = jnp.where(ready, fitted(fit.L0), as_threshold(c0))
     c1_k = jnp.where(ready, fitted(fit.L1), as_threshold(c1))
 
-    factor = relaxed_clip_factor(global_norm(estimate), c0_k, c1_k)
-    updates = jax.tree.map(lambda v: (-lr * factor * v).astype(v.dtype),
-                           estimate)
+    clipped, clip_state = relaxed_clip(c0_k, c1_k).update(estimate, clip_state)
+    # The chain's own learning-rate member keeps its state (a schedule's
+    # count); with a fitted rate its output is replaced.
+    updates, scale_state = scale.update(clipped, scale_state)
+    if fit_learning_rate:
+      updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), clipped)
     return updates, AutoClipState(
-        estimator=est_state,
+        inner_state=(est_state, clip_state, scale_state),
         grad_norms=grad_norms,
         smoothness=smoothness,
         num_samples=state.num_samples + measured.astype(jnp.int32),
@@ -142,7 +166,6 @@ def auto_clip_spider(
         c0=c0_k,
         c1=c1_k,
         learning_rate=lr,
-        clip=RelaxedClipState(clip_factor=factor.astype(jnp.float32)),
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

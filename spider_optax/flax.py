@@ -10,15 +10,14 @@ Flax users still lack:
   on one batch, and the jitted :func:`nnx_steps`.
 - Linen: :class:`TrainState`, whose ``apply_gradients`` forwards
   ``prev_grads`` and which exposes ``prev_params``, and :func:`linen_steps`.
-- :func:`spider_loop`: the host-side schedule, an anchor every ``q`` steps.
+- :func:`spider_optax.spider_loop` runs these steps on a schedule.
 
 Import it as ``spider_optax.flax`` (or ``so.flax``); it needs the ``flax``
 extra: ``pip install 'spider-optax[flax]'``.
 """
 
-import math
-import numbers
-from typing import Any, Callable, Iterable, Optional
+import warnings
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,8 @@ import optax
 from flax import nnx
 from flax.training import train_state
 
-from spider_optax import estimator
+from spider_optax import lookup
+from spider_optax import loop
 from spider_optax import paired
 
 
@@ -41,13 +41,14 @@ def prev_params(optimizer: nnx.Optimizer) -> nnx.State:
   Returns an ``nnx.State`` of plain arrays, shaped like
   ``nnx.state(model, optimizer.wrt)``.
   """
-  return nnx.as_pure(estimator.prev_params(optimizer.opt_state))
+  return nnx.as_pure(lookup.prev_params(optimizer.opt_state))
 
 
 def _loss_of_params(loss_fn, model: nnx.Module, optimizer: nnx.Optimizer):
   """(``loss_fn`` as a function of the ``optimizer.wrt`` params, those params)."""
   graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
-  return lambda p, *args: loss_fn(nnx.merge(graphdef, p, rest), *args), params
+  return (lambda p, *args, **kwargs: loss_fn(nnx.merge(graphdef, p, rest),
+                                             *args, **kwargs), params)
 
 
 def _prev_like(params: nnx.State, optimizer: nnx.Optimizer) -> nnx.State:
@@ -71,59 +72,91 @@ def prev_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
 
 def paired_value_and_grad(
     loss_fn: Callable[..., Any],
-    model: nnx.Module,
-    optimizer: nnx.Optimizer,
+    has_aux: Any = False,
     *args: Any,
-    has_aux: bool = False,
     vectorized: bool = True,
     split_batch: bool = False,
-) -> tuple[Any, ...]:
+) -> Callable[..., tuple[Any, ...]]:
   """``nnx.value_and_grad(loss_fn)`` at the model's params and at x_{k-1}.
 
-  ``loss_fn(model, *args)`` is evaluated on the same ``args`` (the batch) at
-  both points, in one traced computation (see
-  :func:`spider_optax.paired_value_and_grad`). Returns
-  ``(value, grads), (prev_value, prev_grads)``, grads as ``nnx.State`` of the
-  ``optimizer.wrt`` variables, ready for
+  The NNX form of :func:`spider_optax.paired_value_and_grad`, with the same
+  calling convention: it returns a function
+
+  .. code-block:: python
+
+    (value, grads), (prev_value, prev_grads) = so.flax.paired_value_and_grad(
+        loss_fn)(model, optimizer, *args, **kwargs)
+
+  that evaluates ``loss_fn(model, *args, **kwargs)`` on the same ``args``
+  (the batch) at both points, in one traced computation. Grads are
+  ``nnx.State`` of the ``optimizer.wrt`` variables, ready for
   ``optimizer.update(model, grads, prev_grads=prev_grads)``.
 
   ``loss_fn`` reads the model's other state but does not write it back: pass
-  dropout keys through ``args`` rather than advancing an ``nnx.Rngs`` inside.
-  With ``split_batch=True`` a third output is the variance estimate for
-  adaptive anchoring (see :func:`spider_optax.paired_value_and_grad`).
+  dropout keys through ``kwargs`` rather than advancing an ``nnx.Rngs``
+  inside. With ``split_batch=True`` a third output is the variance estimate
+  for adaptive anchoring, and typed PRNG keys in ``kwargs`` get each half's
+  index folded in (see :func:`spider_optax.paired_value_and_grad`).
+
+  The old form ``paired_value_and_grad(loss_fn, model, optimizer, *args)``
+  still works, with a ``DeprecationWarning``.
   """
-  loss_of_params, params = _loss_of_params(loss_fn, model, optimizer)
-  return paired.paired_value_and_grad(
-      loss_of_params, has_aux, vectorized=vectorized, split_batch=split_batch)(
-          params, _prev_like(params, optimizer), *args)
+  if isinstance(has_aux, nnx.Module):  # The deprecated direct call.
+    _warn_direct_call('paired_value_and_grad')
+    model, (optimizer, *args) = has_aux, args
+    return paired_value_and_grad(
+        loss_fn, vectorized=vectorized, split_batch=split_batch)(
+            model, optimizer, *args)
+  return _on_model(paired.paired_value_and_grad, loss_fn, has_aux,
+                   vectorized=vectorized, split_batch=split_batch)
 
 
 def paired_grad(
     loss_fn: Callable[..., Any],
-    model: nnx.Module,
-    optimizer: nnx.Optimizer,
+    has_aux: Any = False,
     *args: Any,
-    has_aux: bool = False,
     vectorized: bool = True,
     split_batch: bool = False,
-) -> tuple[Any, ...]:
+) -> Callable[..., tuple[Any, ...]]:
   """``nnx.grad(loss_fn)`` at the model's params and at x_{k-1}, one batch.
 
-  Example (inside or outside ``nnx.jit``)::
+  The NNX form of :func:`spider_optax.paired_grad` (inside or outside
+  ``nnx.jit``)::
 
-    grads, prev_grads = so.flax.paired_grad(loss_fn, model, optimizer, x, y)
+    grads, prev_grads = so.flax.paired_grad(loss_fn)(model, optimizer, x, y)
     optimizer.update(model, grads, prev_grads=prev_grads)
 
   With ``has_aux=True`` each half is ``(grads, aux)``; with
   ``split_batch=True`` a third output is the variance estimate. See
-  :func:`paired_value_and_grad`.
+  :func:`paired_value_and_grad`; the old direct form
+  ``paired_grad(loss_fn, model, optimizer, *args)`` is deprecated.
   """
-  (value, grads), (prev_value, prev_grads), *variance = paired_value_and_grad(
-      loss_fn, model, optimizer, *args, has_aux=has_aux, vectorized=vectorized,
-      split_batch=split_batch)
-  if has_aux:
-    return (grads, value[1]), (prev_grads, prev_value[1])
-  return (grads, prev_grads, *variance)
+  if isinstance(has_aux, nnx.Module):  # The deprecated direct call.
+    _warn_direct_call('paired_grad')
+    model, (optimizer, *args) = has_aux, args
+    return paired_grad(loss_fn, vectorized=vectorized,
+                       split_batch=split_batch)(model, optimizer, *args)
+  return _on_model(paired.paired_grad, loss_fn, has_aux, vectorized=vectorized,
+                   split_batch=split_batch)
+
+
+def _on_model(paired_fn: Callable[..., Callable], loss_fn: Callable[..., Any],
+              has_aux: bool, **options: Any) -> Callable[..., Any]:
+  """``paired_fn`` (a functional paired gradient) on an NNX model."""
+
+  def on_model(model, optimizer, *args, **kwargs):
+    loss_of_params, params = _loss_of_params(loss_fn, model, optimizer)
+    return paired_fn(loss_of_params, has_aux, **options)(
+        params, _prev_like(params, optimizer), *args, **kwargs)
+
+  return on_model
+
+
+def _warn_direct_call(name: str) -> None:
+  warnings.warn(
+      f'so.flax.{name}(loss_fn, model, optimizer, *args) is deprecated: call '
+      f'so.flax.{name}(loss_fn)(model, optimizer, *args), the convention of '
+      f'so.{name}.', DeprecationWarning, stacklevel=3)
 
 
 def nnx_steps(
@@ -131,44 +164,46 @@ def nnx_steps(
 ) -> tuple[Callable, Callable]:
   """Jitted ``(anchor_step, recursive_step)`` for an NNX model.
 
-  Both have the signature ``step((model, optimizer), *batch) ->
+  Both have the signature ``step((model, optimizer), *batch, **kwargs) ->
   ((model, optimizer), loss)`` and update the model and optimizer in place
-  (and return them, for :func:`spider_loop`). The anchor step takes the
-  gradient of ``loss_fn(model, *batch)`` on a large batch (or all the data),
+  (and return them, for :func:`spider_optax.spider_loop`). The anchor step
+  takes the gradient of ``loss_fn(model, *batch, **kwargs)`` on a large batch
+  (or all the data),
   the recursive step the paired gradients on a minibatch. The loss returned is
   at the current params, before the update.
 
   ``loss_fn`` must not write model state (BatchNorm in training mode, Dropout
   drawing from the model's own ``nnx.Rngs``): the two points are evaluated
-  from one snapshot of it. Pass dropout keys in the batch instead.
+  from one snapshot of it. Pass dropout keys as keyword arguments instead
+  (with ``split_batch=True``, typed keys; each half folds in its index).
 
   With ``split_batch=True`` the recursive step evaluates the minibatch as two
   halves and passes the variance estimate to the update
   (``grad_diff_variance``), for adaptive anchoring with
-  :func:`spider_loop` (``error_budget`` without ``batch_size``). The
+  :func:`spider_optax.spider_loop` (``error_budget`` without ``batch_size``). The
   optimizer must keep diagnostics, and ``loss_fn`` average over the batch.
   """
 
   @nnx.jit
-  def anchor(model, optimizer, *batch):
+  def anchor(model, optimizer, *batch, **kwargs):
     loss_of_params, params = _loss_of_params(loss_fn, model, optimizer)
-    loss, grads = jax.value_and_grad(loss_of_params)(params, *batch)
+    loss, grads = jax.value_and_grad(loss_of_params)(params, *batch, **kwargs)
     optimizer.update(model, grads)
     return loss
 
   @nnx.jit
-  def recursive(model, optimizer, *batch):
+  def recursive(model, optimizer, *batch, **kwargs):
     (loss, grads), (_, prev_grads), *variance = paired_value_and_grad(
-        loss_fn, model, optimizer, *batch, split_batch=split_batch)
+        loss_fn, split_batch=split_batch)(model, optimizer, *batch, **kwargs)
     optimizer.update(model, grads, prev_grads=prev_grads,
                      **_variance_arg(variance))
     return loss
 
-  def anchor_step(carry, *batch):
-    return carry, anchor(*carry, *batch)
+  def anchor_step(carry, *batch, **kwargs):
+    return carry, anchor(*carry, *batch, **kwargs)
 
-  def recursive_step(carry, *batch):
-    return carry, recursive(*carry, *batch)
+  def recursive_step(carry, *batch, **kwargs):
+    return carry, recursive(*carry, *batch, **kwargs)
 
   return anchor_step, recursive_step
 
@@ -218,7 +253,7 @@ class TrainState(train_state.TrainState):
   @property
   def prev_params(self):
     """x_{k-1}: the params of the last ``apply_gradients``."""
-    return estimator.prev_params(self.opt_state)
+    return lookup.prev_params(self.opt_state)
 
 
 def linen_steps(
@@ -228,21 +263,21 @@ def linen_steps(
 
   ``loss_fn(params, *batch)`` is the loss (typically calling
   ``state.apply_fn({'params': params}, ...)`` or ``model.apply``). Both steps
-  have the signature ``step(state, *batch) -> (state, loss)``; the loss is at
-  the current params, before the update. ``split_batch`` as in
-  :func:`nnx_steps`.
+  have the signature ``step(state, *batch, **kwargs) -> (state, loss)``; the
+  loss is at the current params, before the update. ``split_batch`` and
+  ``kwargs`` (e.g. a dropout key) as in :func:`nnx_steps`.
   """
 
   @jax.jit
-  def anchor_step(state, *batch):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, *batch)
+  def anchor_step(state, *batch, **kwargs):
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, *batch, **kwargs)
     return state.apply_gradients(grads=grads), loss
 
   @jax.jit
-  def recursive_step(state, *batch):
+  def recursive_step(state, *batch, **kwargs):
     (loss, grads), (_, prev_grads), *variance = paired.paired_value_and_grad(
         loss_fn, split_batch=split_batch)(state.params, state.prev_params,
-                                          *batch)
+                                          *batch, **kwargs)
     return state.apply_gradients(grads=grads, prev_grads=prev_grads,
                                  **_variance_arg(variance)), loss
 
@@ -255,99 +290,12 @@ def _variance_arg(variance: list[jax.Array]) -> dict[str, jax.Array]:
 
 
 # --------------------------------------------------------------------------
-# The schedule
+# The loop
 # --------------------------------------------------------------------------
 
 
-def _opt_state(carry: Any) -> Any:
-  """The optimizer state in a ``(model, optimizer)`` or TrainState carry."""
-  if isinstance(carry, tuple):
-    return next(c for c in carry if isinstance(c, nnx.Optimizer)).opt_state
-  return carry.opt_state
-
-
-def spider_loop(
-    anchor_step: Callable,
-    recursive_step: Callable,
-    carry: Any,
-    anchor_batches: Iterable[tuple],
-    minibatches: Iterable[tuple],
-    *,
-    anchor_period: int,
-    num_steps: int,
-    start_step: int = 0,
-    error_budget: Optional[float] = None,
-    batch_size: Optional[int] = None,
-) -> tuple[Any, list[jax.Array]]:
-  """Runs SPIDER steps ``start_step, ..., num_steps - 1``.
-
-  Step ``k`` is an anchor step on the next of ``anchor_batches`` when
-  ``k % anchor_period == 0``, otherwise a recursive step on the next of
-  ``minibatches``. The schedule lives on the host: nothing is read back from
-  the device to decide it, so steps are dispatched asynchronously.
-
-  With ``error_budget``, anchoring is adaptive: the first step is an anchor,
-  and after that a step is an anchor when :func:`spider_optax.anchor_due`
-  says the recursion's accumulated error exceeds the budget, or when
-  ``anchor_period`` steps have passed since the last anchor (a cap). This
-  reads one boolean back from the device per step, and needs an optimizer
-  built with ``diagnostics=True`` (or ``epsilon=``). Without ``batch_size``
-  it sums the split-half variance estimates, which needs steps built with
-  ``split_batch=True``; with ``batch_size`` it uses the minibatch-mean
-  heuristic (see :func:`spider_optax.anchor_due`).
-
-  Args:
-    anchor_step, recursive_step: from :func:`nnx_steps` or
-      :func:`linen_steps` (any ``step(carry, *batch) -> (carry, loss)``).
-    carry: ``(model, optimizer)`` for NNX, a :class:`TrainState` for Linen.
-    anchor_batches: tuples of arguments for the anchor step, e.g.
-      ``itertools.repeat((x_all, y_all))`` for the full gradient.
-    minibatches: tuples of arguments for recursive steps.
-    anchor_period: ``q``.
-    num_steps: the step index to stop at (exclusive).
-    start_step: where a resumed run starts (e.g. the step of a checkpoint),
-      so that the anchor schedule continues where it left off. Minibatches
-      are drawn on recursive steps only; for a resume that sees the same
-      data, key them by step:
-      ``(batch_at(k) for k in range(start_step, num_steps) if k % q)``.
-      With ``error_budget`` the schedule continues from the restored state.
-    error_budget: turns on adaptive anchoring (see above); e.g.
-      ``epsilon**2 / 8`` for a target gradient norm ``epsilon``.
-    batch_size: with ``error_budget``, the minibatch size of recursive steps
-      for the minibatch-mean heuristic; None for the split-half estimates.
-
-  Returns:
-    The final carry and the list of per-step losses (device arrays, not yet
-    synchronised).
-  """
-  if (isinstance(anchor_period, bool)
-      or not isinstance(anchor_period, numbers.Integral) or anchor_period <= 0):
-    raise ValueError(f'anchor_period must be a positive int, got {anchor_period!r}.')
-  batches = {True: iter(anchor_batches), False: iter(minibatches)}
-  steps = {True: anchor_step, False: recursive_step}
-  losses = []
-  for k in range(start_step, num_steps):
-    if error_budget is None:
-      is_anchor = k % anchor_period == 0
-    else:
-      state = nnx.as_pure(_opt_state(carry))
-      last = estimator.estimator_state(state)
-      count, since, due, variance = jax.device_get((  # One read per step.
-          last.count, last.steps_since_anchor,
-          estimator.anchor_due(state, error_budget, batch_size),
-          last.diagnostics.accumulated_variance))
-      if batch_size is None and since > 0 and math.isnan(variance):
-        raise ValueError(
-            'Adaptive anchoring without batch_size sums the variance '
-            'estimates of split batches, but a recursive step brought none: '
-            'build the steps with split_batch=True, or pass batch_size for '
-            'the minibatch-mean heuristic.')
-      is_anchor = bool(count == 0 or since + 1 >= anchor_period or due)
-    batch = next(batches[is_anchor], None)
-    if batch is None:
-      kind = 'anchor_batches' if is_anchor else 'minibatches'
-      raise ValueError(f'{kind} ran out at step {k} of {num_steps}.')
-    carry, loss = steps[is_anchor](carry, *batch)
-    losses.append(loss)
-  return carry, losses
-
+def spider_loop(*args: Any, **kwargs: Any) -> tuple[Any, list[Any]]:
+  """Deprecated: :func:`spider_optax.spider_loop`, which needs no Flax."""
+  warnings.warn('so.flax.spider_loop is deprecated: use so.spider_loop.',
+                DeprecationWarning, stacklevel=2)
+  return loop.spider_loop(*args, **kwargs)

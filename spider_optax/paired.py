@@ -57,7 +57,12 @@ def paired_value_and_grad(
   the sum of these estimates since the last anchor. It needs a
   ``loss_fn`` that averages over the batch, ``args`` whose leaves all share
   the batch axis first (``kwargs`` are shared, e.g. an RNG key), and
-  ``has_aux=False``.
+  ``has_aux=False``. Every typed PRNG key in ``kwargs`` (``jax.random.key``)
+  has the half's index folded in, so that the halves draw independent dropout
+  masks, as two independent minibatches would: with one shared mask the
+  halves' difference would miss the dropout noise, and the estimate would
+  read 0 where dropout is the only noise. The two points of each half still
+  share theirs. Legacy ``uint32`` keys are refused with a hint.
 
   Examples:
     >>> import jax.numpy as jnp, spider_optax as so
@@ -107,8 +112,9 @@ def paired_value_and_grad(
     b = _batch_size(args)
     m = b // 2
     first, second = (
-        paired(params, prev_params, *jax.tree.map(half, args), **kwargs)
-        for half in (lambda x: x[:m], lambda x: x[m:]))
+        paired(params, prev_params, *jax.tree.map(half, args),
+               **_keys_for_half(kwargs, i))
+        for i, half in enumerate((lambda x: x[:m], lambda x: x[m:])))
     mean = lambda u, v: jax.tree.map(
         lambda x, y: ((m * x + (b - m) * y) / b).astype(x.dtype), u, v)
     # d_A - d_B = (g_A - g'_A) - (g_B - g'_B), in float32 for the norm.
@@ -121,6 +127,27 @@ def paired_value_and_grad(
     return mean(first[0], second[0]), mean(first[1], second[1]), variance
 
   return paired_halves
+
+
+def _keys_for_half(kwargs: dict[str, Any], half: int) -> dict[str, Any]:
+  """``kwargs`` with ``half`` folded into every PRNG key, so that the two
+  halves of a split batch draw independent dropout masks (each half's two
+  points still share theirs)."""
+
+  def fold(path, x):
+    dtype = getattr(x, 'dtype', None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      return jax.random.fold_in(x, half)
+    if dtype == jnp.uint32 and np.shape(x) == (2,):
+      raise TypeError(
+          f'split_batch=True draws each half its own randomness by folding '
+          f'the half into every PRNG key of the keyword arguments, but '
+          f'kwargs{jax.tree_util.keystr(path)} looks like a legacy uint32 '
+          f'key: pass a typed key (jax.random.key(seed), or '
+          f'jax.random.wrap_key_data(key)).')
+    return x
+
+  return jax.tree_util.tree_map_with_path(fold, kwargs)
 
 
 def _batch_size(args: tuple[Any, ...]) -> int:

@@ -9,9 +9,10 @@ def apply_if_finite(
     inner: optax.GradientTransformation,
     max_consecutive_errors: int,
 ) -> optax.GradientTransformationExtraArgs:
-  """Skips a step whose ``grads`` *or* ``prev_grads`` hold a NaN or Inf.
+  """Skips a step whose ``grads`` *or* extra arguments hold a NaN or Inf.
 
-  (Or whose ``grad_diff_variance``, for adaptive anchoring, is not finite.)
+  (``prev_grads``, ``grad_diff_variance`` for adaptive anchoring, or any other
+  floating-point extra argument.)
 
   :func:`optax.apply_if_finite` inspects only the first argument of ``update``.
   In a SPIDER recursive step a non-finite ``prev_grads`` would pass that check
@@ -56,19 +57,23 @@ def apply_if_finite(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    checked = (updates, extra_args.get('prev_grads'),
-               extra_args.get('grad_diff_variance'))
-    isfinite = jnp.all(jnp.array(
-        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(checked)]))
+    # Every array the update receives but the params: grads and every extra
+    # argument (prev_grads, grad_diff_variance, ...), whatever its name.
+    checked = [jnp.all(jnp.isfinite(x))
+               for x in jax.tree.leaves((updates, extra_args))
+               if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    isfinite = jnp.all(jnp.stack(checked)) if checked else jnp.array(True)
     notfinite_count = jnp.where(
         isfinite, 0, optax.safe_increment(state.notfinite_count))
-    apply = lambda: inner.update(updates, state.inner_state, params, **extra_args)
-    # Zeros shaped like the inner *output*: its dtype may differ from the
-    # grads' (e.g. a float32 estimator for bfloat16 params).
-    skip = lambda: (optax.tree.zeros_like(jax.eval_shape(apply)[0]),
-                    state.inner_state)
-    updates, inner_state = jax.lax.cond(
-        isfinite | (notfinite_count > max_consecutive_errors), apply, skip)
+    new_updates, new_state = inner.update(updates, state.inner_state, params,
+                                          **extra_args)
+    # One trace of the inner update, its result selected: zeros and the old
+    # inner state (the estimator, the previous params) for a skipped step.
+    apply = isfinite | (notfinite_count > max_consecutive_errors)
+    updates = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)),
+                           new_updates)
+    inner_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
+                               new_state, state.inner_state)
     return updates, optax.ApplyIfFiniteState(
         notfinite_count=notfinite_count.astype(jnp.int32),
         last_finite=isfinite,

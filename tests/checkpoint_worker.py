@@ -158,7 +158,7 @@ def linen_save(args, x, y):
 
   # A: uninterrupted.
   state, anchor_step, recursive_step = linen_setup(SEED)
-  state, losses = so.flax.spider_loop(
+  state, losses = so.spider_loop(
       anchor_step, recursive_step, state, *batches(x, y, 0, args.steps, args.q),
       anchor_period=args.q, num_steps=args.steps)
   save_npz(args.out, 'linen_A_params', state.params)
@@ -166,7 +166,7 @@ def linen_save(args, x, y):
 
   # B: steps 0..k0-1 from a fresh start, then an orbax checkpoint.
   state, anchor_step, recursive_step = linen_setup(SEED)
-  state, _ = so.flax.spider_loop(
+  state, _ = so.spider_loop(
       anchor_step, recursive_step, state, *batches(x, y, 0, args.k0, args.q),
       anchor_period=args.q, num_steps=args.k0)
   save_npz(args.out, 'linen_B_estimator',
@@ -207,10 +207,10 @@ def linen_resume(args, x, y):
   assert state.prev_params is est.prev_params
   save_npz(args.out, 'linen_C_estimator', estimator_fields(est))
   save_npz(args.out, 'linen_C_restored_params', state.params)
-  state, losses = so.flax.spider_loop(
+  state, losses = so.spider_loop(
       anchor_step, recursive_step, state,
       *batches(x, y, args.k0, args.steps, args.q),
-      anchor_period=args.q, num_steps=args.steps, start_step=args.k0)
+      anchor_period=args.q, num_steps=args.steps)
   save_npz(args.out, 'linen_C_params', state.params)
   np.save(os.path.join(args.out, 'linen_C_losses.npy'), np.stack(losses))
 
@@ -219,10 +219,11 @@ def linen_resume(args, x, y):
   state = so.flax.TrainState.create(
       apply_fn=restored.apply_fn, params=restored.params, tx=restored.tx)
   state = state.replace(step=restored.step)
-  state, _ = so.flax.spider_loop(
+  # A fresh optimizer state starts its schedule over (an anchor first).
+  state, _ = so.spider_loop(
       anchor_step, recursive_step, state,
-      *batches(x, y, args.k0, args.steps, args.q),
-      anchor_period=args.q, num_steps=args.steps, start_step=args.k0)
+      *batches(x, y, 0, args.steps - args.k0, args.q),
+      anchor_period=args.q, num_steps=args.steps - args.k0)
   save_npz(args.out, 'linen_Cprime_params', state.params)
 
 
@@ -283,7 +284,7 @@ def nnx_save(args, x, y):
 
   # A: uninterrupted.
   model, optimizer, anchor_step, recursive_step = nnx_setup(SEED)
-  _, losses = so.flax.spider_loop(
+  _, losses = so.spider_loop(
       anchor_step, recursive_step, (model, optimizer),
       *batches(x, y, 0, args.steps, args.q),
       anchor_period=args.q, num_steps=args.steps)
@@ -292,7 +293,7 @@ def nnx_save(args, x, y):
 
   # B: steps 0..k0-1 from a fresh start, then an orbax checkpoint.
   model, optimizer, anchor_step, recursive_step = nnx_setup(SEED)
-  so.flax.spider_loop(
+  so.spider_loop(
       anchor_step, recursive_step, (model, optimizer),
       *batches(x, y, 0, args.k0, args.q),
       anchor_period=args.q, num_steps=args.k0)
@@ -337,10 +338,10 @@ def nnx_resume(args, x, y):
       jax.tree.structure(est.prev_params))
   save_npz(args.out, 'nnx_C_estimator', estimator_fields(est))
   save_npz(args.out, 'nnx_C_restored_params', nnx_params(model))
-  _, losses = so.flax.spider_loop(
+  _, losses = so.spider_loop(
       anchor_step, recursive_step, (model, optimizer),
       *batches(x, y, args.k0, args.steps, args.q),
-      anchor_period=args.q, num_steps=args.steps, start_step=args.k0)
+      anchor_period=args.q, num_steps=args.steps)
   save_npz(args.out, 'nnx_C_params', nnx_params(model))
   np.save(os.path.join(args.out, 'nnx_C_losses.npy'), np.stack(losses))
 
@@ -349,10 +350,10 @@ def nnx_resume(args, x, y):
       path, SEED + 1, what=('model',))
   # Built after the restore, so that its prev_params are the restored params.
   optimizer = nnx.Optimizer(model, nnx_program()[1], wrt=nnx.Param)
-  so.flax.spider_loop(
+  so.spider_loop(  # A fresh optimizer state starts its schedule over.
       anchor_step, recursive_step, (model, optimizer),
-      *batches(x, y, args.k0, args.steps, args.q),
-      anchor_period=args.q, num_steps=args.steps, start_step=args.k0)
+      *batches(x, y, 0, args.steps - args.k0, args.q),
+      anchor_period=args.q, num_steps=args.steps - args.k0)
   save_npz(args.out, 'nnx_Cprime_params', nnx_params(model))
 
 

@@ -95,7 +95,8 @@ def test_update_is_the_clipped_step(auto_run):
   g = {'x': jnp.array([1.0, -2.0, 0.5, 3.0])}
   pg = {'x': jnp.array([0.5, -1.0, 0.0, 1.0])}
   updates, new = tx.update(g, state, params, prev_grads=pg)
-  v = np.float64(state.estimator.estimate['x']) + np.float64(g['x'] - pg['x'])
+  v = (np.float64(state.inner_state[0].estimate['x'])
+       + np.float64(g['x'] - pg['x']))
   want = -0.2 * clip_factor(np.linalg.norm(v), float(new.c0), float(new.c1)) * v
   np.testing.assert_allclose(updates['x'], want, rtol=1e-5)
   np.testing.assert_allclose(so.diagnostics(new)['clip_factor'],

@@ -180,10 +180,18 @@ def test_accumulated_variance_sums_the_passed_estimates():
   _, state = tx.update(g, state, x)  # anchor: reset
   assert float(so.diagnostics(state)['accumulated_variance']) == 0.0
   assert not bool(so.anchor_due(state, 0.1))
-  # A recursive step without an estimate: the sum is unknown, so anchor.
+  # A recursive step without an estimate: the sum is unknown. Deciding on it
+  # is an error, eager and under jit (anchoring on every step would silently
+  # pay a large batch per step).
   _, state = tx.update(g, state, x, prev_grads=g)
   assert np.isnan(so.diagnostics(state)['accumulated_variance'])
-  assert bool(so.anchor_due(state, 1e9))
+  with pytest.raises(ValueError, match='brought none: pass grad_diff_variance'):
+    so.anchor_due(state, 1e9)
+  with pytest.raises(Exception, match='brought none: pass grad_diff_variance'):
+    jax.block_until_ready(jax.jit(so.anchor_due)(state, 1e9))
+  with pytest.raises(ValueError, match='brought none: pass grad_diff_variance'):
+    so.is_anchor_step(state, 10, error_budget=1e9)
+  assert bool(so.anchor_due(state, 1e9, batch_size=4)) is False  # heuristic
   _, state = tx.update(g, state, x, prev_grads=g, grad_diff_variance=0.0)
   assert np.isnan(so.diagnostics(state)['accumulated_variance'])
 

@@ -110,13 +110,13 @@ def test_prev_params_finds_the_estimator(wrap):
 
 def test_prev_params_without_an_estimator():
   state = optax.sgd(0.1).init(PARAMS)
-  with pytest.raises(ValueError, match='holds no spider_estimator state'):
+  with pytest.raises(ValueError, match='keeps no previous parameters'):
     so.prev_params(state)
 
 
 def test_prev_params_with_two_estimators():
   state = optax.chain(so.spider(0.1), so.spider(0.1)).init(PARAMS)
-  with pytest.raises(ValueError, match='holds 2 spider_estimator states'):
+  with pytest.raises(ValueError, match='holds 2 sets of previous parameters'):
     so.prev_params(state)
 
 

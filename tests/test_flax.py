@@ -157,11 +157,7 @@ def max_abs_diff(a, b):
 
 def estimator_state(opt_state):
   """The SpiderEstimatorState inside any optimizer state (pure arrays)."""
-  is_state = lambda x: isinstance(x, so.SpiderEstimatorState)
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state)
-           if is_state(x)]
-  assert len(found) == 1
-  return nnx.as_pure(found[0])
+  return nnx.as_pure(so.lookup.estimator_state(opt_state))
 
 
 # --------------------------------------------------------------------------
@@ -206,7 +202,7 @@ LINEN_STEPS = sof.linen_steps(linen_loss)
 
 
 def run_segments(api, carry, checkpoints):
-  """Runs to each checkpoint in turn (resuming with start_step) and records.
+  """Runs to each checkpoint in turn (resuming from the state) and records.
 
   Returns the final carry, the per-step losses (floats) and, per checkpoint,
   the params and previous params as plain dicts.
@@ -220,9 +216,8 @@ def run_segments(api, carry, checkpoints):
       params[stop], prev[stop] = carry[0], so.prev_params(carry[1])
     else:
       steps = NNX_STEPS if api == 'nnx' else LINEN_STEPS
-      carry, segment = sof.spider_loop(
-          *steps, carry, anchors, batches, anchor_period=Q, num_steps=stop,
-          start_step=start)
+      carry, segment = so.spider_loop(
+          *steps, carry, anchors, batches, anchor_period=Q, num_steps=stop)
       if api == 'nnx':
         model, optimizer = carry
         params[stop] = nnx_params(model)
@@ -416,8 +411,8 @@ def all_paired_grads(model, optimizer, state, params, opt_state, x, y):
       for api, paired in (
           ('functional', so.paired_grad(loss_fn, vectorized=vectorized)(
               params, so.prev_params(opt_state), x, y)),
-          ('nnx', sof.paired_grad(nnx_loss, model, optimizer, x, y,
-                                  vectorized=vectorized)),
+          ('nnx', sof.paired_grad(nnx_loss, vectorized=vectorized)(
+              model, optimizer, x, y)),
           ('linen', so.paired_grad(linen_loss, vectorized=vectorized)(
               state.params, state.prev_params, x, y)))}
 
@@ -448,7 +443,7 @@ def test_nnx_paired_value_and_grad_with_aux(few):
     return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
 
   (value, grads), (prev_value, prev_grads) = sof.paired_value_and_grad(
-      loss_with_aux, model, optimizer, x, y, has_aux=True)
+      loss_with_aux, has_aux=True)(model, optimizer, x, y)
   prev = so.prev_params(opt_state)
   for (loss, acc), g, p in ((value, grads, params),
                             (prev_value, prev_grads, prev)):
@@ -458,7 +453,7 @@ def test_nnx_paired_value_and_grad_with_aux(few):
     leaves_close(nnx.to_pure_dict(g), grad_at(p, x, y),
                  rtol=1e-5, atol=1e-7)
   (g_aux, acc), (pg_aux, prev_acc) = sof.paired_grad(
-      loss_with_aux, model, optimizer, x, y, has_aux=True)
+      loss_with_aux, has_aux=True)(model, optimizer, x, y)
   assert acc == value[1] and prev_acc == prev_value[1]
   leaves_close(g_aux, grads, rtol=0, atol=0)
   leaves_close(pg_aux, prev_grads, rtol=0, atol=0)
@@ -466,7 +461,7 @@ def test_nnx_paired_value_and_grad_with_aux(few):
 
 @nnx.jit
 def nnx_jitted_recursive_step(model, optimizer, x, y):
-  grads, prev_grads = sof.paired_grad(nnx_loss, model, optimizer, x, y)
+  grads, prev_grads = sof.paired_grad(nnx_loss)(model, optimizer, x, y)
   optimizer.update(model, grads, prev_grads=prev_grads)
   return grads, prev_grads
 
@@ -534,7 +529,7 @@ def test_bfloat16_nnx_end_to_end():
   tx = so.spider(**HP, estimator_dtype=jnp.float32)
   model, optimizer = new_nnx(before, tx, param_dtype=jnp.bfloat16)
   assert model.hidden.kernel[...].dtype == jnp.bfloat16
-  (model, optimizer), losses = sof.spider_loop(
+  (model, optimizer), losses = so.spider_loop(
       *sof.nnx_steps(nnx_loss), (model, optimizer), full_data(),
       minibatches(), anchor_period=Q, num_steps=BF16_STEPS)
   assert sof.prev_params(optimizer)['hidden']['kernel'].dtype == jnp.bfloat16
@@ -545,7 +540,7 @@ def test_bfloat16_nnx_end_to_end():
 def test_bfloat16_linen_end_to_end():
   params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), initial_params())
   tx = so.spider(**HP, estimator_dtype=jnp.float32)
-  state, losses = sof.spider_loop(
+  state, losses = so.spider_loop(
       *sof.linen_steps(linen_loss), new_linen(params, tx), full_data(),
       minibatches(), anchor_period=Q, num_steps=BF16_STEPS)
   assert int(state.step) == BF16_STEPS
@@ -617,112 +612,35 @@ def test_train_state_apply_gradients_under_jit():
 def test_train_state_without_an_estimator():
   state = sof.TrainState.create(apply_fn=None, params={'w': jnp.ones(2)},
                                 tx=optax.sgd(0.1))
-  with pytest.raises(ValueError, match='spider_estimator'):
+  with pytest.raises(ValueError, match='keeps no previous parameters'):
     state.prev_params  # pylint: disable=pointless-statement
 
 
 # --------------------------------------------------------------------------
-# 6. spider_loop's schedule
+# 6. Deprecated names keep working
 # --------------------------------------------------------------------------
 
 
-def counting_steps():
-  """Step functions that record (kind, carry, batch) instead of training."""
-  calls = []
-
-  def anchor(carry, *batch):
-    calls.append(('anchor', carry, batch))
-    return carry + 1, -carry
-
-  def recursive(carry, *batch):
-    calls.append(('recursive', carry, batch))
-    return carry + 1, carry
-
-  return anchor, recursive, calls
+def test_deprecated_flax_spider_loop_forwards(few):
+  (model, optimizer), _, _ = few
+  with pytest.warns(DeprecationWarning, match='use so.spider_loop'):
+    _, losses = sof.spider_loop(
+        *NNX_STEPS, (model, optimizer), full_data(), minibatches(),
+        anchor_period=Q, num_steps=int(optimizer.opt_state[0].count) + 2)
+  assert len(losses) == 2
 
 
-def numbered(tag):
-  return ((tag, i) for i in itertools.count())
-
-
-@pytest.mark.parametrize('q,start,stop', [(1, 0, 5), (5, 0, 23), (43, 0, 215),
-                                          (5, 7, 23), (4, 8, 13), (3, 0, 0),
-                                          (3, 5, 5)])
-def test_spider_loop_anchors_exactly_every_q_steps(q, start, stop):
-  anchor, recursive, calls = counting_steps()
-  anchors, batches = numbered('A'), numbered('m')
-  carry, losses = sof.spider_loop(anchor, recursive, start, anchors, batches,
-                                  anchor_period=q, num_steps=stop,
-                                  start_step=start)
-  steps = range(start, stop)
-  assert carry == stop and len(losses) == len(steps)
-  assert [c[1] for c in calls] == list(steps)  # step k sees carry k
-  want_kinds = ['anchor' if k % q == 0 else 'recursive' for k in steps]
-  assert [c[0] for c in calls] == want_kinds
-  assert losses == [-k if k % q == 0 else k for k in steps]
-  # Each kind takes its own batches, in order, and no more than it uses.
-  n_anchor = want_kinds.count('anchor')
-  assert [c[2] for c in calls if c[0] == 'anchor'] == [
-      ('A', i) for i in range(n_anchor)]
-  assert [c[2] for c in calls if c[0] == 'recursive'] == [
-      ('m', i) for i in range(len(steps) - n_anchor)]
-  assert next(anchors) == ('A', n_anchor)
-  assert next(batches) == ('m', len(steps) - n_anchor)
-
-
-def test_spider_loop_resumed_equals_one_run():
-  """Splitting a run at any step with start_step changes no call."""
-  q, stop = 6, 40
-  anchor, recursive, whole = counting_steps()
-  sof.spider_loop(anchor, recursive, 0, numbered('A'), numbered('m'),
-                  anchor_period=q, num_steps=stop)
-  for split in (1, 6, 7, 13, 39):
-    anchor, recursive, parts = counting_steps()
-    anchors, batches = numbered('A'), numbered('m')
-    carry, first = sof.spider_loop(anchor, recursive, 0, anchors, batches,
-                                   anchor_period=q, num_steps=split)
-    carry, second = sof.spider_loop(anchor, recursive, carry, anchors,
-                                    batches, anchor_period=q, num_steps=stop,
-                                    start_step=split)
-    assert parts == whole, split
-    assert len(first) + len(second) == stop
-
-
-def test_spider_loop_unpacks_batch_tuples():
-  anchor, recursive, calls = counting_steps()
-  sof.spider_loop(anchor, recursive, 0, [('x', 'y')], [(1, 2, 3)] * 2,
-                  anchor_period=3, num_steps=3)
-  assert [c[2] for c in calls] == [('x', 'y'), (1, 2, 3), (1, 2, 3)]
-
-
-def test_spider_loop_runs_out_of_batches():
-  anchor, recursive, _ = counting_steps()
-  with pytest.raises(ValueError, match='minibatches ran out at step 3 of 5'):
-    sof.spider_loop(anchor, recursive, 0, [()], [()] * 2, anchor_period=5,
-                    num_steps=5)
-
-
-def test_spider_loop_accepts_a_numpy_integer_anchor_period():
-  anchor, recursive, calls = counting_steps()
-  sof.spider_loop(anchor, recursive, 0, numbered('A'), numbered('m'),
-                  anchor_period=np.int64(3), num_steps=6)
-  assert [c[0] for c in calls] == ['anchor', 'recursive', 'recursive'] * 2
-
-
-@pytest.mark.parametrize('q', [0, -1, 2.0, 2.5, '3', None, True])
-def test_spider_loop_rejects_a_bad_anchor_period(q):
-  anchor, recursive, calls = counting_steps()
-  with pytest.raises(ValueError, match='anchor_period'):
-    sof.spider_loop(anchor, recursive, 0, numbered('A'), numbered('m'),
-                    anchor_period=q, num_steps=10)
-  assert not calls
-
-
-def test_spider_loop_accepts_a_numpy_integer_anchor_period():
-  anchor, recursive, calls = counting_steps()
-  sof.spider_loop(anchor, recursive, 0, numbered('A'), numbered('m'),
-                  anchor_period=np.int64(3), num_steps=6)
-  assert [c[0] for c in calls].count('anchor') == 2
+def test_deprecated_direct_paired_grad_call(few):
+  (model, optimizer), _, _ = few
+  x, y = next(minibatches(seed=3))
+  want = sof.paired_grad(nnx_loss)(model, optimizer, x, y)
+  with pytest.warns(DeprecationWarning, match=r'paired_grad\(loss_fn\)\(model'):
+    got = sof.paired_grad(nnx_loss, model, optimizer, x, y)
+  leaves_close(got, want, atol=0)
+  with pytest.warns(DeprecationWarning, match='paired_value_and_grad'):
+    got = sof.paired_value_and_grad(nnx_loss, model, optimizer, x, y)
+  leaves_close(got, sof.paired_value_and_grad(nnx_loss)(model, optimizer, x, y),
+               atol=0)
 
 
 # --------------------------------------------------------------------------
@@ -752,8 +670,8 @@ def functional_adaptive(params, tx, budget, period, rule):
   paired = jax.jit(so.paired_grad(loss_fn, split_batch=split))
   batch_size = None if split else MINIBATCH
   for k in range(ADAPTIVE_STEPS):
-    if (k == 0 or int(state[0].steps_since_anchor) + 1 >= period
-        or bool(so.anchor_due(state, budget, batch_size))):
+    if so.is_anchor_step(state, period, error_budget=budget,
+                         batch_size=batch_size):
       kinds.append('anchor')
       updates, state = tx.update(grad(params, X, Y), state, params)
     else:
@@ -787,7 +705,7 @@ def test_spider_loop_adaptive_anchoring(api, period, rule):
   else:
     steps = recording(LINEN_SPLIT_STEPS if split else LINEN_STEPS, kinds)
     carry = new_linen(initial_params(), tx)
-  carry, losses = sof.spider_loop(
+  carry, losses = so.spider_loop(
       *steps, carry, full_data(), minibatches(), anchor_period=period,
       num_steps=ADAPTIVE_STEPS, error_budget=budget,
       batch_size=None if split else MINIBATCH)
@@ -803,12 +721,12 @@ def test_spider_loop_adaptive_anchoring(api, period, rule):
 
 def test_spider_loop_adaptive_needs_split_batches_or_batch_size():
   tx = so.spider(**HP, diagnostics=True)
-  with pytest.raises(ValueError, match='split_batch=True, or pass batch_size'):
-    sof.spider_loop(*LINEN_STEPS, new_linen(initial_params(), tx),
+  with pytest.raises(ValueError, match='brought none: pass grad_diff_variance'):
+    so.spider_loop(*LINEN_STEPS, new_linen(initial_params(), tx),
                     full_data(), minibatches(), anchor_period=5, num_steps=3,
                     error_budget=1.0)
   with pytest.raises(ValueError, match='diagnostics=True'):
-    sof.spider_loop(*LINEN_STEPS, new_linen(initial_params(), TX),
+    so.spider_loop(*LINEN_STEPS, new_linen(initial_params(), TX),
                     full_data(), minibatches(), anchor_period=5, num_steps=2,
                     error_budget=1.0, batch_size=4)
 
@@ -821,7 +739,7 @@ def test_nnx_split_batch_matches_the_functional_split(few):
   want = so.paired_grad(loss_fn, split_batch=True)(
       params, so.prev_params(opt_state), x, y)
   grads, prev_grads, variance = sof.paired_grad(
-      nnx_loss, model, optimizer, x, y, split_batch=True)
+      nnx_loss, split_batch=True)(model, optimizer, x, y)
   assert isinstance(grads, nnx.State) and isinstance(prev_grads, nnx.State)
   for g, w in zip((grads, prev_grads), want[:2]):
     leaves_close(nnx.to_pure_dict(g), w, rtol=1e-5, atol=1e-7)

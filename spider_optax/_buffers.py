@@ -1,0 +1,31 @@
+"""XLA buffer helpers: zeros sharded like their params, and in-place overwrites."""
+
+from typing import Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax.experimental import shard_alike
+
+
+def zeros_like(x: jax.Array, dtype: Optional[chex.ArrayDType] = None) -> jax.Array:
+  """Zeros shaped and sharded like ``x``, also when traced under ``jax.jit``.
+
+  Under jit on a mesh with Auto axes, ``jnp.zeros_like`` is a constant with no
+  link to ``x``, which XLA replicates on every device; ``shard_alike`` gives
+  it the sharding of ``x`` (FSDP or tensor-parallel layouts included).
+  """
+  return shard_alike.shard_alike(jnp.zeros_like(x, dtype=dtype), x)[0]
+
+
+def overwrite(old: jax.Array, new: jax.Array) -> jax.Array:
+  """``new``, written over ``old`` so that a donated ``old`` buffer is reused.
+
+  XLA compiles this to a plain copy of ``new``, but because ``old`` is used,
+  ``jax.jit`` keeps it as an input, and a step that donates the state writes
+  the result into ``old``'s buffer. Returning ``new`` alone leaves ``old``
+  unused: jit drops it and allocates a fresh output buffer every step, which on
+  CPU (fresh pages for every array over glibc's 32 MB mmap threshold) made the
+  update 2x slower at 1e7 params.
+  """
+  return jax.lax.dynamic_update_slice(old, new.astype(old.dtype), (0,) * old.ndim)

@@ -1,0 +1,146 @@
+"""Finding and reading sub-states inside any optimizer state.
+
+A state is found by its NamedTuple's name with
+:func:`optax.tree_utils.tree_get_all_with_path`, wherever it sits: in a chain,
+under ``optax.inject_hyperparams``, ``optax.apply_if_finite`` or
+:func:`spider_optax.apply_if_finite`, or in a Flax optimizer's state.
+:func:`prev_params` and :func:`diagnostics` are the public readers.
+"""
+
+from typing import Any, TypeVar
+
+import chex
+import optax
+
+from spider_optax.clipping import RelaxedClipState
+from spider_optax.estimator import SpiderEstimatorState
+
+_RESTORE_HINT = (
+    'A state restored from a checkpoint without a target is plain dicts and '
+    'lists: restore it onto a target built from tx.init, e.g. jax.tree.map('
+    'orbax.checkpoint.utils.to_shape_dtype_struct, fresh_state).')
+
+State = TypeVar('State')
+
+
+def find_all(state: Any, kind: type[State]) -> list[State]:
+  """Every sub-state of ``state`` that is a ``kind`` (a NamedTuple class)."""
+  found = optax.tree_utils.tree_get_all_with_path(state, kind.__name__)
+  return [value for _, value in found if isinstance(value, kind)]
+
+
+def find_one(state: Any, kind: type[State], *, what: str, build: str) -> State:
+  """The one ``kind`` inside ``state``, or a ValueError that says what to do.
+
+  Args:
+    state: an optimizer state.
+    kind: the NamedTuple class of the state to find.
+    what: the transformation's name, for the messages.
+    build: how to build an optimizer that has one, for the messages.
+  """
+  found = find_all(state, kind)
+  if not found:
+    raise ValueError(
+        f'This optimizer state holds no {what} state. {build}, then pass the '
+        f'state that tx.init returned. {_RESTORE_HINT}')
+  if len(found) > 1:
+    raise ValueError(
+        f'This optimizer state holds {len(found)} {what} states; exactly one '
+        'is needed here. Pass the sub-state of the one you mean.')
+  return found[0]
+
+
+
+def estimator_state(state: Any) -> SpiderEstimatorState:
+  """The one :class:`~spider_optax.SpiderEstimatorState` inside ``state``."""
+  return find_one(
+      state, SpiderEstimatorState, what='spider_estimator',
+      build='Build the optimizer with so.spider(...) or put '
+      'so.spider_estimator() first in your optax.chain')
+
+
+def prev_params(state: Any) -> optax.Params:
+  """The previous parameters :math:`x_{k-1}` kept by a paired-gradient state.
+
+  Finds the one sub-state with a ``prev_params`` field wherever it sits (see
+  the module docstring): :func:`spider_optax.spider_estimator`'s, or an
+  exact-mode recursive correction's (:func:`spider_optax.mars_adamw` with
+  ``approx=False``, :func:`spider_optax.storm`). Pass the result to
+  :func:`spider_optax.paired_grad` as the second parameter set.
+
+  Examples:
+    >>> import jax.numpy as jnp, spider_optax as so
+    >>> params = {'w': jnp.array([1.0, 2.0])}
+    >>> state = so.spider(0.1).init(params)
+    >>> print(so.prev_params(state)['w'])
+    [1. 2.]
+
+  Args:
+    state: an optimizer state that holds exactly one such sub-state.
+
+  Returns:
+    The params passed to the last update (the initial params before the
+    first update).
+
+  Raises:
+    ValueError: if the state holds none, or more than one.
+  """
+  found = [value for _, value in optax.tree_utils.tree_get_all_with_path(
+      state, 'prev_params') if value is not None]
+  if len(found) == 1:
+    return found[0]
+  if not found:
+    raise ValueError(
+        'This optimizer state keeps no previous parameters. Build the '
+        'optimizer with so.spider(...), so.storm(...) or '
+        'so.mars_adamw(..., approx=False), then pass the state that tx.init '
+        f'returned. {_RESTORE_HINT}')
+  raise ValueError(
+      f'This optimizer state holds {len(found)} sets of previous parameters; '
+      'so.prev_params needs exactly one. Pass the sub-state of the one you '
+      'mean.')
+
+
+def diagnostics(state: Any) -> dict[str, chex.Array]:
+  r"""What the last update saw, for logging; no gradient is evaluated.
+
+  Needs an estimator built with ``diagnostics=True`` (e.g.
+  ``so.spider(lr, c0, c1, diagnostics=True)``). Works inside ``jax.jit``.
+
+  Examples:
+    >>> import jax.numpy as jnp, spider_optax as so
+    >>> tx = so.spider(0.5, c0=1.0, diagnostics=True)
+    >>> x0 = {'w': jnp.array([1.0, 1.0])}
+    >>> state = tx.init(x0)
+    >>> _, state = tx.update({'w': jnp.array([4.0, 0.0])}, state, x0)
+    >>> x1 = {'w': jnp.array([0.5, 1.0])}  # step of length 0.5
+    >>> _, state = tx.update({'w': jnp.array([3.0, 0.0])}, state, x1,
+    ...                      prev_grads={'w': jnp.array([4.0, 0.0])})
+    >>> d = so.diagnostics(state)
+    >>> print(d['smoothness'], d['estimate_norm'], d['clip_factor'])
+    2.0 3.0 0.33333334
+
+  Args:
+    state: an optimizer state that contains one :class:`~spider_optax.SpiderEstimatorState`
+      with diagnostics.
+
+  Returns:
+    A dict of scalars: the fields of :class:`~spider_optax.SpiderDiagnostics`
+    (``smoothness`` is :math:`\hat L_k`), ``steps_since_anchor``, and, if the
+    state holds one :func:`~spider_optax.relaxed_clip` state, its ``clip_factor``.
+
+  Raises:
+    ValueError: if the estimator keeps no diagnostics.
+  """
+  estimator = estimator_state(state)
+  if estimator.diagnostics is None:
+    raise ValueError(
+        'This estimator keeps no diagnostics: build it with '
+        'so.spider(..., diagnostics=True) or '
+        'so.spider_estimator(diagnostics=True).')
+  out = dict(estimator.diagnostics._asdict())
+  out['steps_since_anchor'] = estimator.steps_since_anchor
+  clips = find_all(state, RelaxedClipState)
+  if len(clips) == 1:
+    out['clip_factor'] = clips[0].clip_factor
+  return out
