@@ -16,7 +16,7 @@ from spider_optax.clipping import relaxed_clip_factor
 from spider_optax.clipping import RelaxedClipState
 from spider_optax.anchoring import anchor_due
 from spider_optax.anchoring import is_anchor_step
-from spider_optax.diagnostics import SpiderDiagnostics
+from spider_optax.measurement import SpiderDiagnostics
 from spider_optax.estimator import spider_estimator
 from spider_optax.estimator import SpiderEstimatorState
 from spider_optax.lookup import diagnostics

@@ -9,7 +9,7 @@ import optax
 
 from spider_optax import _buffers
 from spider_optax import _checks
-from spider_optax import diagnostics as diagnostics_lib
+from spider_optax import measurement
 
 _PREV_GRADS_HINT = (
     'prev_grads must be the gradients of the same loss on the same minibatch '
@@ -35,7 +35,7 @@ class SpiderEstimatorState(NamedTuple):
   steps_since_anchor: chex.Array
   estimate: optax.Updates
   prev_params: optax.Params
-  diagnostics: Optional[diagnostics_lib.SpiderDiagnostics] = None
+  diagnostics: Optional[measurement.SpiderDiagnostics] = None
 
 
 def spider_estimator(
@@ -121,7 +121,7 @@ def spider_estimator(
         # A buffer of its own: loops that donate params and state together
         # must not donate one buffer twice.
         prev_params=jax.tree.map(jnp.copy, params),
-        diagnostics=diagnostics_lib.empty() if diagnostics else None,
+        diagnostics=measurement.empty() if diagnostics else None,
     )
 
   def update_fn(updates, state, params=None, *, prev_grads=None,
@@ -157,7 +157,7 @@ def spider_estimator(
         steps_since_anchor=steps_since_anchor.astype(jnp.int32),
         estimate=estimate,
         prev_params=jax.tree.map(_buffers.overwrite, state.prev_params, params),
-        diagnostics=diagnostics_lib.measure(
+        diagnostics=measurement.measure(
             state.diagnostics, state.prev_params, updates, prev_grads,
             grad_diff_variance, params, estimate, steps_since_anchor)
         if diagnostics else None,
