@@ -9,11 +9,16 @@ from spider_optax import autoclip
 from spider_optax import lookup
 from spider_optax import smoothness_fit
 from spider_optax import theory
+from spider_optax.alias import mars_adamw
 from spider_optax.alias import spider
+from spider_optax.alias import storm
+from spider_optax.clipping import clip_by_leaf_norm
 from spider_optax.clipping import global_norm
 from spider_optax.clipping import relaxed_clip
 from spider_optax.clipping import relaxed_clip_factor
 from spider_optax.clipping import RelaxedClipState
+from spider_optax.correction import recursive_correction
+from spider_optax.correction import RecursiveCorrectionState
 from spider_optax.anchoring import anchor_due
 from spider_optax.anchoring import is_anchor_step
 from spider_optax.measurement import SpiderDiagnostics
@@ -40,13 +45,17 @@ __all__ = (
     'anchor_due',
     'apply_if_finite',
     'autoclip',
+    'clip_by_leaf_norm',
     'diagnostics',
     'global_norm',
     'is_anchor_step',
     'lookup',
+    'mars_adamw',
     'paired_grad',
     'paired_value_and_grad',
     'prev_params',
+    'recursive_correction',
+    'RecursiveCorrectionState',
     'relaxed_clip',
     'relaxed_clip_factor',
     'RelaxedClipState',
@@ -56,5 +65,6 @@ __all__ = (
     'SpiderEstimatorState',
     'smoothness_fit',
     'spider_loop',
+    'storm',
     'theory',
 )

@@ -27,10 +27,7 @@ def check_positive(
     raise ValueError(f'{name} must be a positive number, got None.')
   if callable(value) or not is_concrete(value):
     return
-  try:
-    number = float(value) if np.ndim(value) == 0 else None
-  except (TypeError, ValueError):
-    number = None
+  number = as_number(value)
   if number is None:
     raise ValueError(f'{name} must be a positive scalar, got {value!r}.')
   if not number > 0:  # also rejects NaN
@@ -103,3 +100,29 @@ def error_if(pred: Any, message: str) -> None:
       raise ValueError(message)
 
   jax.debug.callback(raise_if, pred)
+
+
+def as_number(value: Any) -> float | None:
+  """``value`` as a float when it is a concrete real scalar, else None."""
+  try:
+    return float(value) if np.ndim(value) == 0 else None
+  except (TypeError, ValueError):
+    return None
+
+
+def check_decay(name: str, value: Any) -> None:
+  """Raises ValueError unless ``value`` is in [0, 1) (checked when concrete)."""
+  if callable(value) or not is_concrete(value):
+    return
+  number = as_number(value)
+  if number is None or not 0 <= number < 1:  # also rejects NaN
+    raise ValueError(f'{name} must be a number in [0, 1), got {value!r}.')
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+  """Raises ValueError unless ``value`` is finite and >= 0 (when concrete)."""
+  if callable(value) or not is_concrete(value):
+    return
+  number = as_number(value)
+  if number is None or not 0 <= number < float('inf'):  # also rejects NaN
+    raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')

@@ -108,3 +108,44 @@ def relaxed_clip(
     return updates, RelaxedClipState(clip_factor=factor.astype(jnp.float32))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def clip_by_leaf_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
+  r"""Clips each leaf to L2 norm ``max_norm`` on its own (per tensor).
+
+  .. math::
+
+    u \leftarrow u \cdot \min\left(1, \frac{\text{max\_norm}}{\|u\|}\right)
+    \quad \text{for each leaf } u
+
+  The per-tensor clip of the official MARS code; for one norm over the whole
+  tree use :func:`optax.clip_by_global_norm`.
+
+  Examples:
+    >>> import jax.numpy as jnp, spider_optax as so
+    >>> tx = so.clip_by_leaf_norm(1.0)
+    >>> u = {'a': jnp.array([3.0, 4.0]), 'b': jnp.array([0.5])}
+    >>> out, _ = tx.update(u, tx.init(u))
+    >>> print(out['a'], out['b'])
+    [0.6 0.8] [0.5]
+
+  Args:
+    max_norm: the largest norm a leaf keeps (> 0).
+
+  Returns:
+    A stateless :class:`optax.GradientTransformation`.
+  """
+  _checks.check_positive('max_norm', max_norm)
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    def clip(u):
+      norm = global_norm(u)
+      factor = jnp.where(norm > max_norm, max_norm / norm, 1.0)
+      return (u * factor).astype(u.dtype)
+
+    return jax.tree.map(clip, updates), state
+
+  return optax.GradientTransformation(
+      lambda params: optax.EmptyState(), update_fn)

@@ -40,10 +40,7 @@ _SLOPE_RANGE = 1e-12
 
 def _check_fit_args(quantile: Any, num_bins: Any) -> None:
   if _checks.is_concrete(quantile):
-    try:
-      q = float(quantile) if np.ndim(quantile) == 0 else None
-    except (TypeError, ValueError):
-      q = None
+    q = _checks.as_number(quantile)
     if q is None or not 0 < q <= 1:  # also rejects NaN
       raise ValueError(
           f'quantile must be a number in (0, 1], got {quantile!r}: the '

@@ -1,0 +1,191 @@
+"""The recursive gradient correction of STORM and MARS, as optax pieces."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from spider_optax import _buffers
+from spider_optax import _checks
+
+_PREV_GRADS_HINT = (
+    'prev_grads must be the gradients of the same loss on the same minibatch '
+    'at so.prev_params(state), e.g. from so.paired_grad(loss_fn).')
+
+
+class RecursiveCorrectionState(NamedTuple):
+  """State of :func:`recursive_correction`.
+
+  Attributes:
+    count: number of updates taken so far (int32).
+    prev_params: exact mode: the params :math:`x_k` passed to the last update,
+      i.e. the previous parameters :math:`x_{k-1}` of the next step, read with
+      :func:`spider_optax.prev_params`; equal to the initial params before
+      the first update. None in approx mode.
+    prev_grads: approx mode: the gradient :math:`g_k` passed to the last
+      update, the :math:`g'_{k+1}` of the next step; zeros before the first
+      update. None in exact mode.
+  """
+  count: chex.Array
+  prev_params: optax.Params | None
+  prev_grads: optax.Updates | None
+
+
+def recursive_correction(
+    beta: chex.Numeric,
+    gamma: chex.Numeric = 1.0,
+    *,
+    approx: bool = False,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
+    state_dtype: chex.ArrayDType | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""The recursive gradient correction of STORM and MARS.
+
+  Replaces the gradient :math:`g_k` by the corrected gradient
+
+  .. math::
+
+    c_k = g_k + \gamma \frac{\beta}{1 - \beta} (g_k - g'_k),
+
+  where :math:`g'_k` is, in exact mode, the gradient at the previous params
+  :math:`x_{k-1}` on the *same* minibatch as :math:`g_k` (two gradients per
+  step), and in approx mode (``approx=True``) the previous step's gradient
+  :math:`g_{k-1}`, kept in the state (one gradient per step). A moving average
+  :math:`m_k = \beta m_{k-1} + (1 - \beta) c_k` of it (``optax.ema(beta,
+  debias=False)``, or Adam's first moment) is, for :math:`\gamma = 1`,
+  STORM's estimator :math:`m_k = g_k + \beta (m_{k-1} - g'_k)`; MARS takes
+  a small :math:`\gamma` (0.025). :math:`\gamma = 0` gives :math:`c_k = g_k`.
+
+  The first update has no previous step: it takes :math:`g'_0 = 0` in both
+  modes, so :math:`c_0 = (1 + \gamma \beta / (1 - \beta)) g_0`. This is what
+  the official MARS code does (its previous gradient starts at zeros), and
+  with the moving average started at :math:`m_{-1} = 0` it gives STORM's
+  :math:`m_0 = g_0`. In exact mode the first ``prev_grads`` is ignored.
+
+  Exact mode needs ``update(grads, state, params, prev_grads=prev_grads)``,
+  with ``prev_grads`` from ``so.paired_grad(loss_fn)(params,
+  so.prev_params(state), batch)``; approx mode takes ``update(grads, state)``.
+  It must come first in a chain, so that it sees raw gradients. The emitted
+  :math:`c_k` has the dtype of ``grads``, or ``state_dtype`` where that is
+  wider; the correction is computed in at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp, spider_optax as so
+    >>> tx = so.recursive_correction(beta=0.5, approx=True)
+    >>> state = tx.init({'w': jnp.zeros(2)})
+    >>> c, state = tx.update({'w': jnp.array([1.0, 2.0])}, state)
+    >>> print(c['w'])  # g'_0 = 0: c_0 = 2 g_0
+    [2. 4.]
+    >>> c, state = tx.update({'w': jnp.array([3.0, 2.0])}, state)
+    >>> print(c['w'])  # g_1 + (g_1 - g_0)
+    [5. 2.]
+
+  Args:
+    beta: the momentum :math:`\beta \in [0, 1)` of the moving average that
+      follows.
+    gamma: the scale :math:`\gamma \geq 0` of the correction.
+    approx: use the previous step's gradient for :math:`g'_k` (one gradient
+      per step) instead of ``prev_grads``.
+    mask: a tree of bools with the structure of the params, or a callable
+      that returns one from the gradients; leaves where it is False pass
+      through uncorrected (:math:`c_k = g_k`). None corrects every leaf.
+      Under ``optax.inject_hyperparams`` a callable mask must be named in
+      ``static_args``.
+    state_dtype: dtype of the kept gradient (approx mode) and of the emitted
+      :math:`c_k` where wider than the gradients', e.g. ``jnp.float32`` for
+      bfloat16 params, so that the moving average after it gets :math:`c_k`
+      unrounded. ``None`` keeps the gradient in the params' dtype and emits
+      the gradients'. The previous params (exact mode) are kept in the params'
+      own dtype. Under ``optax.inject_hyperparams`` pass it as a string
+      (``'float32'``).
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` with a
+    :class:`RecursiveCorrectionState`.
+
+  References:
+    Cutkosky, Orabona, `Momentum-Based Variance Reduction in Non-Convex SGD
+    <https://arxiv.org/abs/1905.10018>`_, NeurIPS 2019.
+
+    Yuan, Liu, Wu, Zhou, Gu, `MARS: Unleashing the Power of Variance
+    Reduction for Training Large Models <https://arxiv.org/abs/2411.10438>`_,
+    ICML 2025.
+  """
+  _checks.check_decay('beta', beta)
+  _checks.check_nonnegative('gamma', gamma)
+  if state_dtype is not None:
+    state_dtype = jax.dtypes.canonicalize_dtype(state_dtype)
+  name = f'recursive_correction(approx={approx})'
+
+  def init_fn(params):
+    return RecursiveCorrectionState(
+        count=jnp.zeros([], jnp.int32),
+        # A buffer of its own: loops that donate params and state together
+        # must not donate one buffer twice.
+        prev_params=None if approx else jax.tree.map(jnp.copy, params),
+        prev_grads=jax.tree.map(
+            lambda p: _buffers.zeros_like(p, state_dtype), params)
+        if approx else None,
+    )
+
+  def update_fn(updates, state, params=None, *, prev_grads=None, **extra_args):
+    del extra_args
+    if approx:
+      if prev_grads is not None:
+        raise ValueError(
+            f'{name} takes no prev_grads: it uses the previous step\'s '
+            'gradient kept in its state. Drop prev_grads=, or build it with '
+            'approx=False to use gradients at so.prev_params(state).')
+      _checks.check_trees_match('the params given to init', state.prev_grads,
+                                'grads', updates, check_dtypes=False)
+      previous = state.prev_grads
+    else:
+      if params is None:
+        raise ValueError(
+            f'{name} needs params: call tx.update(grads, state, params, '
+            'prev_grads=prev_grads) so that it can keep the previous '
+            'parameters.')
+      if prev_grads is None:
+        raise ValueError(
+            f'{name} needs prev_grads= on every update: the gradients at '
+            'so.prev_params(state) on the same minibatch, e.g. grads, '
+            'prev_grads = so.paired_grad(loss_fn)(params, '
+            'so.prev_params(state), batch). Or build it with approx=True.')
+      _checks.check_trees_match('params', params, 'grads', updates)
+      _checks.check_trees_match('grads', updates, 'prev_grads', prev_grads,
+                                hint=_PREV_GRADS_HINT)
+      previous = prev_grads
+    mask_tree = mask(updates) if callable(mask) else mask
+    if mask_tree is None:
+      mask_tree = jax.tree.map(lambda _: True, updates)
+    if jax.tree.structure(mask_tree) != jax.tree.structure(updates):
+      raise ValueError(
+          f'mask has tree structure {jax.tree.structure(mask_tree)} but grads '
+          f'have {jax.tree.structure(updates)}: give one bool per leaf.')
+    started = state.count > 0  # g'_0 = 0: there is no previous step.
+    scale = gamma * beta / (1 - beta)
+
+    def correct(g, g_prev, corrected):
+      out_dtype = g.dtype if state_dtype is None else jnp.promote_types(
+          g.dtype, state_dtype)
+      dtype = jnp.promote_types(jnp.promote_types(out_dtype, g_prev.dtype),
+                                jnp.float32)
+      g_wide = g.astype(dtype)
+      g_prev = jnp.where(started, g_prev.astype(dtype), 0)
+      c = g_wide + scale * (g_wide - g_prev)
+      return (c if corrected else g).astype(out_dtype)
+
+    corrected = jax.tree.map(correct, updates, previous, mask_tree)
+    new_state = RecursiveCorrectionState(
+        count=optax.safe_increment(state.count),
+        prev_params=None if approx else jax.tree.map(
+            _buffers.overwrite, state.prev_params, params),
+        prev_grads=jax.tree.map(_buffers.overwrite, state.prev_grads, updates)
+        if approx else None,
+    )
+    return corrected, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
