@@ -2,7 +2,9 @@
 
 Written from the formulas of SPEC section 2, not from the package: pytrees are
 plain dicts of NumPy arrays, the global norm is computed over all leaves, and
-the quartic test loss has its gradient written out by hand.
+the quartic test loss has its gradient written out by hand. The package's
+side of each comparison runs through the tests' one loop, tests/loops.py;
+this module shares no code with it.
 """
 
 import numpy as np

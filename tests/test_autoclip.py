@@ -1,11 +1,12 @@
 """Automatic clipping: so.spider(..., epsilon=...)."""
 
-import jax
+import itertools
+
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+import loops
 import spider_optax as so
 from reference import clip_factor
 
@@ -19,8 +20,7 @@ DIM, BATCH, PERIOD = 4, 16, 10
 EPSILON = 2.0  # step caps eps/(4 L): ~0.05 at |grad| = 27, so x reaches 0
 
 
-def loss(params, batch):
-  s, z = batch
+def loss(params, s, z):
   x = params['x']
   return jnp.mean(jnp.sum(jnp.cosh(x) * (1 + s), -1) + z @ x)
 
@@ -32,29 +32,25 @@ def batches(seed, count):
            jnp.asarray(rng.normal(size=(BATCH, DIM)), jnp.float32))
 
 
+def joined(batches, k=8):
+  """Batches k times larger: k consecutive ones of ``batches`` joined."""
+  while chunk := list(itertools.islice(batches, k)):
+    yield tuple(jnp.concatenate(parts) for parts in zip(*chunk))
+
+
 def full_gradient(x):
   return np.sinh(np.float64(x))  # s and z have mean 0 in expectation
 
 
 def run(tx, steps=200, x0=4.0, seed=0):
-  """SPIDER with 8x larger anchor batches every PERIOD steps."""
-  params = {'x': jnp.full(DIM, x0, jnp.float32)}
-  state = tx.init(params)
-  grad = jax.jit(jax.grad(loss))
-  paired = jax.jit(so.paired_grad(loss))
-  update = jax.jit(tx.update)
-  states, anchor_data = [], batches(seed + 1, steps)
-  for k, batch in enumerate(batches(seed, steps)):
-    if k % PERIOD == 0:
-      big = [next(anchor_data) for _ in range(8)]
-      big = tuple(jnp.concatenate(parts) for parts in zip(*big))
-      updates, state = update(grad(params, big), state, params)
-    else:
-      grads, prev_grads = paired(params, so.prev_params(state), batch)
-      updates, state = update(grads, state, params, prev_grads=prev_grads)
-    params = optax.apply_updates(params, updates)
-    states.append(state)
-  return params, states
+  """SPIDER with 8x larger anchor batches every PERIOD steps: the final params
+  and the state after each step."""
+  out = loops.run_spider(
+      tx, {'x': jnp.full(DIM, x0, jnp.float32)}, batches(seed, steps),
+      loss_fn=loss, anchor_period=PERIOD,
+      anchor_batches=joined(batches(seed + 1, steps)),
+      trace=lambda params, state, updates: state)
+  return out.params, out.trace
 
 
 @pytest.fixture(scope='module')

@@ -7,8 +7,10 @@ import numpy as np
 import optax
 import pytest
 
+import loops
 import spider_optax as so
-from reference import Spider, global_norm
+from reference import global_norm
+from reference import Spider
 
 PARAMS = {'a': jnp.array([1.0, -2.0, 3.0]), 'b': {'c': jnp.ones((2, 2))}}
 
@@ -21,16 +23,12 @@ def gradient_sequence(seed=0, steps=12):
   return [(rand(), None if k % 4 == 0 else rand()) for k in range(steps)]
 
 
-def run(tx, steps, params=PARAMS, jit=True):
-  update = jax.jit(tx.update) if jit else tx.update
-  state = tx.init(params)
-  trajectory = []
-  for grads, prev_grads in steps:
-    extra = {} if prev_grads is None else {'prev_grads': prev_grads}
-    updates, state = update(grads, state, params, **extra)
-    params = optax.apply_updates(params, updates)
-    trajectory.append(params)
-  return trajectory, state
+def run(tx, steps, jit=True):
+  """tx on the given steps: the params after each step, and the final state."""
+  out = loops.run_spider(
+      tx, PARAMS, steps, schedule=[prev is None for _, prev in steps], jit=jit,
+      trace=lambda params, state, updates: params)
+  return out.trace, out.state
 
 
 def assert_trajectories_close(got, want, rtol=1e-6):
@@ -220,3 +218,59 @@ def test_apply_if_finite_skips_a_nonfinite_grad_diff_variance():
   assert int(state.total_notfinite) == 1
   assert all(np.all(u == 0) for u in jax.tree.leaves(updates))
   assert float(so.diagnostics(state)['accumulated_variance']) == 0.25
+
+
+def scale_by_extra(traces=None):
+  """updates * scale, with scale a keyword-only extra argument of update; the
+  state counts the updates applied. Appends to ``traces`` on every call."""
+
+  def update_fn(updates, state, params=None, *, scale=1.0, **extra_args):
+    del params, extra_args  # e.g. prev_grads, for the estimator in a chain
+    if traces is not None:
+      traces.append(1)
+    return jax.tree.map(lambda u: u * scale, updates), state + 1
+
+  return optax.GradientTransformationExtraArgs(
+      lambda params: jnp.zeros([], jnp.int32), update_fn)
+
+
+def bits(tree):
+  """Each leaf's dtype, shape and raw bytes, for bitwise comparison."""
+  return jax.tree.map(lambda x: (x.dtype, x.shape, np.asarray(x).tobytes()),
+                      tree)
+
+
+@pytest.mark.parametrize('scale', [jnp.nan, jnp.inf])
+def test_apply_if_finite_checks_every_float_extra_arg(scale):
+  """A NaN or Inf in an extra argument of any name (here scale=) is skipped
+  and counted: zero updates, and the inner state (estimator, previous params
+  and the custom counter) is left bit for bit as it was."""
+  tx = so.apply_if_finite(
+      optax.chain(so.spider(0.1, 1.0, 2.0), scale_by_extra()), 1)
+  update = jax.jit(tx.update)
+  grads, prev_grads = gradient_sequence()[1]
+  _, state = update(grads, tx.init(PARAMS), PARAMS, scale=jnp.float32(2.0))
+  updates, new = update(grads, state, PARAMS, prev_grads=prev_grads,
+                        scale=jnp.float32(scale))
+  assert int(new.total_notfinite) == 1 and not bool(new.last_finite)
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+  assert bits(new.inner_state) == bits(state.inner_state)
+  # A finite scale is applied: the counter moves on.
+  _, new = update(grads, state, PARAMS, prev_grads=prev_grads,
+                  scale=jnp.float32(0.5))
+  assert int(new.total_notfinite) == 0 and int(new.inner_state[1]) == 2
+
+
+def test_apply_if_finite_traces_the_inner_update_once():
+  """One trace of the inner update per jitted step, finite or not (no second
+  trace to find the output's shape), and none again for the next step."""
+  traces = []
+  tx = so.apply_if_finite(scale_by_extra(traces), 2)
+  update = jax.jit(tx.update)
+  grads = jax.tree.map(jnp.ones_like, PARAMS)
+  state = tx.init(PARAMS)
+  for scale in (1.0, jnp.nan, 3.0):
+    updates, state = update(grads, state, PARAMS, scale=jnp.float32(scale))
+  assert len(traces) == 1
+  assert int(state.total_notfinite) == 1 and int(state.inner_state) == 2
+  jax.tree.map(lambda u: np.testing.assert_array_equal(u, 3.0), updates)

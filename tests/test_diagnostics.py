@@ -3,42 +3,30 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+import loops
 import spider_optax as so
-from reference import (Spider, clip_factor, flatten, global_norm,
-                       make_quartic_problem, quartic_grad_np, unflatten)
-from test_trajectory import ANCHOR_PERIOD, STEPS, minibatches, quartic_loss
+from reference import clip_factor
+from reference import flatten
+from reference import global_norm
+from reference import make_quartic_problem
+from reference import quartic_grad_np
+from reference import Spider
+from reference import unflatten
+from test_trajectory import ANCHOR_PERIOD
+from test_trajectory import minibatches
+from test_trajectory import run_spider
+from test_trajectory import STEPS
 
 LR, C0, C1 = 0.1, 2.0, 20.0
 
 
 def run_with_diagnostics(params, data):
   """so.spider(diagnostics=True) on the quartic; so.diagnostics read in jit."""
-  tx = so.spider(LR, C0, C1, diagnostics=True)
-
-  @jax.jit
-  def anchor(params, state):
-    updates, state = tx.update(jax.grad(quartic_loss)(params, data), state,
-                               params)
-    return optax.apply_updates(params, updates), state, so.diagnostics(state)
-
-  @jax.jit
-  def recursive(params, state, batch):
-    grads, prev_grads = so.paired_grad(quartic_loss)(
-        params, so.prev_params(state), batch)
-    updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
-    return optax.apply_updates(params, updates), state, so.diagnostics(state)
-
-  state, seen = tx.init(params), []
-  for k, batch in enumerate(minibatches(data)):
-    if k % ANCHOR_PERIOD == 0:
-      params, state, d = anchor(params, state)
-    else:
-      params, state, d = recursive(params, state, batch)
-    seen.append(jax.device_get(d))
-  return seen
+  return jax.device_get(run_spider(
+      so.spider(LR, C0, C1, diagnostics=True), params, data,
+      trace=lambda params, state, updates: so.diagnostics(state)))
 
 
 def reference_diagnostics(params, data):
@@ -116,26 +104,13 @@ def run_adaptive(curvature, budget, split, steps=60, period=1000):
   def loss(p, batch):  # batch rows: (z_1..z_4, s)
     z, s = batch[:, :4], 1.0 + 0.5 * batch[:, 4]
     return 0.5 * curvature * jnp.mean(s * jnp.sum((p['x'] - z) ** 2, -1))
-  tx = so.spider(0.05 / curvature, diagnostics=True)  # no clip: same path
-  params = {'x': jnp.full(4, 3.0)}
-  state = tx.init(params)
-  anchors = 0
-  for k in range(steps):
-    batch = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
-    last = state[0]
-    due = (so.anchor_due(state, budget) if split
-           else so.anchor_due(state, budget, batch_size=8))
-    if k == 0 or last.steps_since_anchor + 1 >= period or due:
-      anchors += 1
-      updates, state = tx.update(jax.grad(loss)(params, batch), state, params)
-    else:
-      grads, prev_grads, *variance = so.paired_grad(loss, split_batch=split)(
-          params, so.prev_params(state), batch)
-      updates, state = tx.update(
-          grads, state, params, prev_grads=prev_grads,
-          grad_diff_variance=variance[0] if split else None)
-    params = optax.apply_updates(params, updates)
-  return anchors
+  batches = ((jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),)
+             for _ in range(steps))
+  run = loops.run_spider(
+      so.spider(0.05 / curvature, diagnostics=True),  # no clip: same path
+      {'x': jnp.full(4, 3.0)}, batches, loss_fn=loss, anchor_period=period,
+      error_budget=budget, batch_size=None if split else 8, split_batch=split)
+  return sum(run.anchors)
 
 
 @pytest.mark.parametrize('split,budget', [(False, 0.03), (True, 0.003)])
@@ -221,15 +196,12 @@ def test_split_half_sum_is_the_estimators_expected_error():
   x0 = {'x': jnp.asarray(rng.normal(size=d), jnp.float32)}
 
   def one_run(key):
-    updates, state = tx.update(jax.grad(loss)(x0, a, y), tx.init(x0), x0)
-    params = optax.apply_updates(x0, updates)
-    for k in jax.random.split(key, q - 1):
-      idx = jax.random.randint(k, (batch,), 0, n)  # with replacement
-      grads, prev_grads, variance = so.paired_grad(loss, split_batch=True)(
-          params, so.prev_params(state), a[idx], y[idx])
-      updates, state = tx.update(grads, state, params, prev_grads=prev_grads,
-                                 grad_diff_variance=variance)
-      params = optax.apply_updates(params, updates)
+    draws = [(a[idx], y[idx]) for idx in (  # with replacement
+        jax.random.randint(k, (batch,), 0, n)
+        for k in jax.random.split(key, q - 1))]
+    state = loops.run_spider(tx, x0, [(a, y)] + draws, loss_fn=loss,
+                             schedule=[True] + [False] * (q - 1),
+                             split_batch=True, jit=False).state
     # v_{q-1} is the estimate of grad f at the params of the last update.
     true = jnp.sum((state[0].estimate['x']
                     - jax.grad(loss)(so.prev_params(state), a, y)['x']) ** 2)

@@ -82,3 +82,20 @@ def test_update_without_params():
 def test_apply_if_finite_bad_max_consecutive_errors(bad):
   with pytest.raises(ValueError, match='max_consecutive_errors'):
     so.apply_if_finite(so.spider(0.1), bad)
+
+
+def test_fit_learning_rate_needs_epsilon():
+  """fit_learning_rate sets the learning rate from the (L0, L1) fit of
+  automatic clipping: without epsilon there is no fit, and it raises."""
+  with pytest.raises(ValueError, match='epsilon'):
+    so.spider(0.1, fit_learning_rate=True)
+
+
+def test_epsilon_needs_diagnostics():
+  """Automatic clipping fits the diagnostics: diagnostics=False raises, the
+  default and True keep them."""
+  with pytest.raises(ValueError, match='diagnostics'):
+    so.spider(0.1, epsilon=0.5, diagnostics=False)
+  for diagnostics in (None, True):
+    state = so.spider(0.1, epsilon=0.5, diagnostics=diagnostics).init(PARAMS)
+    assert set(so.diagnostics(state)) >= {'grad_norm', 'smoothness'}

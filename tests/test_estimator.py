@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+import loops
 import spider_optax as so
 
 PARAMS = {'layer': {'kernel': jnp.arange(6.0).reshape(2, 3),
@@ -61,20 +62,21 @@ def test_estimator_dtype_for_bfloat16_params():
   zeros = jax.tree.map(jnp.zeros_like, params)
   small = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
   step = float(small['layer']['bias'][0])  # 1e-3 rounded to bfloat16
-  v, state = jax.jit(tx.update)(ones, state, params)
-  for _ in range(10):  # v = 1 + k * 1e-3: lost in bfloat16 (eps 2**-7), kept in f32
-    v, state = jax.jit(tx.update)(small, state, params, prev_grads=zeros)
+  # An anchor on ones, then v = 1 + k * 1e-3 over 10 recursive steps: lost in
+  # bfloat16 (eps 2**-7), kept in f32.
+  run = lambda tx, jit: loops.run_spider(
+      tx, params, [(ones, None)] + [(small, zeros)] * 10,
+      schedule=[True] + [False] * 10, jit=jit,
+      trace=lambda params, state, updates: updates)
+  out = run(tx, jit=True)
+  v = out.trace[-1]
   np.testing.assert_allclose(v['layer']['bias'], 1 + 10 * step, rtol=1e-6)
   assert v['layer']['bias'].dtype == jnp.float32
-  prev = so.prev_params(state)
+  prev = so.prev_params(out.state)
   assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(prev))
 
   # The default keeps the params' dtype, and loses the small corrections.
-  tx16 = so.spider_estimator()
-  state16 = tx16.init(params)
-  v16, state16 = tx16.update(ones, state16, params)
-  for _ in range(10):
-    v16, state16 = tx16.update(small, state16, params, prev_grads=zeros)
+  v16 = run(so.spider_estimator(), jit=False).trace[-1]
   assert v16['layer']['bias'].dtype == jnp.bfloat16
   assert float(v16['layer']['bias'][0]) == 1.0
 
@@ -122,30 +124,23 @@ def test_prev_params_with_two_estimators():
 
 def test_each_step_function_compiles_once():
   """The state keeps its shapes and dtypes (no weak types creeping in), so a
-  jitted anchor step and a jitted recursive step are each traced once."""
+  jitted anchor step and a jitted recursive step are each traced once: the
+  update is traced twice in all."""
   params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
   tx = so.spider(0.1, 1.0, 2.0, estimator_dtype=jnp.float32)
+  traces = []
 
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def anchor(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  def update(*args, **kwargs):
+    traces.append(sorted(kwargs))  # once per trace under jit
+    return tx.update(*args, **kwargs)
 
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def recursive(params, state, grads, prev_grads):
-    updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
-    return optax.apply_updates(params, updates), state
-
-  state = tx.init(params)
+  counted = optax.GradientTransformationExtraArgs(tx.init, update)
   grads = jax.tree.map(jnp.ones_like, params)
-  for k in range(8):
-    if k % 4 == 0:
-      params, state = anchor(params, state, grads)
-    else:
-      params, state = recursive(params, state, grads, grads)
-  chex.assert_trees_all_equal_shapes_and_dtypes(state, tx.init(params))
+  run = loops.run_spider(counted, params, [(grads, grads)] * 8,
+                         anchor_period=4)
+  assert run.anchors == [True, False, False, False] * 2
+  assert len(traces) == 2, traces
+  chex.assert_trees_all_equal_shapes_and_dtypes(run.state, tx.init(run.params))
 
 
 @pytest.mark.parametrize('recursive', [True, False], ids=['recursive', 'anchor'])

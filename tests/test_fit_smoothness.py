@@ -82,12 +82,19 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize('name', sorted(CASES))
-@pytest.mark.parametrize('seed', [0, 1])
-def test_recovers_known_constants(name, seed):
+def case_trace(name, seed):
+  """A trace of CASES[name] at T uniform points, its (L0, L1) and tolerance,
+  and the generator, to draw more from."""
   grad, (lo, hi), (L0, L1), rtol = CASES[name]
   rng = np.random.default_rng(seed)
   g, h = trace(grad, rng.uniform(lo, hi, T), rng)
+  return g, h, L0, L1, rtol, rng
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+@pytest.mark.parametrize('seed', [0, 1])
+def test_recovers_known_constants(name, seed):
+  g, h, L0, L1, rtol, _ = case_trace(name, seed)
   fit = fit_smoothness(g, h)
   assert int(fit.num_samples) == T
   assert max(line_errors(fit, L0, L1, g.mean())) <= rtol, (fit, L0, L1)
@@ -159,9 +166,7 @@ def outliers_per_bin(g, h, bad, num_bins=8):
 
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_outliers_and_nans_do_not_move_the_fit(name):
-  grad, (lo, hi), (L0, L1), rtol = CASES[name]
-  rng = np.random.default_rng(3)
-  g, h = trace(grad, rng.uniform(lo, hi, T), rng)
+  g, h, L0, L1, rtol, rng = case_trace(name, 3)
   g, h, bad = dirty(g, h, rng)
   # quantile 0.9 trims the top 3 of each bin's ~28 samples (those above
   # position 0.9 * 27 = 24.3): enough for these outliers.
@@ -183,9 +188,7 @@ def test_noisy_measurements_give_the_noise_envelope(name):
   # sample, so the lowest one is at most that at the mean m; samples reach
   # 0.8-1.0 of the line in every bin, so it is at least ~0.8 of it there,
   # and either coefficient moves by at most ~20% of the bound at m.
-  grad, (lo, hi), (L0, L1), rtol = CASES[name]
-  rng = np.random.default_rng(4)
-  g, h = trace(grad, rng.uniform(lo, hi, T), rng)
+  g, h, L0, L1, rtol, rng = case_trace(name, 4)
   h *= rng.uniform(0.8, 1.0, T)
   fit = fit_smoothness(g, h)
   m = g.mean()

@@ -164,3 +164,47 @@ def test_split_batch_errors():
     split(params, prev, x, 1.0)
   with pytest.raises(ValueError, match='positional'):
     so.paired_grad(lambda p: jnp.sum(p['w']), split_batch=True)(params, prev)
+
+
+def dropout_loss(params, x, *, key):
+  """Mean over samples of ((mask_i * x_i) . w)^2 / 2, mask ~ Bernoulli(1/2)
+  drawn from ``key``: non-linear in w, so the masks move g - g'."""
+  keep = jax.random.bernoulli(key, 0.5, x.shape)
+  return 0.5 * jnp.mean((jnp.where(keep, x, 0.0) @ params['w']) ** 2)
+
+
+@pytest.mark.parametrize('vectorized', [True, False])
+@pytest.mark.parametrize('jit', [True, False], ids=['jit', 'nojit'])
+def test_split_batch_halves_draw_their_own_dropout(vectorized, jit):
+  """The halves get fold_in(key, 0) and fold_in(key, 1): with identical
+  samples the dropout masks are the only noise, and the variance estimate
+  is the formula on the halves' independent masks, not 0."""
+  b, m = 8, 4
+  params, prev = {'w': jnp.arange(1.0, 7.0)}, {'w': jnp.ones(6)}
+  x = jnp.tile(jnp.linspace(-1.0, 1.0, 6), (b, 1))  # every sample the same
+  key = jax.random.key(0)
+  paired = so.paired_grad(dropout_loss, vectorized=vectorized,
+                          split_batch=True)
+  paired = jax.jit(paired) if jit else paired
+  grads, prev_grads, variance = paired(params, prev, x, key=key)
+
+  grad = lambda p, half, i: np.float64(jax.grad(dropout_loss)(
+      p, half, key=jax.random.fold_in(key, i))['w'])
+  g_a, g_b = grad(params, x[:m], 0), grad(params, x[m:], 1)
+  pg_a, pg_b = grad(prev, x[:m], 0), grad(prev, x[m:], 1)
+  want = m * (b - m) / b**2 * np.sum(((g_a - pg_a) - (g_b - pg_b)) ** 2)
+  assert want > 1.0, 'the masks of the halves must differ for this test'
+  np.testing.assert_allclose(variance, want, rtol=1e-5)  # one shared key: 0
+  np.testing.assert_allclose(grads['w'], (m * g_a + (b - m) * g_b) / b,
+                             rtol=1e-5)
+  np.testing.assert_allclose(prev_grads['w'], (m * pg_a + (b - m) * pg_b) / b,
+                             rtol=1e-5)
+
+
+def test_split_batch_refuses_a_legacy_key():
+  """A uint32 key cannot take the half's index: a TypeError says to pass a
+  typed key."""
+  paired = so.paired_grad(dropout_loss, split_batch=True)
+  with pytest.raises(TypeError, match='pass a typed key'):
+    paired({'w': jnp.ones(6)}, {'w': jnp.zeros(6)}, jnp.ones((4, 6)),
+           key=jax.random.PRNGKey(0))

@@ -15,11 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from hypothesis import given, settings, strategies as st
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 import spider_optax as so
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loops  # noqa: E402  (the tests' SPIDER loop, tests/loops.py)
 import reference  # noqa: E402  (float64 NumPy reference, tests/reference.py)
 
 # Unit roundoff u = eps / 2: |fl(a op b) - (a op b)| <= u |a op b|.
@@ -141,16 +144,12 @@ def test_spider_trajectory_and_state_match_float64_reference(run):
   learning_rate = (lambda k: lr / (1.0 + 0.5 * k)) if schedule else lr
   tx = so.spider(learning_rate, c0, c1, estimator_dtype=estimator_dtype)
 
-  # One compiled program per example (compiling dominates the runtime): the
-  # host's anchor/recursive choice becomes a lax.cond between the two calls.
-  @jax.jit
-  def step(anchor, grads, prev_grads, state, params):
-    updates, state = jax.lax.cond(
-        anchor, lambda: tx.update(grads, state, params),
-        lambda: tx.update(grads, state, params, prev_grads=prev_grads))
-    return optax.apply_updates(params, updates), state
-
   params = random_tree(spec, rng, param_scale)
+  grad_pairs = [(random_tree(spec, rng, grad_scale),  # prev_grads: unused
+                 random_tree(spec, rng, grad_scale))  # by anchors
+                for _ in steps]
+  out = loops.run_spider(tx, params, grad_pairs, schedule=steps,
+                         trace=lambda params, state, updates: (params, state))
   state = tx.init(params)
   ref = reference.Spider(to_flat64(params), learning_rate, c0, c1)
   estimate_dtype = jnp.dtype(estimator_dtype or spec[2])
@@ -174,13 +173,10 @@ def test_spider_trajectory_and_state_match_float64_reference(run):
   est_err = 0.0    # bound on ||v_pkg - v_ref||_2
   param_err = 0.0  # bound on ||x_pkg - x_ref||_2
   since_anchor = 0
-  for k, anchor in enumerate(steps):
-    grads = random_tree(spec, rng, grad_scale)
-    g64 = to_flat64(grads)
-    prev_grads = random_tree(spec, rng, grad_scale)  # unused by anchors
-    pg64 = to_flat64(prev_grads)
-    old_params = params
-    params, state = step(anchor, grads, prev_grads, state, params)
+  for k, (anchor, (grads, prev_grads), (new_params, state)) in enumerate(
+      zip(steps, grad_pairs, out.trace)):
+    g64, pg64 = to_flat64(grads), to_flat64(prev_grads)
+    old_params, params = params, new_params
     x_ref = ref.step(g64) if anchor else ref.step(g64, pg64)
 
     # State invariants.

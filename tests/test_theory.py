@@ -6,10 +6,12 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
+import loops
 import spider_optax as so
 
 REL = 1e-12  # float rounding of the presets' arithmetic
@@ -267,23 +269,19 @@ def make_run(p, s, max_steps):
   tx = so.spider(p.learning_rate, p.c0, p.c1)
   q, batch = p.anchor_period, p.minibatch_size
   s = jnp.asarray(s)
+  anchor = loops.anchor_step(tx, component_loss)
+  recursive = loops.recursive_step(tx, component_loss)
 
   def step(carry):
     x, state, key, k, calls = carry
     key, sub = jax.random.split(key)
-
-    def anchor():  # the full gradient: n oracle calls
-      grads = jax.grad(component_loss)(x, s)
-      return tx.update(grads, state, x), N
-
-    def recursive():  # one with-replacement minibatch at both points
-      rows = s[jax.random.randint(sub, (batch,), 0, N)]
-      grads, prev_grads = so.paired_grad(component_loss)(
-          x, so.prev_params(state), rows)
-      return tx.update(grads, state, x, prev_grads=prev_grads), 2 * batch
-
-    (updates, state), cost = jax.lax.cond(k % q == 0, anchor, recursive)
-    return optax.apply_updates(x, updates), state, key, k + 1, calls + cost
+    # The full gradient (n oracle calls), or one with-replacement minibatch
+    # at both points (2 S2).
+    rows = s[jax.random.randint(sub, (batch,), 0, N)]
+    x, state, _ = jax.lax.cond(k % q == 0, lambda: anchor(x, state, s),
+                               lambda: recursive(x, state, rows))
+    cost = jnp.where(k % q == 0, N, 2 * batch)
+    return x, state, key, k + 1, calls + cost
 
   def keep_going(carry):
     x, _, _, k, _ = carry

@@ -1,14 +1,19 @@
 """so.spider's trajectory against the float64 NumPy reference (tests/reference.py)."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
+import loops
 import spider_optax as so
-from reference import (Spider, flatten, make_quartic_problem, quartic_grad_np,
-                       unflatten)
+from reference import flatten
+from reference import make_quartic_problem
+from reference import quartic_grad_np
+from reference import Spider
+from reference import unflatten
 
 STEPS, ANCHOR_PERIOD, MINIBATCH = 40, 5, 8
 
@@ -27,30 +32,14 @@ def minibatches(data, seed=1):
     yield {k: v[idx] for k, v in data.items()}
 
 
-def run_spider(tx, params, data, *, jit):
-  """so.spider on the quartic: full-batch anchors every q steps."""
-  def anchor(params, state):
-    grads = jax.grad(quartic_loss)(params, data)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  def recursive(params, state, batch):
-    grads, prev_grads = so.paired_grad(quartic_loss)(
-        params, so.prev_params(state), batch)
-    updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
-    return optax.apply_updates(params, updates), state
-
-  if jit:
-    anchor, recursive = jax.jit(anchor), jax.jit(recursive)
-  state = tx.init(params)
-  trajectory = []
-  for k, batch in enumerate(minibatches(data)):
-    if k % ANCHOR_PERIOD == 0:
-      params, state = anchor(params, state)
-    else:
-      params, state = recursive(params, state, batch)
-    trajectory.append(flatten(params))
-  return trajectory
+def run_spider(tx, params, data, *, jit=True,
+               trace=lambda params, state, updates: flatten(params)):
+  """so.spider on the quartic: full-batch anchors every q steps, a minibatch
+  drawn every step; trace(params, state, updates) after each step."""
+  return loops.run_spider(
+      tx, params, ((batch,) for batch in minibatches(data)),
+      loss_fn=quartic_loss, anchor_period=ANCHOR_PERIOD,
+      anchor_batches=itertools.repeat((data,)), jit=jit, trace=trace).trace
 
 
 def run_reference(params, data, learning_rate, c0, c1):
