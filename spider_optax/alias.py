@@ -69,7 +69,8 @@ def spider(
     [1. 2. 3.]
 
   Args:
-    learning_rate: a positive float or an optax schedule.
+    learning_rate: a float >= 0 or an optax schedule (0 is allowed, e.g.
+      where a warmup starts or a decay ends).
     c0: norm threshold of the clipping (> 0), or None to drop that term.
     c1: squared-norm threshold of the clipping (> 0), or None to drop it.
     estimator_dtype: dtype of the estimator state, e.g. ``jnp.float32`` for
@@ -119,7 +120,7 @@ def spider(
     return auto_clip_spider(
         learning_rate, epsilon, c0=c0, c1=c1,
         fit_learning_rate=fit_learning_rate, estimator_dtype=estimator_dtype)
-  _checks.check_positive('learning_rate', learning_rate)
+  _checks.check_nonnegative('learning_rate', learning_rate)
   return optax.chain(
       spider_estimator(estimator_dtype, diagnostics=bool(diagnostics)),
       relaxed_clip(c0, c1),
@@ -197,7 +198,8 @@ def mars_adamw(
     [1. 2. 3.]
 
   Args:
-    learning_rate: a positive float or an optax schedule.
+    learning_rate: a float >= 0 or an optax schedule (0 is allowed, e.g.
+      where a warmup starts or a decay ends).
     b1: :math:`\beta_1 \in [0, 1)`, of the correction and the first moment.
     b2: :math:`\beta_2 \in [0, 1)`, of the second moment.
     gamma: the scale :math:`\gamma \geq 0` of the correction.
@@ -233,7 +235,7 @@ def mars_adamw(
     Loshchilov, Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
-  _checks.check_positive('learning_rate', learning_rate)
+  _checks.check_nonnegative('learning_rate', learning_rate)
   _checks.check_decay('b1', b1)
   _checks.check_decay('b2', b2)
   _checks.check_nonnegative('gamma', gamma)
@@ -312,7 +314,8 @@ def storm(
     [1. 2. 3.]
 
   Args:
-    learning_rate: a positive float or an optax schedule.
+    learning_rate: a float >= 0 or an optax schedule (0 is allowed, e.g.
+      where a warmup starts or a decay ends).
     beta: the momentum :math:`\beta \in [0, 1)`.
     c0: norm threshold of the clipping (> 0), or None to drop that term.
     c1: squared-norm threshold of the clipping (> 0), or None to drop it.
@@ -335,7 +338,7 @@ def storm(
     Reisizadeh, Li, Das, Jadbabaie, `Variance-reduced Clipping for Non-convex
     Optimization <https://arxiv.org/abs/2303.00883>`_, 2023.
   """
-  _checks.check_positive('learning_rate', learning_rate)
+  _checks.check_nonnegative('learning_rate', learning_rate)
   _checks.check_decay('beta', beta)
   return optax.chain(
       recursive_correction(beta, 1.0, approx=approx, state_dtype=mu_dtype),

@@ -86,7 +86,8 @@ def auto_clip_spider(
   given.
 
   Args:
-    learning_rate: a positive float or an optax schedule.
+    learning_rate: a float >= 0 or an optax schedule (0 is allowed, e.g.
+      where a warmup starts or a decay ends).
     epsilon: the target gradient norm (> 0, finite).
     c0: the norm threshold until the fit is ready, or None.
     c1: the squared-norm threshold until the fit is ready, or None.
@@ -100,7 +101,7 @@ def auto_clip_spider(
     A :class:`optax.GradientTransformationExtraArgs` whose state is an
     :class:`AutoClipState`.
   """
-  _checks.check_positive('learning_rate', learning_rate)
+  _checks.check_nonnegative('learning_rate', learning_rate)
   _checks.check_positive('epsilon', epsilon, finite=True)
   _checks.check_positive('c0', c0, allow_none=True)
   _checks.check_positive('c1', c1, allow_none=True)

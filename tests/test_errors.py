@@ -14,14 +14,36 @@ GRADS = jax.tree.map(jnp.ones_like, PARAMS)
 
 
 @pytest.mark.parametrize('bad', [0.0, -0.1, math.nan, jnp.array(-1.0)])
-@pytest.mark.parametrize('name', ['learning_rate', 'c0', 'c1'])
+@pytest.mark.parametrize('name', ['c0', 'c1'])
 def test_non_positive_hyperparameters(name, bad):
-  kwargs = {'learning_rate': 0.1, name: bad}
   with pytest.raises(ValueError, match=f'{name} must be positive'):
-    so.spider(**kwargs)
-  if name != 'learning_rate':
-    with pytest.raises(ValueError, match=f'{name} must be positive'):
-      so.relaxed_clip(**{name: bad})
+    so.spider(learning_rate=0.1, **{name: bad})
+  with pytest.raises(ValueError, match=f'{name} must be positive'):
+    so.relaxed_clip(**{name: bad})
+
+
+@pytest.mark.parametrize('bad', [-0.1, math.nan, math.inf, jnp.array(-1.0)])
+@pytest.mark.parametrize('factory', [
+    so.spider, so.mars_adamw, lambda lr: so.storm(lr, 0.9),
+    lambda lr: so.spider(lr, epsilon=1.0)])
+def test_bad_learning_rates(factory, bad):
+  with pytest.raises(ValueError, match='learning_rate must be a finite number'):
+    factory(bad)
+
+
+@pytest.mark.parametrize('factory', [
+    so.spider, so.mars_adamw, lambda lr: so.storm(lr, 0.9, approx=True),
+    lambda lr: so.spider(lr, epsilon=1.0)])
+@pytest.mark.parametrize('inject', [False, True])
+def test_a_learning_rate_of_zero_is_allowed(factory, inject):
+  """As in optax: a warmup from 0, a decay to 0, or a constant 0 (no step)."""
+  warmup = optax.warmup_cosine_decay_schedule(0.0, 0.1, 3, 10, end_value=0.0)
+  for lr in (0.0, warmup):
+    tx = optax.inject_hyperparams(factory)(lr) if inject else factory(lr)
+    for update in (tx.update, jax.jit(tx.update)):
+      state = tx.init(PARAMS)
+      updates, _ = update(GRADS, state, PARAMS)
+      assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
 
 
 def test_non_positive_injected_hyperparameter():
