@@ -126,3 +126,26 @@ def check_nonnegative(name: str, value: Any) -> None:
   number = as_number(value)
   if number is None or not 0 <= number < float('inf'):  # also rejects NaN
     raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')
+
+
+def as_dtype(name: str, value: Any) -> Any:
+  """``value`` as a canonical dtype (None stays None).
+
+  Takes a dtype, a dtype's name (``'float32'``) or a scalar type
+  (``jnp.float32``). Under ``optax.inject_hyperparams``, which calls every
+  callable argument as a schedule, ``jnp.float32`` arrives as
+  ``jnp.float32(count)``: a scalar array (or tracer) whose dtype is the one
+  meant, so a floating-point scalar array gives its dtype.
+  """
+  if value is None:
+    return None
+  dtype = getattr(value, 'dtype', None)
+  if dtype is not None and np.ndim(value) == 0 and jax.numpy.issubdtype(
+      dtype, jax.numpy.floating):
+    return jax.dtypes.canonicalize_dtype(dtype)
+  try:
+    return jax.dtypes.canonicalize_dtype(value)
+  except TypeError:
+    raise TypeError(
+        f'{name} must be a floating-point dtype such as jnp.float32 or '
+        f"'float32', got {value!r}.") from None

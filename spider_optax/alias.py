@@ -75,8 +75,8 @@ def spider(
     c1: squared-norm threshold of the clipping (> 0), or None to drop it.
     estimator_dtype: dtype of the estimator state, e.g. ``jnp.float32`` for
       bfloat16 params; ``None`` uses the params' dtype. Under
-      ``optax.inject_hyperparams``, which takes every callable for a schedule,
-      pass it as a string (``'float32'``) or name it in ``static_args``.
+      ``optax.inject_hyperparams`` it may be given as it is (the dtype's
+      scalar type, a string, or named in ``static_args``).
     diagnostics: keep the local smoothness and norms of each update in the
       state, read with :func:`spider_optax.diagnostics`. ``None`` (the
       default) keeps them only with ``epsilon``, which needs them.
@@ -219,7 +219,7 @@ def mars_adamw(
     mu_dtype: dtype of the first moment, the kept gradient (approx) and
       :math:`c_k`, e.g. ``jnp.float32`` for bfloat16 params; ``None`` uses
       the params' (the gradients' for :math:`c_k`).
-      Under ``optax.inject_hyperparams`` pass it as a string (``'float32'``).
+      Under ``optax.inject_hyperparams`` it may be given as it is.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. It works under
@@ -245,6 +245,7 @@ def mars_adamw(
   if adamw_1d:
     _checks.check_decay('betas_1d[0]', betas_1d[0])
     _checks.check_decay('betas_1d[1]', betas_1d[1])
+  mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
   clip = (clip_by_leaf_norm(max_norm) if per_tensor_clip
           else optax.clip_by_global_norm(max_norm))
   direction = optax.chain(clip, optax.scale_by_adam(b1, b2, eps,
@@ -324,7 +325,7 @@ def storm(
     mu_dtype: dtype of the momentum, the kept gradient (approx) and the
       corrected gradient, e.g. ``jnp.float32`` for bfloat16 params, so that
       :math:`m_k` accumulates unrounded; ``None`` uses the params'. Under
-      ``optax.inject_hyperparams`` pass it as a string (``'float32'``).
+      ``optax.inject_hyperparams`` it may be given as it is.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. It works under
@@ -340,6 +341,7 @@ def storm(
   """
   _checks.check_nonnegative('learning_rate', learning_rate)
   _checks.check_decay('beta', beta)
+  mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
   return optax.chain(
       recursive_correction(beta, 1.0, approx=approx, state_dtype=mu_dtype),
       optax.ema(beta, debias=False, accumulator_dtype=mu_dtype),

@@ -99,8 +99,8 @@ def recursive_correction(
       bfloat16 params, so that the moving average after it gets :math:`c_k`
       unrounded. ``None`` keeps the gradient in the params' dtype and emits
       the gradients'. The previous params (exact mode) are kept in the params'
-      own dtype. Under ``optax.inject_hyperparams`` pass it as a string
-      (``'float32'``).
+      own dtype. Under ``optax.inject_hyperparams`` it may be given as it
+      is.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` with a
@@ -116,8 +116,7 @@ def recursive_correction(
   """
   _checks.check_decay('beta', beta)
   _checks.check_nonnegative('gamma', gamma)
-  if state_dtype is not None:
-    state_dtype = jax.dtypes.canonicalize_dtype(state_dtype)
+  state_dtype = _checks.as_dtype('state_dtype', state_dtype)
   name = f'recursive_correction(approx={approx})'
 
   def init_fn(params):

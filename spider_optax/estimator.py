@@ -109,8 +109,7 @@ def spider_estimator(
     Reisizadeh, Li, Das, Jadbabaie, `Variance-reduced Clipping for Non-convex
     Optimization <https://arxiv.org/abs/2303.00883>`_, 2023.
   """
-  if estimator_dtype is not None:
-    estimator_dtype = jax.dtypes.canonicalize_dtype(estimator_dtype)
+  estimator_dtype = _checks.as_dtype('estimator_dtype', estimator_dtype)
 
   def init_fn(params):
     return SpiderEstimatorState(

@@ -274,3 +274,28 @@ def test_apply_if_finite_traces_the_inner_update_once():
   assert len(traces) == 1
   assert int(state.total_notfinite) == 1 and int(state.inner_state) == 2
   jax.tree.map(lambda u: np.testing.assert_array_equal(u, 3.0), updates)
+
+
+@pytest.mark.parametrize('factory,kwargs', [
+    (so.spider, {'estimator_dtype': None}),
+    (so.mars_adamw, {'mu_dtype': None}),
+    (so.storm, {'beta': 0.9, 'approx': True, 'mu_dtype': None})])
+@pytest.mark.parametrize('dtype', [jnp.float32, 'float32', jnp.dtype('float32')])
+def test_inject_hyperparams_takes_a_state_dtype_as_written(factory, kwargs,
+                                                           dtype):
+  """optax.inject_hyperparams calls jnp.float32 as if it were a schedule."""
+  params = {'w': jnp.ones(3, jnp.bfloat16)}
+  kwargs = {k: dtype if v is None else v for k, v in kwargs.items()}
+  tx = optax.inject_hyperparams(factory)(learning_rate=0.1, **kwargs)
+  state = tx.init(params)
+  kept = [x for x in jax.tree.leaves(state.inner_state)
+          if jnp.shape(x) == (3,)]
+  assert any(x.dtype == jnp.float32 for x in kept), kept
+  updates, _ = jax.jit(tx.update)(params, state, params)
+  assert updates['w'].dtype in (jnp.float32, jnp.bfloat16)
+
+
+def test_a_bad_state_dtype_says_what_it_needs():
+  with pytest.raises(TypeError, match='estimator_dtype must be a '
+                     'floating-point dtype'):
+    so.spider(0.1, estimator_dtype='float33')
