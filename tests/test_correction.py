@@ -390,7 +390,7 @@ BAD_HYPERPARAMETERS = [
     (lambda: so.mars_adamw(0.1, weight_decay=-1.0), 'weight_decay'),
     (lambda: so.mars_adamw(0.1, adamw_1d=True, betas_1d=(0.9, 1.0)),
      r'betas_1d\[1\]'),
-    (lambda: so.storm(0.0, 0.9), 'learning_rate'),
+    (lambda: so.storm(-0.1, 0.9), 'learning_rate'),
     (lambda: so.storm(0.1, 1.0), 'beta'),
     (lambda: so.storm(0.1, float('nan')), 'beta'),
     (lambda: so.storm(0.1, 'high'), 'beta'),
