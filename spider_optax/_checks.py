@@ -149,3 +149,35 @@ def as_dtype(name: str, value: Any) -> Any:
     raise TypeError(
         f'{name} must be a floating-point dtype such as jnp.float32 or '
         f"'float32', got {value!r}.") from None
+
+
+RESTORE_HINT = (
+    'A state restored from a checkpoint without a target is plain dicts and '
+    'lists: restore it onto a target built from tx.init, e.g. jax.tree.map('
+    'orbax.checkpoint.utils.to_shape_dtype_struct, fresh_state).')
+
+
+def check_state(state: Any, kind: type, what: str) -> None:
+  """Raises TypeError unless ``state`` is a ``kind`` (a NamedTuple class).
+
+  The usual cause is a checkpoint restored without a target, whose states are
+  plain dicts and lists; the message says so.
+  """
+  if not isinstance(state, kind):
+    raise TypeError(
+        f'{what} got a state of type {type(state).__name__} where it needs '
+        f'the {kind.__name__} that its init returned. {RESTORE_HINT}')
+
+
+def check_state_matches(
+    state_name: str, state_tree: Any, params: Any, *, check_dtypes: bool,
+) -> None:
+  """Raises if a parameter-shaped part of a state differs from ``params``.
+
+  A state built for other params (structure, shapes or dtypes) would otherwise
+  fail with a raw ``lax`` error or, for larger shapes, broadcast silently.
+  """
+  check_trees_match(
+      'params', params, state_name, state_tree, check_dtypes=check_dtypes,
+      hint='The optimizer state was built for other params: rebuild the state '
+      'with tx.init(params).')

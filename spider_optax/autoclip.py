@@ -129,6 +129,7 @@ def auto_clip_spider(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
+    _checks.check_state(state, AutoClipState, 'so.spider(..., epsilon=...)')
     est_state, clip_state, scale_state = state.inner_state
     estimate, est_state = estimator.update(updates, est_state, params,
                                            **extra_args)

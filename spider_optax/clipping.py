@@ -100,7 +100,8 @@ def relaxed_clip(
     return RelaxedClipState(clip_factor=jnp.ones([], jnp.float32))
 
   def update_fn(updates, state, params=None):
-    del params, state
+    del params
+    _checks.check_state(state, RelaxedClipState, 'relaxed_clip')
     if c0 is None and c1 is None:
       return updates, RelaxedClipState(clip_factor=jnp.ones([], jnp.float32))
     factor = relaxed_clip_factor(global_norm(updates), c0, c1)

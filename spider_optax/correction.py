@@ -132,14 +132,17 @@ def recursive_correction(
 
   def update_fn(updates, state, params=None, *, prev_grads=None, **extra_args):
     del extra_args
+    _checks.check_state(state, RecursiveCorrectionState, name)
     if approx:
       if prev_grads is not None:
         raise ValueError(
             f'{name} takes no prev_grads: it uses the previous step\'s '
             'gradient kept in its state. Drop prev_grads=, or build it with '
             'approx=False to use gradients at so.prev_params(state).')
-      _checks.check_trees_match('the params given to init', state.prev_grads,
-                                'grads', updates, check_dtypes=False)
+      _checks.check_trees_match(
+          'the params given to init', state.prev_grads, 'grads', updates,
+          check_dtypes=False, hint='If the params changed, rebuild the state '
+          'with tx.init(params).')
       previous = state.prev_grads
     else:
       if params is None:
@@ -154,6 +157,8 @@ def recursive_correction(
             'prev_grads = so.paired_grad(loss_fn)(params, '
             'so.prev_params(state), batch). Or build it with approx=True.')
       _checks.check_trees_match('params', params, 'grads', updates)
+      _checks.check_state_matches('state.prev_params', state.prev_params,
+                                  params, check_dtypes=True)
       _checks.check_trees_match('grads', updates, 'prev_grads', prev_grads,
                                 hint=_PREV_GRADS_HINT)
       previous = prev_grads

@@ -130,7 +130,12 @@ def spider_estimator(
       raise ValueError(
           'spider_estimator needs params: call tx.update(grads, state, params)'
           ' so that it can keep the previous parameters.')
+    _checks.check_state(state, SpiderEstimatorState, 'spider_estimator')
     _checks.check_trees_match('params', params, 'grads', updates)
+    _checks.check_state_matches('state.prev_params', state.prev_params, params,
+                                check_dtypes=True)
+    _checks.check_state_matches('state.estimate', state.estimate, params,
+                                check_dtypes=False)
     if grad_diff_variance is not None and (
         prev_grads is None or jnp.ndim(grad_diff_variance) != 0):
       raise ValueError(

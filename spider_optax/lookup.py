@@ -12,13 +12,9 @@ from typing import Any, TypeVar
 import chex
 import optax
 
+from spider_optax import _checks
 from spider_optax.clipping import RelaxedClipState
 from spider_optax.estimator import SpiderEstimatorState
-
-_RESTORE_HINT = (
-    'A state restored from a checkpoint without a target is plain dicts and '
-    'lists: restore it onto a target built from tx.init, e.g. jax.tree.map('
-    'orbax.checkpoint.utils.to_shape_dtype_struct, fresh_state).')
 
 State = TypeVar('State')
 
@@ -42,7 +38,7 @@ def find_one(state: Any, kind: type[State], *, what: str, build: str) -> State:
   if not found:
     raise ValueError(
         f'This optimizer state holds no {what} state. {build}, then pass the '
-        f'state that tx.init returned. {_RESTORE_HINT}')
+        f'state that tx.init returned. {_checks.RESTORE_HINT}')
   if len(found) > 1:
     raise ValueError(
         f'This optimizer state holds {len(found)} {what} states; exactly one '
@@ -85,8 +81,11 @@ def prev_params(state: Any) -> optax.Params:
   Raises:
     ValueError: if the state holds none, or more than one.
   """
+  in_a_state = lambda path, value: (
+      value is not None
+      and isinstance(path[-1], optax.tree_utils.NamedTupleKey))
   found = [value for _, value in optax.tree_utils.tree_get_all_with_path(
-      state, 'prev_params') if value is not None]
+      state, 'prev_params', filtering=in_a_state)]
   if len(found) == 1:
     return found[0]
   if not found:
@@ -94,7 +93,7 @@ def prev_params(state: Any) -> optax.Params:
         'This optimizer state keeps no previous parameters. Build the '
         'optimizer with so.spider(...), so.storm(...) or '
         'so.mars_adamw(..., approx=False), then pass the state that tx.init '
-        f'returned. {_RESTORE_HINT}')
+        f'returned. {_checks.RESTORE_HINT}')
   raise ValueError(
       f'This optimizer state holds {len(found)} sets of previous parameters; '
       'so.prev_params needs exactly one. Pass the sub-state of the one you '

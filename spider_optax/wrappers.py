@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spider_optax import _checks
+
 
 def apply_if_finite(
     inner: optax.GradientTransformation,
@@ -57,6 +59,7 @@ def apply_if_finite(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
+    _checks.check_state(state, optax.ApplyIfFiniteState, 'so.apply_if_finite')
     # Every array the update receives but the params: grads and every extra
     # argument (prev_grads, grad_diff_variance, ...), whatever its name.
     checked = [jnp.all(jnp.isfinite(x))
