@@ -1,5 +1,6 @@
 """Argument checks shared by the public API: clear errors that say what to do."""
 
+import numbers
 from typing import Any
 
 import jax
@@ -181,3 +182,10 @@ def check_state_matches(
       'params', params, state_name, state_tree, check_dtypes=check_dtypes,
       hint='The optimizer state was built for other params: rebuild the state '
       'with tx.init(params).')
+
+
+def check_count(name: str, value: Any) -> None:
+  """Raises ValueError unless ``value`` is a positive int (NumPy ints too)."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or value <= 0):
+    raise ValueError(f'{name} must be a positive int, got {value!r}.')

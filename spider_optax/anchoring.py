@@ -7,7 +7,6 @@ criterion. Both read the estimator's own counters from the optimizer state, so
 a resumed run continues the schedule where the state left off.
 """
 
-import numbers
 from typing import Any, Optional
 
 import chex
@@ -166,7 +165,4 @@ def period_rule(count: int, steps_since_anchor: int, anchor_period: int) -> bool
 
 def check_anchor_period(anchor_period: Any) -> None:
   """Raises ValueError unless ``anchor_period`` is a positive int."""
-  if (isinstance(anchor_period, bool)
-      or not isinstance(anchor_period, numbers.Integral) or anchor_period <= 0):
-    raise ValueError(
-        f'anchor_period must be a positive int, got {anchor_period!r}.')
+  _checks.check_count('anchor_period', anchor_period)

@@ -84,8 +84,17 @@ def prev_params(state: Any) -> optax.Params:
   in_a_state = lambda path, value: (
       value is not None
       and isinstance(path[-1], optax.tree_utils.NamedTupleKey))
-  found = [value for _, value in optax.tree_utils.tree_get_all_with_path(
-      state, 'prev_params', filtering=in_a_state)]
+  found_with_path = optax.tree_utils.tree_get_all_with_path(
+      state, 'prev_params', filtering=in_a_state)
+  if any(getattr(key, 'tuple_name', None) == 'MultiStepsState'
+         for path, _ in found_with_path for key in path):
+    raise ValueError(
+        'optax.MultiSteps averages the grads of its micro-batches but passes '
+        'on only the last micro-batch\'s prev_grads, so a paired-gradient '
+        'step inside it would be silently wrong. Accumulate both together '
+        'instead, in one jitted step: so.paired_grad(loss_fn, '
+        'microbatches=k)(params, so.prev_params(state), batch).')
+  found = [value for _, value in found_with_path]
   if len(found) == 1:
     return found[0]
   if not found:

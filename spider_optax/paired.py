@@ -16,6 +16,7 @@ def paired_value_and_grad(
     *,
     vectorized: bool = True,
     split_batch: bool = False,
+    microbatches: int = 1,
 ) -> Callable[..., tuple[Any, ...]]:
   r"""``jax.value_and_grad(loss_fn)`` at two parameter sets on one batch.
 
@@ -82,6 +83,19 @@ def paired_value_and_grad(
       copies), or, when False, as two gradient calls in the same trace.
     split_batch: also estimate the variance the step adds to the estimator,
       from the two halves of the batch (see above).
+    microbatches: gradient accumulation: split the batch (every leaf of
+      ``args``, along its first axis, which ``microbatches`` must divide)
+      into this many micro-batches and evaluate them one after the other in
+      a ``jax.lax.scan``, summing values and gradients in at least float32,
+      so that only one micro-batch's activations are alive at a time. The
+      result is the micro-batches' mean, which for a ``loss_fn`` that
+      averages over the batch is the whole batch's value and gradients, at
+      both points, to float32 rounding. Typed PRNG keys in ``kwargs`` get the
+      micro-batch's index folded in; with ``has_aux=True`` each aux leaf is
+      stacked along a new first axis, one entry per micro-batch. This is the
+      way to accumulate ``grads`` and ``prev_grads`` together:
+      ``optax.MultiSteps`` averages ``grads`` but passes on only the last
+      micro-batch's ``prev_grads``.
 
   Returns:
     A function ``(params, prev_params, *args, **kwargs)`` returning the pair
@@ -93,7 +107,7 @@ def paired_value_and_grad(
                      'of two half batches have no mean to return.')
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
-  def paired(params, prev_params, *args, **kwargs):
+  def one_pair(params, prev_params, *args, **kwargs):
     _checks.check_trees_match(
         'params', params, 'prev_params', prev_params,
         hint='Pass so.prev_params(opt_state) of the optimizer that updates '
@@ -105,15 +119,21 @@ def paired_value_and_grad(
     both = jax.vmap(at)(stacked)  # args/kwargs are closed over: not mapped.
     return jax.tree.map(lambda x: x[0], both), jax.tree.map(lambda x: x[1], both)
 
+  _checks.check_count('microbatches', microbatches)
+  paired = (one_pair if microbatches == 1
+            else _accumulated(one_pair, microbatches, has_aux))
   if not split_batch:
     return paired
 
   def paired_halves(params, prev_params, *args, **kwargs):
-    b = _batch_size(args)
+    b = _batch_size(args, 'split_batch=True')
+    if b < 2:
+      raise ValueError('split_batch=True needs a batch of at least 2 samples, '
+                       f'got {b}.')
     m = b // 2
     first, second = (
         paired(params, prev_params, *jax.tree.map(half, args),
-               **_keys_for_half(kwargs, i))
+               **_fold_keys(kwargs, i, 'split_batch=True'))
         for i, half in enumerate((lambda x: x[:m], lambda x: x[m:])))
     mean = lambda u, v: jax.tree.map(
         lambda x, y: ((m * x + (b - m) * y) / b).astype(x.dtype), u, v)
@@ -129,20 +149,62 @@ def paired_value_and_grad(
   return paired_halves
 
 
-def _keys_for_half(kwargs: dict[str, Any], half: int) -> dict[str, Any]:
-  """``kwargs`` with ``half`` folded into every PRNG key, so that the two
-  halves of a split batch draw independent dropout masks (each half's two
-  points still share theirs)."""
+def _accumulated(paired: Callable[..., Any], k: int,
+                 has_aux: bool) -> Callable[..., Any]:
+  """``paired`` over ``k`` micro-batches in a scan, as one batch's mean."""
+
+  def split_aux(out):
+    """((value, grads), (prev_value, prev_grads)): the sums, and the aux."""
+    if not has_aux:
+      return out, None
+    ((loss, aux), grads), ((prev_loss, prev_aux), prev_grads) = out
+    return ((loss, grads), (prev_loss, prev_grads)), (aux, prev_aux)
+
+  def accumulated(params, prev_params, *args, **kwargs):
+    b = _batch_size(args, f'microbatches={k}')
+    if b % k:
+      raise ValueError(f'microbatches={k} must divide the batch size, {b}.')
+    chunks = jax.tree.map(lambda x: x.reshape(k, b // k, *x.shape[1:]), args)
+    step = lambda i, chunk: split_aux(paired(
+        params, prev_params, *chunk, **_fold_keys(kwargs, i,
+                                                  f'microbatches={k}')))
+    shapes = jax.eval_shape(step, 0, jax.tree.map(lambda x: x[0], chunks))[0]
+    wide = lambda x: jnp.promote_types(x.dtype, jnp.float32)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, wide(x)), shapes)
+
+    def body(total, xs):
+      summed, aux = step(*xs)
+      return jax.tree.map(lambda t, x: t + x.astype(t.dtype), total,
+                          summed), aux
+
+    total, aux = jax.lax.scan(body, zeros, (jnp.arange(k), chunks))
+    mean = jax.tree.map(lambda t, x: (t / k).astype(x.dtype), total, shapes)
+    if not has_aux:
+      return mean
+    ((loss, grads), (prev_loss, prev_grads)), (aux, prev_aux) = mean, aux
+    return ((loss, aux), grads), ((prev_loss, prev_aux), prev_grads)
+
+  return accumulated
+
+
+def _fold_keys(kwargs: dict[str, Any], index: Any,
+               option: str) -> dict[str, Any]:
+  """``kwargs`` with ``index`` folded into every PRNG key.
+
+  So that the parts of a split batch (two halves, or micro-batches) draw
+  independent dropout masks, as separate minibatches would; each part's two
+  points still share theirs.
+  """
 
   def fold(path, x):
     dtype = getattr(x, 'dtype', None)
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-      return jax.random.fold_in(x, half)
+      return jax.random.fold_in(x, index)
     if dtype == jnp.uint32 and np.shape(x) == (2,):
       raise TypeError(
-          f'split_batch=True draws each half its own randomness by folding '
-          f'the half into every PRNG key of the keyword arguments, but '
-          f'kwargs{jax.tree_util.keystr(path)} looks like a legacy uint32 '
+          f'{option} draws each part of the batch its own randomness by '
+          f'folding its index into every PRNG key of the keyword arguments, '
+          f'but kwargs{jax.tree_util.keystr(path)} looks like a legacy uint32 '
           f'key: pass a typed key (jax.random.key(seed), or '
           f'jax.random.wrap_key_data(key)).')
     return x
@@ -150,12 +212,12 @@ def _keys_for_half(kwargs: dict[str, Any], half: int) -> dict[str, Any]:
   return jax.tree_util.tree_map_with_path(fold, kwargs)
 
 
-def _batch_size(args: tuple[Any, ...]) -> int:
-  """The shared first-axis length of every leaf of ``args`` (at least 2)."""
+def _batch_size(args: tuple[Any, ...], option: str) -> int:
+  """The shared first-axis length of every leaf of ``args``."""
   leaves = jax.tree_util.tree_leaves_with_path(args)
   if not leaves:
-    raise ValueError('split_batch=True needs the batch as positional '
-                     'arguments after the two parameter sets.')
+    raise ValueError(f'{option} needs the batch as positional arguments after '
+                     'the two parameter sets.')
   sizes = {jax.tree_util.keystr(p): (np.shape(x)[0] if np.ndim(x) else None)
            for p, x in leaves}
   first_path, b = next(iter(sizes.items()))
@@ -163,12 +225,9 @@ def _batch_size(args: tuple[Any, ...]) -> int:
     if size != b or size is None:
       axis = 'no first axis' if size is None else f'first axis {size}'
       raise ValueError(
-          f'split_batch=True splits every leaf of the batch along its first '
-          f'axis, but args{path} has {axis} and args{first_path} has {b}. '
-          f'Pass shared values (an RNG key) as keyword arguments.')
-  if b < 2:
-    raise ValueError(f'split_batch=True needs a batch of at least 2 samples, '
-                     f'got {b}.')
+          f'{option} splits every leaf of the batch along its first axis, '
+          f'but args{path} has {axis} and args{first_path} has {b}. Pass '
+          f'shared values (an RNG key) as keyword arguments.')
   return b
 
 
@@ -178,6 +237,7 @@ def paired_grad(
     *,
     vectorized: bool = True,
     split_batch: bool = False,
+    microbatches: int = 1,
 ) -> Callable[..., tuple[Any, ...]]:
   r"""``jax.grad(loss_fn)`` at two parameter sets on one batch.
 
@@ -211,7 +271,8 @@ def paired_grad(
     36.0 18.0
   """
   paired = paired_value_and_grad(loss_fn, has_aux, vectorized=vectorized,
-                                 split_batch=split_batch)
+                                 split_batch=split_batch,
+                                 microbatches=microbatches)
 
   def paired_grads(params, prev_params, *args, **kwargs):
     (value, grads), (prev_value, prev_grads), *variance = paired(
