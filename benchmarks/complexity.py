@@ -1,44 +1,24 @@
 """Oracle complexity benchmark: stochastic gradients to an eps-stationary point.
 
 Online: two stochastic (L0, L1)-smooth problems, five methods, eps on a
-geometric grid. The count is oracle calls (SPEC section 2: an anchor costs S1,
-a recursive step 2 S2, an SGD step its batch) until the stopping rule below
-holds. Finite sum: oracle calls against n at a fixed eps.
+geometric grid. The count is oracle calls (as in ``benchmarks/common.py``: an
+anchor costs S1, a recursive step 2 S2, an SGD step its batch) until the
+stopping rule below holds. Finite sum: oracle calls against n at a fixed eps.
 
-Problems. A sample is F(x; s, z) = sum_j phi_j(x) (1 + s_j) + <z, x> with
-s_j ~ N(0, tau^2), tau = 1/2, which is multiplicative and survives the paired
-difference grad F(x) - grad F(y) = (phi'(x) - phi'(y))(1 + s), and
-z ~ N(0, (sigma^2/d) I), sigma = 1, which is additive (the anchor noise) and
-cancels in it. So f = E F = sum_j phi_j with f* = 0.
+Problems (``benchmarks/tasks.py`` has their definitions and the derivations
+of their (L0, L1)). A sample is F(x; s, z) = sum_j phi_j(x) (1 + s_j)
++ <z, x>, with multiplicative noise s_j ~ N(0, 1/4), which survives the
+paired difference, and additive noise z ~ N(0, (sigma^2/d) I), sigma = 1.
 
-- ``wells`` (fixed, non-convex, d = 4): phi(u) = (u^2 - 1)^4 / 8 in every
-  coordinate. Its stationary points have every coordinate in {-1, 0, 1}. The
-  minima are flat (phi ~ 2 (u -+ 1)^4, Hessian 0, not strongly convex), and 0
-  is a local maximum, so the mixed points are saddles.
-  x0 = (2, 1.6, 0.3, -0.25) puts one coordinate far out, where
-  ||grad f(x0)|| = 54 and the Hessian is 243 (0 at the minima): a constant
-  step that is stable at x0 is far too short later, which is what clipping
-  fixes. Two coordinates start on the concave side of the barrier at 0.
-  (L0, L1) = (2, 11). With w = u^2, phi' = u (w - 1)^3 and
-  phi'' = (w - 1)^2 (7w - 1). On |u| <= 1, |phi''| <= 2: for w <= 3/7,
-  |7w - 1| <= 2 and (1 - w)^2 <= 1; for 3/7 <= w <= 1, (1 - w)^2 <= 16/49 and
-  7w - 1 <= 6. For w >= 1, put t = w - 1: phi'' = 7t^3 + 6t^2 <= 2 + 11t^3 (by
-  AM-GM, t^2 <= (2t^3 + 1)/3), and |phi'| = sqrt(w) t^3 >= t^3. The Hessian
-  is diagonal, so ||hess f|| = max_j |phi''(x_j)| <= 2 + 11 ||grad f||.
-- ``ramp`` (scaled with eps, d = 2): phi_1(u) = 2 eps (sqrt(u^2 + 4 eps^2)
-  - 2 eps), phi_2(w) = w^4 / 4, x0 = (1/(2 eps), 3/2). Coordinate 1 has slope
-  2 eps (just above the target) over a length 1/(2 eps) (a gap of 1), into a
-  basin of curvature 1. Coordinate 2 is a flat quartic. The only stationary
-  point is (0, 0), with Hessian diag(1, 0), which is degenerate.
-  (L0, L1) = (1, 3): phi_1'' <= 1, and 3w^2 <= 4/9 + 3|w|^3.
-  The function is convex. What matters is the scaling with eps, which is how
-  worst-case (lower-bound) instances are built. The gradient stays near eps
-  along a path of length ~1/eps, so a step of length ~eps/L0 needs ~eps^-2
-  steps. The noise in the basin (sigma at curvature 1) holds a constant-step
-  SGD to lr ~ eps^2/sigma^2. These are the sources of the bounds' eps^-3 for
-  SPIDER (eps^-2 steps at ~sigma/eps calls each) and eps^-4 for SGD
-  (1/(lr eps^2) steps). On a fixed function such as ``wells``, distances do
-  not grow as eps shrinks.
+- ``wells`` (fixed, non-convex, d = 4): phi(u) = (u^2 - 1)^4 / 8, flat minima
+  and saddles, (L0, L1) = (2, 11), from x0 = (2, 1.6, 0.3, -0.25), where
+  ||grad f(x0)|| = 54 and the Hessian is 243.
+- ``ramp`` (scaled with eps, d = 2): slope 2 eps over a length 1/(2 eps) into
+  a basin, and a flat quartic, (L0, L1) = (1, 3): the gradient stays near
+  eps along a path of length ~1/eps, which is how worst-case (lower-bound)
+  instances are built, and gives the bounds' eps^-3 for SPIDER and eps^-4 for
+  SGD. On a fixed function such as ``wells``, distances do not grow as eps
+  shrinks.
 
 Stopping rule, the same for every method: stop at the first checkpoint k where
 the mean of ||grad f(x_i)|| over the last half of the iterates (i in
@@ -81,20 +61,22 @@ Simulation. F is linear in the noise, so a minibatch gradient depends on its
 samples only through their means, which are exactly Gaussian. The script
 draws those means (O(d) per step whatever the batch) and counts the whole
 batch. All configurations and seeds of a group run as lanes of one jitted
-``lax.scan``, in lockstep. Seed j's noise is shared by every configuration
-(common random numbers), which makes the comparison across the grid less
-noisy. Long groups drop their finished configurations from the lanes as they
-go.
+``lax.scan``, in lockstep, so their anchors are decided on the device, by the
+fixed period (k % q == 0) that ``so.is_anchor_step`` applies on the host.
+Seed j's noise is shared by every configuration (common random numbers),
+which makes the comparison across the grid less noisy. Long groups drop their
+finished configurations from the lanes as they go.
 
-Finite sum (kept from the previous version): the cosh problem
-f_i(x) = sum_j 2 cosh(x_j)(1 + s_ij) + <z_i, x>, d = 5, (L0, L1) = (3, 1.5),
-with antithetic pairs (s, z)_{i+n/2} = -(s, z)_i, so f = sum_j 2 cosh(x_j).
+Finite sum: the cosh problem f_i(x) = sum_j 2 cosh(x_j)(1 + s_ij)
++ <z_i, x>, d = 5, (L0, L1) = (3, 1.5), with antithetic pairs
+(s, z)_{i+n/2} = -(s, z)_i, so f = sum_j 2 cosh(x_j).
 For each n in n_grid and a fixed eps, SPIDER with ``so.theory.finite_sum``
 (S1 = n, q = S2 = ceil(sqrt n)) runs against clipped full-gradient descent
 (``so.spider`` with the same lr, c0, c1 and every step an anchor: n calls per
-step). It reports the slopes of log(calls) against log(n) (predicted: 0.5 and
-1). It stops at the first iterate with ||grad f|| <= eps. Clipped GD is
-deterministic, and luck matters little to a slope in n at a fixed eps.
+step; each run is one jitted ``lax.while_loop``). It reports the slopes of
+log(calls) against log(n) (predicted: 0.5 and 1). It stops at the first
+iterate with ||grad f|| <= eps. Clipped GD is deterministic, and luck matters
+little to a slope in n at a fixed eps.
 
 What it shows (full mode, 5 seeds; benchmarks/RESULTS.md has the tables):
 
@@ -110,34 +92,36 @@ What it shows (full mode, 5 seeds; benchmarks/RESULTS.md has the tables):
   tuned runs at the smallest eps. Their predicted counts are 2-18x above what
   they use.
 
-Usage::
+Run (from the repository root)::
 
-    python benchmarks/complexity.py --quick
-    python benchmarks/complexity.py --out benchmarks/out/complexity.json
+  python -m benchmarks.complexity --quick   # 16 s
+  python -m benchmarks.complexity           # full mode, 2.4-3.6 min
 """
 
 import argparse
 import functools
-import json
 import math
-import os
-import platform
+import pathlib
 import sys
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
+import tqdm
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                '..'))
-import spider_optax as so  # pylint: disable=g-import-not-at-top
+import spider_optax as so
 
-SIGMA = 1.0  # additive noise of one sample: E||z||^2 = SIGMA^2
-TAU = 0.5  # multiplicative noise of one sample: s_j ~ N(0, TAU^2)
+if __package__ in (None, ''):  # python benchmarks/complexity.py
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+from benchmarks import tasks  # noqa: E402
+from benchmarks.tasks import Problem  # noqa: E402
+
+PROBLEMS = (tasks.WELLS, tasks.RAMP)
 RING = 8  # the stopping window: the last RING blocks between checkpoints,
 RATIO = 2.0 ** (1 / RING)  # which are 2^(1/8) apart: about the last half.
 
@@ -145,7 +129,7 @@ METHODS = ('spider', 'spider_sfo', 'sarah', 'clipped_sgd', 'sgd')
 SPIDER_VARIANTS = ('spider', 'spider_sfo', 'sarah')
 
 # The same grids in both modes; the modes differ in eps, n and seeds.
-GRIDS = dict(
+GRIDS: dict[str, Any] = dict(
     lr_scales=[2.0**i for i in range(10)],  # lambda: 1 .. 512
     batch_scales=[4.0**-i for i in range(4, -1, -1)],  # mu: 1/256 .. 1
     sgd_lrs=[2.0**i for i in range(-12, 2)],  # 2^-12 .. 2
@@ -153,7 +137,7 @@ GRIDS = dict(
     sgd_batches=[64, 8, 1],  # largest first: its best caps the others
 )
 
-MODES = {
+MODES: dict[str, dict[str, Any]] = {
     'quick': dict(eps=[0.16, 0.08, 0.04], seeds=3, n_grid=[2**10, 2**11, 2**12],
                   fs_eps=0.2, fs_seeds=2),
     'full': dict(eps=[round(0.16 * 10**(-i / 5), 4) for i in range(7)],
@@ -161,89 +145,11 @@ MODES = {
                  n_grid=[2**10, 2**11, 2**12, 2**13, 2**14, 2**15, 2**16],
                  fs_eps=0.1, fs_seeds=3),
 }
-SPIDER_BUDGET = dict(calls=10**9, steps=10**6)
+SPIDER_BUDGET: dict[str, int] = dict(calls=10**9, steps=10**6)
 SGD_BUDGET = 10**8  # calls
 CALLS_MAX = 2**31 - 2**24  # int32 counters saturate here (beyond any budget)
 BEST_SLACK = 8  # the best configuration's seeds run to 8x its median
 COMPACT_AFTER = 16384  # steps; shorter groups are not worth a recompilation
-
-
-def _median(values) -> float:
-  v = sorted(values)
-  if any(math.isinf(x) for x in v[: len(v) // 2 + 1]):
-    return math.inf  # the median itself is a failure
-  return float(np.median(v))
-
-
-def fit_slope(xs, ys):
-  """Slope of log y vs log x over the finite points (None if fewer than 2)."""
-  pts = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y) and y > 0]
-  if len(pts) < 2:
-    return None
-  lx, ly = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
-  return float(np.polyfit(lx, ly, 1)[0])
-
-
-class Problem(NamedTuple):
-  """f(x) = sum_j phi(x; eps)_j; a sample is sum_j phi_j (1 + s_j) + <z, x>."""
-  name: str
-  d: int
-  L0: float
-  L1: float
-  phi: Callable[[jax.Array, jax.Array], jax.Array]  # (x, eps) -> (d,) terms
-  x0: Callable[[jax.Array], jax.Array]  # eps -> (d,) float32
-  title: str
-
-
-def phi_wells(x: jax.Array, eps: jax.Array) -> jax.Array:
-  del eps  # a fixed function
-  return (x * x - 1) ** 4 / 8
-
-
-def phi_ramp(x: jax.Array, eps: jax.Array) -> jax.Array:
-  u, w = x[0], x[1]
-  ramp = 2 * eps * (jnp.sqrt(u * u + 4 * eps * eps) - 2 * eps)
-  return jnp.stack([ramp, w**4 / 4])
-
-
-PROBLEMS = (
-    Problem('wells', 4, 2.0, 11.0, phi_wells,
-            lambda eps: jnp.array([2.0, 1.6, 0.3, -0.25], jnp.float32),
-            'wells: sum_j (x_j^2-1)^4/8 (fixed, non-convex)'),
-    Problem('ramp', 2, 1.0, 3.0, phi_ramp,
-            lambda eps: jnp.stack([0.5 / eps, 1.5]).astype(jnp.float32),
-            'ramp: slope 2 eps over 1/(2 eps) + x_2^4/4 (eps-scaled)'),
-)
-
-
-def f_value(problem: Problem, x: jax.Array, eps) -> jax.Array:
-  return jnp.sum(problem.phi(x, eps))
-
-
-def true_grad_norm(problem: Problem, x: jax.Array, eps) -> jax.Array:
-  """||grad f(x)||: exact, for the stopping rule only (not an oracle call)."""
-  return jnp.linalg.norm(jax.grad(lambda y: f_value(problem, y, eps))(x))
-
-
-def sample_loss(problem: Problem):
-  """F(x; batch), batch = (mean s, mean z, eps) of a minibatch."""
-  def loss(x, batch):
-    s, z, eps = batch
-    return jnp.sum(problem.phi(x, eps) * (1 + s) + z * x)
-  return loss
-
-
-def minibatch(problem: Problem, normals: jax.Array, size, eps):
-  """The minibatch mean of `size` samples' noise, drawn directly.
-
-  F is linear in (s, z), so a minibatch gradient depends on the samples only
-  through their means, which are exactly N(0, TAU^2/size) and
-  N(0, SIGMA^2/(d size) I): one draw costs O(d) whatever the batch size, and
-  the oracle count is still `size`.
-  """
-  size = jnp.asarray(size, jnp.float32)
-  return (normals[0] * (TAU / jnp.sqrt(size)),
-          normals[1] * (SIGMA / jnp.sqrt(problem.d * size)), eps)
 
 
 def _spider_tx(h):
@@ -254,49 +160,34 @@ def _sgd_tx(h):
   return optax.chain(optax.clip_by_global_norm(h['clip']), optax.sgd(h['lr']))
 
 
-def _spider_lanes(problem: Problem):
-  """(init, step) of so.spider lanes; step picks the anchor by k % q."""
-  loss = sample_loss(problem)
+def _lanes(problem: Problem, kind: str) -> tuple[Callable, Callable]:
+  """(init, step) of so.spider lanes (``kind='spider'``) or clipped SGD lanes
+  (clip = inf: plain SGD).
 
-  def anchor(x, opt, normals, h, eps):
-    batch = minibatch(problem, normals, h['s1'], eps)
-    updates, opt = _spider_tx(h).update(jax.grad(loss)(x, batch), opt, x)
-    return optax.apply_updates(x, updates), opt, h['s1']
+  ``step(k, q, x, opt, normals, h, eps) -> (x, opt, oracle calls)``. SPIDER
+  lanes anchor when k % q == 0: they step in lockstep and share q, so the
+  branch is one scalar cond.
+  """
+  loss = tasks.sample_loss(problem)
+  make_tx = _spider_tx if kind == 'spider' else _sgd_tx
+  anchor, recursive = common.step_pair(make_tx, jax.grad(loss),
+                                       so.paired_grad(loss))
 
-  def recursive(x, opt, normals, h, eps):
-    batch = minibatch(problem, normals, h['s2'], eps)
-    grads, prev = so.paired_grad(loss)(x, so.prev_params(opt), batch)
-    updates, opt = _spider_tx(h).update(grads, opt, x, prev_grads=prev)
-    return optax.apply_updates(x, updates), opt, 2 * h['s2']
+  def lanes(step: Callable, size: str, cost: int) -> Callable:
+    def one(x, opt, normals, h, eps):
+      batch = tasks.minibatch(problem, normals, h[size], eps)
+      return *step(h, x, opt, batch)[:2], cost * h[size]
+    return jax.vmap(one)
 
-  def step(k, q, *lanes):
-    # Lanes step in lockstep and share q, so the branch is one scalar cond.
-    return jax.lax.cond(k % q == 0, jax.vmap(anchor), jax.vmap(recursive),
-                        *lanes)
-
-  def init(h, eps):
-    x = problem.x0(eps)
-    return x, _spider_tx(h).init(x)
-
-  return init, step
-
-
-def _sgd_lanes(problem: Problem):
-  """(init, step) of clipped SGD lanes (clip = inf: plain SGD)."""
-  loss = sample_loss(problem)
-
-  def one(x, opt, normals, h, eps):
-    batch = minibatch(problem, normals, h['batch'], eps)
-    updates, opt = _sgd_tx(h).update(jax.grad(loss)(x, batch), opt, x)
-    return optax.apply_updates(x, updates), opt, h['batch']
-
-  def step(k, q, *lanes):
-    del k, q
-    return jax.vmap(one)(*lanes)
+  def step(k, q, *args):
+    if kind != 'spider':
+      return lanes(anchor, 'batch', 1)(*args)
+    return jax.lax.cond(k % q == 0, lanes(anchor, 's1', 1),
+                        lanes(recursive, 's2', 2), *args)
 
   def init(h, eps):
     x = problem.x0(eps)
-    return x, _sgd_tx(h).init(x)
+    return x, make_tx(h).init(x)
 
   return init, step
 
@@ -315,11 +206,11 @@ class Carry(NamedTuple):
   stop: jax.Array  # (lanes,) oracle calls at the stop, -1 before it
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _group_runner(problem: Problem, kind: str, seeds: int):
   """Jitted (start, advance) of a group of lanes of `kind` on `problem`."""
-  init, step = (_spider_lanes if kind == 'spider' else _sgd_lanes)(problem)
-  gnorm = jax.vmap(lambda x, e: true_grad_norm(problem, x, e))
+  init, step = _lanes(problem, kind)
+  gnorm = jax.vmap(lambda x, e: tasks.true_grad_norm(problem, x, e))
 
   @jax.jit
   def start(h, eps):
@@ -404,7 +295,7 @@ def run_group(problem: Problem, kind: str, configs: list[dict], eps: float,
     stop, calls, ok = np.asarray(c.stop), np.asarray(c.calls), np.asarray(ok)
     calls_to[here] = np.where((stop >= 0) & (stop <= budget), stop,
                               np.inf).reshape(-1, seeds)
-    median = np.sort(calls_to, 1)[:, seeds // 2]
+    median = np.array([common.median(row) for row in calls_to])
     best = int(np.argmin(median))
     limit = np.full(len(configs), min(median[best], cap))
     if median[best] <= cap:
@@ -427,8 +318,8 @@ def _count(v: float):
 
 def _spider_configs(problem: Problem, variant: str, eps: float, scales):
   """so.spider hyperparameters of `variant` for (lambda, mu) in `scales`."""
-  p = so.theory.online(problem.L0, problem.L1, eps, SIGMA)
-  g0 = float(true_grad_norm(problem, problem.x0(jnp.float32(eps)), eps))
+  p = so.theory.online(problem.L0, problem.L1, eps, tasks.SIGMA)
+  g0 = float(tasks.true_grad_norm(problem, problem.x0(jnp.float32(eps)), eps))
   out = []
   for lam, mu in scales:
     if variant == 'sarah':  # no clipping: a step stable at the far start
@@ -449,7 +340,7 @@ def _best_row(eps, configs, calls_to, edges):
   edges: {name: values}; at_grid_edge lists the names whose best value is one
   of those (the grid's ends, where a better value may lie outside it).
   """
-  median = [_median(row) for row in calls_to]
+  median = [common.median(row) for row in calls_to]
   i = int(np.argmin(median))
   hyper = {k: (None if isinstance(v, float) and math.isinf(v) else v)
            for k, v in configs[i].items()}
@@ -464,8 +355,9 @@ def online(problem: Problem, cfg: dict, bar, tag: int = 0) -> dict:
   """Best median calls per method and eps, fitted slopes, untuned presets."""
   seeds, eps_grid = cfg['seeds'], cfg['eps']
   results = {m: [] for m in METHODS}
-  preset = {v: dict(calls=[], median=[], predicted=[])
-            for v in ('spider', 'spider_sfo')}
+  preset: dict[str, dict[str, Any]] = {
+      v: dict(calls=[], median=[], predicted=[])
+      for v in ('spider', 'spider_sfo')}
   scales = [(lam, mu) for lam in GRIDS['lr_scales']
             for mu in GRIDS['batch_scales']]
   lrs, lams = GRIDS['sgd_lrs'], GRIDS['lr_scales']
@@ -484,18 +376,19 @@ def online(problem: Problem, cfg: dict, bar, tag: int = 0) -> dict:
       bar.update(1)
       if variant in preset:  # the preset as is: lambda = mu = 1, own group
         configs, p = _spider_configs(problem, variant, eps, [(1.0, 1.0)])
-        gap = float(f_value(problem, problem.x0(jnp.float32(eps)), eps))
+        gap = float(tasks.f_value(problem, problem.x0(jnp.float32(eps)), eps))
         calls_to = run_group(problem, 'spider', configs, eps, seeds, rng(v),
                              chunk=128, budget=SPIDER_BUDGET['calls'],
                              max_steps=SPIDER_BUDGET['steps'],
                              q=p.anchor_period)
         preset[variant]['calls'].append([_count(c) for c in calls_to[0]])
-        preset[variant]['median'].append(_median(calls_to[0]))
+        preset[variant]['median'].append(common.median(calls_to[0]))
         preset[variant]['predicted'].append(so.theory.online(
-            problem.L0, problem.L1, eps, SIGMA, initial_gap=gap).oracle_calls)
+            problem.L0, problem.L1, eps, tasks.SIGMA,
+            initial_gap=gap).oracle_calls)
     for m, (method, clips) in enumerate((('clipped_sgd', GRIDS['sgd_clips']),
                                          ('sgd', [math.inf]))):
-      best = None
+      best: dict[str, Any] | None = None
       for b, batch in enumerate(GRIDS['sgd_batches']):
         configs = [dict(lr=lr, clip=c, batch=batch) for lr in GRIDS['sgd_lrs']
                    for c in clips]
@@ -511,52 +404,34 @@ def online(problem: Problem, cfg: dict, bar, tag: int = 0) -> dict:
         bar.update(1)
       results[method].append(best)
   inv = [1 / e for e in eps_grid]
-  slopes = {m: fit_slope(inv, [r['median'] for r in results[m]])
+  slopes = {m: common.loglog_slope(inv, [r['median'] for r in results[m]])
             for m in METHODS}
-  tail = {m: fit_slope(inv[-3:], [r['median'] for r in results[m]][-3:])
+  tail = {m: common.loglog_slope(inv[-3:],
+                                 [r['median'] for r in results[m]][-3:])
           for m in METHODS}
   for v in preset.values():
-    v['slope'] = fit_slope(inv, v['median'])
+    v['slope'] = common.loglog_slope(inv, v['median'])
   x0 = problem.x0(jnp.float32(eps_grid[-1]))
   return dict(
       eps=list(eps_grid), results=results, slopes=slopes, tail_slopes=tail,
       preset=preset,
       problem=dict(name=problem.name, title=problem.title, d=problem.d,
-                   L0=problem.L0, L1=problem.L1, sigma=SIGMA, tau=TAU,
-                   x0_at_smallest_eps=[float(v) for v in x0],
-                   grad_norm_x0=float(true_grad_norm(problem, x0,
-                                                     eps_grid[-1]))))
+                   L0=problem.L0, L1=problem.L1, sigma=tasks.SIGMA,
+                   tau=tasks.TAU, x0_at_smallest_eps=[float(v) for v in x0],
+                   grad_norm_x0=float(tasks.true_grad_norm(problem, x0,
+                                                           eps_grid[-1]))))
 
 
-# Finite sum: the cosh problem of the previous version, kept as it was (its
-# first-hit stopping rule included; see the module doc).
-COSH_D = 5
-COSH_SIGMA = 1.0
-COSH_L0, COSH_L1 = 3.0, 1.5
-
-
-def cosh_grad_norm(x):
-  return jnp.linalg.norm(2 * jnp.sinh(x))
-
-
-def cosh_loss(x, batch):
-  """Mean of F(x; xi) over the rows of batch = (s, z)."""
-  s, z = batch
-  return jnp.mean(jnp.sum(2 * jnp.cosh(x) * (1 + s) + z * x, axis=-1))
-
-
-def cosh_x0():
-  return jnp.linspace(2.0, 3.0, COSH_D, dtype=jnp.float32)
-
-
-def _calls(calls, g, eps):
+def _calls(result: tuple[jax.Array, jax.Array], eps: float) -> float:
+  """The oracle calls of a run that stopped at eps; inf if it did not."""
+  calls, g = result
   return int(calls) if float(g) <= eps else math.inf
 
 
 def _keep_going(eps, budget):
   def keep_going(carry):
     x, calls = carry[0], carry[-1]
-    g = cosh_grad_norm(x)
+    g = tasks.cosh_grad_norm(x)
     return (g > eps) & jnp.isfinite(g) & (calls < budget)
   return keep_going
 
@@ -570,31 +445,27 @@ def make_spider_run(q, s1, s2, budget, sampler):
   sampler(key, size) returns a batch (s, z) of `size` samples; an anchor
   costs s1 evaluations, a recursive step 2 s2.
   """
+  anchor, recursive = common.step_pair(
+      lambda hp: so.spider(*hp), jax.grad(tasks.cosh_loss),
+      so.paired_grad(tasks.cosh_loss))
 
-  def step(carry, tx):
+  def step(carry, hp):
     x, state, key, k, calls = carry
     key, sub = jax.random.split(key)
-
-    def anchor():
-      grads = jax.grad(cosh_loss)(x, sampler(sub, s1))
-      return tx.update(grads, state, x), jnp.int32(s1)
-
-    def recursive():
-      grads, prev = so.paired_grad(cosh_loss)(
-          x, so.prev_params(state), sampler(sub, s2))
-      return tx.update(grads, state, x, prev_grads=prev), jnp.int32(2 * s2)
-
-    (updates, state), cost = jax.lax.cond(k % q == 0, anchor, recursive)
-    return optax.apply_updates(x, updates), state, key, k + 1, calls + cost
+    is_anchor = k % q == 0
+    x, state, _ = jax.lax.cond(
+        is_anchor, lambda: anchor(hp, x, state, sampler(sub, s1)),
+        lambda: recursive(hp, x, state, sampler(sub, s2)))
+    cost = jnp.where(is_anchor, jnp.int32(s1), jnp.int32(2 * s2))
+    return x, state, key, k + 1, calls + cost
 
   @jax.jit
   def run(key, lr, c0, c1, eps):
-    tx = so.spider(lr, c0, c1)
-    x = cosh_x0()
-    carry = (x, tx.init(x), key, jnp.int32(0), jnp.int32(0))
+    x = tasks.cosh_x0()
+    carry = (x, so.spider(lr, c0, c1).init(x), key, jnp.int32(0), jnp.int32(0))
     carry = jax.lax.while_loop(_keep_going(eps, budget),
-                               lambda c: step(c, tx), carry)
-    return carry[-1], cosh_grad_norm(carry[0])
+                               lambda c: step(c, (lr, c0, c1)), carry)
+    return carry[-1], tasks.cosh_grad_norm(carry[0])
 
   def call(key, lr, c0, c1, eps):
     f32 = lambda v: jnp.float32(math.inf if v is None else v)
@@ -603,20 +474,12 @@ def make_spider_run(q, s1, s2, budget, sampler):
   return call
 
 
-def finite_sum_data(n, seed=0):
-  rng = np.random.default_rng(seed)
-  s = rng.uniform(-0.5, 0.5, size=(n // 2, COSH_D))
-  z = rng.normal(size=(n // 2, COSH_D)) * (COSH_SIGMA / math.sqrt(COSH_D))
-  return (jnp.asarray(np.concatenate([s, -s]), jnp.float32),
-          jnp.asarray(np.concatenate([z, -z]), jnp.float32))
-
-
 def finite_sum(cfg, seeds, bar):
   eps = cfg['fs_eps']
   out = {'spider': [], 'clipped_gd': []}
   for n in cfg['n_grid']:
-    s_all, z_all = finite_sum_data(n)
-    p = so.theory.finite_sum(n, COSH_L0, COSH_L1, eps)
+    s_all, z_all = tasks.cosh_data(n)
+    p = so.theory.finite_sum(n, tasks.COSH_L0, tasks.COSH_L1, eps)
     q = p.anchor_period
 
     def sampler(key, size, n=n, s_all=s_all, z_all=z_all):
@@ -628,22 +491,22 @@ def finite_sum(cfg, seeds, bar):
     budget = 2_000_000_000
     hyper = (p.learning_rate, p.c0, p.c1, eps)
     run = make_spider_run(q, n, p.minibatch_size, budget, sampler)
-    calls = [_calls(*run(jax.random.key(sd), *hyper), eps) for sd in seeds]
-    out['spider'].append(dict(n=n, calls=calls, median=_median(calls), q=q,
-                              S1=n, S2=p.minibatch_size,
+    calls = [_calls(run(jax.random.key(sd), *hyper), eps) for sd in seeds]
+    out['spider'].append(dict(n=n, calls=calls, median=common.median(calls),
+                              q=q, S1=n, S2=p.minibatch_size,
                               predicted=p.oracle_calls))
     bar.update(1)
     run = make_spider_run(1, n, 1, budget, sampler)
-    c = _calls(*run(jax.random.key(0), *hyper), eps)  # deterministic
+    c = _calls(run(jax.random.key(0), *hyper), eps)  # deterministic
     out['clipped_gd'].append(dict(n=n, calls=[c], median=c))
     bar.update(1)
-  slopes = {m: fit_slope([r['n'] for r in out[m]],
-                         [r['median'] for r in out[m]])
+  slopes = {m: common.loglog_slope([r['n'] for r in out[m]],
+                                   [r['median'] for r in out[m]])
             for m in out}
   return dict(eps=eps, results=out, slopes=slopes,
-              lr=so.theory.finite_sum(1024, COSH_L0, COSH_L1,
+              lr=so.theory.finite_sum(1024, tasks.COSH_L0, tasks.COSH_L1,
                                       eps).learning_rate,
-              c0=eps, c1=eps * COSH_L0 / COSH_L1)
+              c0=eps, c1=eps * tasks.COSH_L0 / tasks.COSH_L1)
 
 
 def _fmt(v) -> str:
@@ -664,47 +527,48 @@ def _hyper_text(row: dict) -> str:
   return text + ('*' if row['at_grid_edge'] else '')
 
 
-def print_tables(res: dict) -> None:
-  for name, on in res['online'].items():
-    seeds = res['config']['seeds']
-    print(f'\nOnline, {on["problem"]["title"]}: median oracle calls until the '
-          f'last-half mean of ||grad f|| <= eps (seeds={seeds})')
-    print(f'{"method":<19}' + ''.join(f'{e:>10.4g}' for e in on['eps'])
-          + f'{"slope":>7}{"tail":>7}')
-    for m in METHODS:
-      row = ''.join(f'{_fmt(r["median"]):>10}' for r in on['results'][m])
-      print(f'{m:<19}{row}{_fmt_slope(on["slopes"][m]):>7}'
-            f'{_fmt_slope(on["tail_slopes"][m]):>7}')
+def report(res: dict[str, Any]) -> str:
+  lines = []
+  for on in res['online'].values():
+    lines += [f'\nOnline, {on["problem"]["title"]}: median oracle calls until '
+              'the last-half mean of ||grad f|| <= eps (seeds='
+              f'{res["config"]["seeds"]})',
+              f'{"method":<19}' + ''.join(f'{e:>10.4g}' for e in on['eps'])
+              + f'{"slope":>7}{"tail":>7}']
+    lines += [f'{m:<19}' + ''.join(f'{_fmt(r["median"]):>10}'
+                                   for r in on['results'][m])
+              + f'{_fmt_slope(on["slopes"][m]):>7}'
+              f'{_fmt_slope(on["tail_slopes"][m]):>7}' for m in METHODS]
     for v, pre in on['preset'].items():
-      row = ''.join(f'{_fmt(x):>10}' for x in pre['median'])
-      print(f'{v + " preset":<19}{row}{_fmt_slope(pre["slope"]):>7}')
-      row = ''.join(f'{_fmt(x):>10}' for x in pre['predicted'])
-      print(f'{"  (predicted)":<19}{row}')
-    for m in METHODS:
-      print(f'  best {m}: ' + '; '.join(_hyper_text(r)
-                                        for r in on['results'][m]))
-    print('  seeds not stopped in the best configuration: ' + '; '.join(
+      lines += [f'{v + " preset":<19}'
+                + ''.join(f'{_fmt(x):>10}' for x in pre['median'])
+                + f'{_fmt_slope(pre["slope"]):>7}',
+                f'{"  (predicted)":<19}'
+                + ''.join(f'{_fmt(x):>10}' for x in pre['predicted'])]
+    lines += [f'  best {m}: ' + '; '.join(map(_hyper_text, on['results'][m]))
+              for m in METHODS]
+    lines.append('  seeds not stopped in the best configuration: ' + '; '.join(
         f'{m} ' + ','.join(str(r['failed']) for r in on['results'][m])
         for m in METHODS))
-  print('  (* = best value at an end of its grid)')
   fs = res['finite_sum']
-  print(f'\nFinite sum: median oracle calls to eps={fs["eps"]}')
-  print(f'{"n":>8}{"spider":>12}{"clipped_gd":>12}{"ratio":>8}')
+  lines += ['  (* = best value at an end of its grid)',
+            f'\nFinite sum: median oracle calls to eps={fs["eps"]}',
+            f'{"n":>8}{"spider":>12}{"clipped_gd":>12}{"ratio":>8}']
   for a, b in zip(fs['results']['spider'], fs['results']['clipped_gd']):
     ratio = (b['median'] / a['median'] if math.isfinite(a['median'])
              else math.nan)
-    print(f'{a["n"]:>8}{_fmt(a["median"]):>12}{_fmt(b["median"]):>12}'
-          f'{ratio:>8.2f}')
-  print('slopes vs n: ' + ', '.join(
-      f'{m}={_fmt_slope(s)}' for m, s in fs['slopes'].items())
-        + ' (predicted 0.5, 1)')
+    lines.append(f'{a["n"]:>8}{_fmt(a["median"]):>12}{_fmt(b["median"]):>12}'
+                 f'{ratio:>8.2f}')
+  lines.append('slopes vs n: ' + ', '.join(
+      f'{m}={_fmt_slope(v)}' for m, v in fs['slopes'].items())
+               + ' (predicted 0.5, 1)')
+  lines.append('timings: ' + ', '.join(
+      f'{k}={v:.0f}' for k, v in res['timings'].items()))
+  return '\n'.join(lines)
 
 
-def plot(res: dict, plot_dir: str) -> list[str]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  paths = []
+def plots(res: dict[str, Any], plot_dir: pathlib.Path) -> list[str]:
+  plt = common.pyplot()
   fig, axes = plt.subplots(1, len(res['online']), figsize=(11, 4.5))
   for ax, on in zip(np.atleast_1d(axes), res['online'].values()):
     inv = np.array([1 / e for e in on['eps']])
@@ -712,105 +576,71 @@ def plot(res: dict, plot_dir: str) -> list[str]:
     lines['spider preset'] = on['preset']['spider']['median']
     for m, ys in lines.items():
       ok = [i for i, y in enumerate(ys) if math.isfinite(y)]
-      s = (on['slopes'][m] if m in on['slopes']
-           else on['preset']['spider']['slope'])
-      ax.loglog(inv[ok], [ys[i] for i in ok], 'o-' if m in METHODS else 'x:',
-                label=f'{m} ({_fmt_slope(s)})')
+      slope = (on['slopes'][m] if m in on['slopes']
+               else on['preset']['spider']['slope'])
+      ax.plot(inv[ok], [ys[i] for i in ok], 'o-' if m in METHODS else 'x:',
+              label=f'{m} ({_fmt_slope(slope)})')
     ref = min(y for ys in lines.values() for y in ys if math.isfinite(y))
     for k, style in ((2, 'k-.'), (3, 'k--'), (4, 'k:')):
-      ax.loglog(inv, ref * (inv / inv[0]) ** k, style, lw=0.8,
-                label=f'slope {k}')
-    ax.set_xlabel('1/eps')
-    ax.set_ylabel('oracle calls (median over seeds, best of grid)')
-    ax.set_title(on['problem']['title'], fontsize=9)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  paths.append(os.path.join(plot_dir, 'complexity_online.png'))
-  fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
+      ax.plot(inv, ref * (inv / inv[0]) ** k, style, lw=0.8,
+              label=f'slope {k}')
+    common.label_axes(ax, '1/eps',
+                      'oracle calls (median over seeds, best of grid)',
+                      on['problem']['title'], xscale='log', yscale='log')
+  paths = [common.save_plot(fig, plot_dir, 'complexity_online.png')]
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
   fs = res['finite_sum']
   for m, rows in fs['results'].items():
-    xs = [r['n'] for r in rows if math.isfinite(r['median'])]
-    ys = [r['median'] for r in rows if math.isfinite(r['median'])]
-    ax.loglog(xs, ys, 'o-', label=f'{m} (slope {_fmt_slope(fs["slopes"][m])})')
+    ok = [r for r in rows if math.isfinite(r['median'])]
+    ax.plot([r['n'] for r in ok], [r['median'] for r in ok], 'o-',
+            label=f'{m} (slope {_fmt_slope(fs["slopes"][m])})')
   ns = np.array(res['config']['n_grid'], float)
   ref = fs['results']['spider'][0]['median']
   ref = ref if math.isfinite(ref) else 1e5
   for k, style in ((0.5, 'k--'), (1, 'k:')):
-    ax.loglog(ns, ref * (ns / ns[0]) ** k, style, lw=1,
-              label=f'reference slope {k}')
-  ax.set_xlabel('n')
-  ax.set_ylabel('oracle calls')
-  ax.set_title(f'Finite sum: calls to eps={fs["eps"]}')
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  paths.append(os.path.join(plot_dir, 'complexity_finite_sum.png'))
-  fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
-  return paths
+    ax.plot(ns, ref * (ns / ns[0]) ** k, style, lw=1,
+            label=f'reference slope {k}')
+  common.label_axes(ax, 'n', 'oracle calls',
+                    f'Finite sum: calls to eps={fs["eps"]}', xscale='log',
+                    yscale='log')
+  return paths + [common.save_plot(fig, plot_dir, 'complexity_finite_sum.png')]
 
 
-def environment() -> dict:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  return dict(
-      python=platform.python_version(), platform=platform.platform(),
-      processor=platform.processor() or platform.machine(),
-      cpu_count=os.cpu_count(), jax=jax.__version__, optax=optax.__version__,
-      numpy=np.__version__, matplotlib=matplotlib.__version__,
-      devices=[str(d) for d in jax.devices()])
-
-
-def main(argv=None) -> dict:
-  here = os.path.dirname(os.path.abspath(__file__))
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='3 eps values, n up to 2^12 (under 2 minutes).')
-  parser.add_argument('--out', default=os.path.join(here, 'out',
-                                                    'complexity.json'))
-  parser.add_argument('--plot-dir', default=os.path.join(here, 'out'))
-  args = parser.parse_args(argv)
-  mode = 'quick' if args.quick else 'full'
-  cfg = dict(MODES[mode])
+def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
+  cfg = dict(MODES['quick' if args.quick else 'full'])
   groups = len(SPIDER_VARIANTS) + 2 * len(GRIDS['sgd_batches'])
-  total = len(PROBLEMS) * len(cfg['eps']) * groups + 2 * len(cfg['n_grid'])
-  start = time.time()
-  timings = {}
-  with tqdm(total=total, desc=f'complexity ({mode})') as bar:
-    on = {}
-    for tag, problem in enumerate(PROBLEMS):
-      t = time.time()
-      on[problem.name] = online(problem, cfg, bar, tag)
-      timings[f'online_{problem.name}_s'] = time.time() - t
+  bar.reset(total=len(PROBLEMS) * len(cfg['eps']) * groups
+            + 2 * len(cfg['n_grid']))
+  timings, on = {}, {}
+  for tag, problem in enumerate(PROBLEMS):
     t = time.time()
-    fs = finite_sum(cfg, list(range(cfg['fs_seeds'])), bar)
-    timings['finite_sum_s'] = time.time() - t
-  res = dict(
-      mode=mode, config=dict(cfg, grids=GRIDS),
+    on[problem.name] = online(problem, cfg, bar, tag)
+    timings[f'online_{problem.name}_s'] = time.time() - t
+  t = time.time()
+  fs = finite_sum(cfg, list(range(cfg['fs_seeds'])), bar)
+  timings['finite_sum_s'] = time.time() - t
+  return dict(
+      config=dict(cfg, grids=GRIDS),
       stop=('online: first checkpoint (2^(1/8) apart) at which the mean of '
             '||grad f|| (exact, not counted) over the last half of the '
             'iterates (>= 8) is <= eps; finite sum: first iterate with '
             '||grad f|| <= eps'),
       oracle='anchor S1, recursive step 2*S2, SGD step its batch',
       failure='inf: no stop within the budget, or non-finite iterates; for '
-              'the best configuration also a seed still running at 4x the '
-              'median (censored)',
+              f'the best configuration also a seed still running at '
+              f'{BEST_SLACK}x the median (censored). A median is inf when '
+              'its middle seed failed (benchmarks.common.median).',
       online=on, finite_sum=fs,
       predicted_slopes=dict(spider=3, clipped_sgd=4, finite_sum_spider=0.5,
                             finite_sum_clipped_gd=1),
-      environment=environment(), timings=timings, wall_time_s=None)
-  res['wall_time_s'] = time.time() - start
-  print_tables(res)
-  print(f'wall time {res["wall_time_s"]:.1f} s ' + ', '.join(
-      f'{k}={v:.0f}' for k, v in timings.items()))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  os.makedirs(args.plot_dir, exist_ok=True)
-  res['plots'] = plot(res, args.plot_dir)
-  with open(args.out, 'w') as f:
-    json.dump(res, f, indent=1)  # failures are written as Infinity
-  print(f'wrote {args.out} and {", ".join(res["plots"])}')
-  return res
+      timings=timings)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Runs both problems and the finite sum; prints, plots, writes JSON."""
+  return common.main(common.parser('complexity', __doc__), argv, experiment,
+                     report=report, plots=plots)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""Per-step overhead of SPIDER against clipped SGD and Adam (issue 4, section 1).
+"""Per-step overhead of SPIDER against clipped SGD and Adam.
 
 What it measures, on the machine it runs on (all in one run):
 
@@ -31,45 +31,46 @@ What it measures, on the machine it runs on (all in one run):
    instruction that reads or writes a parameter-sized array is one pass over
    memory. The number of passes per leaf and the bytes they move are reported
    next to the model.
-4. A full training step on an MLP (784-256-256-10) and a character LSTM
-   (the one of ``train.py``: embedding 16, hidden 128, 32 steps), batch 32 and
-   256: ``so.paired_grad`` (vectorized and not) + SPIDER update against one
-   ``jax.grad`` + clip/SGD update. A naive estimate of the ratio is 2.0.
+4. A full training step on an MLP (784-256-256-10, ReLU, random data) and
+   the character LSTM of ``benchmarks/tasks.py`` (embedding 16, hidden 128,
+   32 steps), batch 32 and 256: ``so.paired_grad`` (vectorized and not) +
+   SPIDER update against one ``jax.grad`` + clip/SGD update. A naive estimate
+   of the ratio is 2.0.
 
-Usage::
+Every step, update or training step, comes from ``benchmarks.common
+.step_pair``: the SPIDER steps are its recursive step (after one anchor), the
+others its anchor step (a plain update).
 
-  python benchmarks/overhead.py --quick      # < 1 minute
-  python benchmarks/overhead.py              # a few minutes
+Run (from the repository root)::
+
+  python -m benchmarks.overhead --quick      # < 1 minute
+  python -m benchmarks.overhead              # a few minutes
 
 Results go to ``--out`` (JSON, default benchmarks/out/overhead.json) and plots
 to ``--plot-dir`` (default benchmarks/out/).
 """
 
-from __future__ import annotations
-
 import argparse
-import json
+import functools
 import math
-import os
-import platform
+import pathlib
 import re
-import statistics
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from tqdm import tqdm
+import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import spider_optax as so  # noqa: E402
+import spider_optax as so
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(_HERE, 'out', 'overhead.json')
-DEFAULT_PLOT_DIR = os.path.join(_HERE, 'out')
+if __package__ in (None, ''):  # python benchmarks/overhead.py
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+from benchmarks import tasks  # noqa: E402
 
 LR, C0, C1, CLIP = 0.01, 1.0, 10.0, 1.0
 METHODS = ('spider', 'clip_sgd', 'adam')
@@ -103,36 +104,59 @@ def _tx(method: str) -> optax.GradientTransformation:
   raise ValueError(method)
 
 
-def make_update_step(method: str) -> tuple[Callable, Callable]:
-  """(init_fn, raw step fn (params, state, grads, prev_grads) -> (params, state))."""
-  tx = _tx(method)
+class Timed:
+  """Holds (params, state) and steps a donated, jitted update in place.
 
-  if method == 'spider':
-    def step(params, state, grads, prev_grads):
-      updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
-      return optax.apply_updates(params, updates), state
-  else:
-    def step(params, state, grads, prev_grads):
-      del prev_grads
-      updates, state = tx.update(grads, state, params)
-      return optax.apply_updates(params, updates), state
-  return tx.init, step
+  ``step(params, state, *args) -> (params, state, info)``; compiled and
+  warmed up (two steps) here, outside any timing.
+  """
+
+  def __init__(self, step: common.Step, params: Any, state: Any,
+               args: tuple[Any, ...]):
+    self.raw, self.args = step, args
+    self.fn = jax.jit(step, donate_argnums=(0, 1))
+    self.params, self.state = jax.tree.map(jnp.copy, (params, state))
+    self()
+    self()
+
+  def __call__(self) -> None:
+    self.params, self.state, _ = self.fn(self.params, self.state, *self.args)
+    jax.block_until_ready((self.params, self.state))
+
+  def compiled(self) -> Any:
+    args = (self.params, self.state, *self.args)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          args)
+    return jax.jit(self.raw, donate_argnums=(0, 1)).lower(*shapes).compile()
 
 
-def peak_bytes(compiled) -> int:
+def timed_step(
+    method: str, params: Any, grad_fn: Callable[..., Any],
+    anchor_args: tuple[Any, ...],
+    paired_fn: Callable[..., Any] | None = None, args: tuple[Any, ...] = (),
+) -> Timed:
+  """A plain update of ``method`` on ``anchor_args``; with ``paired_fn``,
+  SPIDER's recursive step on ``args`` after one anchor step on
+  ``anchor_args``, so that every timed step recurses."""
+  anchor, recursive = (functools.partial(f, None) for f in common.step_pair(
+      lambda _: _tx(method), grad_fn, paired_fn))
+  state = _tx(method).init(params)
+  if paired_fn is None:
+    return Timed(anchor, params, state, anchor_args)
+  params, state, _ = jax.jit(anchor)(params, state, *anchor_args)
+  return Timed(recursive, params, state, args)
+
+
+def peak_bytes(compiled: Any) -> int:
   """Bytes live during one call of a compiled step, by XLA's account."""
   m = compiled.memory_analysis()
   return (m.argument_size_in_bytes + m.output_size_in_bytes
           - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
-def _median(xs: Sequence[float]) -> float:
-  return float(statistics.median(xs))
-
-
 def time_interleaved(
     runners: dict[str, Callable[[], Any]], reps: int, desc: str,
-    bar: Optional[tqdm] = None,
+    bar: tqdm.tqdm,
 ) -> dict[str, list[float]]:
   """Calls each runner ``reps`` times, rotating the order every repetition.
 
@@ -146,39 +170,9 @@ def time_interleaved(
       t0 = time.perf_counter()
       runners[n]()
       times[n].append(time.perf_counter() - t0)
-    if bar is not None:
-      bar.update(1)
-      bar.set_postfix_str(desc)
+    bar.update(1)
+    bar.set_postfix_str(desc)
   return times
-
-
-class _Stepper:
-  """Holds (params, state) and steps a donated jitted update in place."""
-
-  def __init__(self, method: str, params, grads, prev_grads):
-    init_fn, step = make_update_step(method)
-    copy = lambda t: jax.tree.map(jnp.copy, t)
-    self.params = copy(params)
-    self.state = init_fn(self.params)
-    self.grads, self.prev_grads = grads, prev_grads
-    self.fn = jax.jit(step, donate_argnums=(0, 1))
-    self.raw = step
-    if method == 'spider':  # One anchor step, so that timed steps recurse.
-      tx = _tx(method)
-      anchor = jax.jit(lambda p, s, g: tx.update(g, s, p)[1])
-      self.state = anchor(self.params, self.state, grads)
-    self()  # compile + warm up
-    self()
-
-  def __call__(self):
-    self.params, self.state = self.fn(
-        self.params, self.state, self.grads, self.prev_grads)
-    jax.block_until_ready((self.params, self.state))
-
-  def compiled(self):
-    args = (self.params, self.state, self.grads, self.prev_grads)
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
-    return jax.jit(self.raw, donate_argnums=(0, 1)).lower(*shapes).compile()
 
 
 # ---------------------------------------------------------------- bandwidth --
@@ -202,8 +196,8 @@ def measure_bandwidth(n: int, reps: int) -> dict[str, float]:
     z = jax.block_until_ready(copy(x))
     t_copy.append(time.perf_counter() - t0)
     del z
-  bw_axpy = 3 * 4 * n / _median(t_axpy)
-  bw_copy = 2 * 4 * n / _median(t_copy)
+  bw_axpy = 3 * 4 * n / common.median(t_axpy)
+  bw_copy = 2 * 4 * n / common.median(t_copy)
   return {
       'n_floats': n,
       'axpy_bytes_per_s': bw_axpy,
@@ -214,7 +208,8 @@ def measure_bandwidth(n: int, reps: int) -> dict[str, float]:
 
 # --------------------------------------------------------------- HLO passes --
 
-_INSTR = re.compile(r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$')
+_INSTR = re.compile(
+    r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$')
 _SHAPE = re.compile(r'\b(f32|f16|bf16|f64|s32|u32|pred|s8|u8)\[([\d,]*)\]')
 _DTYPE_BYTES = {'f32': 4, 'f16': 2, 'bf16': 2, 'f64': 8, 's32': 4, 'u32': 4,
                 'pred': 1, 's8': 1, 'u8': 1}
@@ -272,99 +267,19 @@ def analyze_hlo(hlo: str, min_numel: int) -> dict[str, Any]:
 
 # ----------------------------------------------------------- train models --
 
-def mlp_init(key, sizes=(784, 256, 256, 10)):
-  params = []
-  for k, (m, n) in zip(jax.random.split(key, len(sizes) - 1),
-                       zip(sizes[:-1], sizes[1:])):
-    params.append({'w': jax.random.normal(k, (m, n)) / math.sqrt(m),
-                   'b': jnp.zeros((n,))})
-  return params
-
-
-def mlp_loss(params, x, y):
-  for layer in params[:-1]:
-    x = jax.nn.relu(x @ layer['w'] + layer['b'])
-  logits = x @ params[-1]['w'] + params[-1]['b']
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-
-def _train_module():
-  """benchmarks/train.py as a module, for its character LSTM and text."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      '_train_for_overhead', os.path.join(_HERE, 'train.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def train_models(key: jax.Array, batches: Sequence[int]) -> dict[str, Any]:
   """name -> (loss_fn(params, x, y), params, {batch: (x, y)}, description)."""
-  kp, kx, ky = jax.random.split(key, 3)
-  mlp = (mlp_loss, mlp_init(kp),
+  kx, ky = jax.random.split(key)
+  mlp = (functools.partial(tasks.mlp_loss, activation=jax.nn.relu, l2=0.0),
+         tasks.mlp_init(0, (784, 256, 256, 10)),
          {b: (jax.random.normal(kx, (b, 784)),
               jax.random.randint(ky, (b,), 0, 10)) for b in batches},
          'MLP 784-256-256-10')
-  train = _train_module()
-  lm = train.charlm_task(0, n=max(batches), seq_len=32, embed=16, hidden=128)
-  x, y = lm['data']
-  lstm = (lm['loss_fn'], lm['params'], {b: (x[:b], y[:b]) for b in batches},
+  lm = tasks.charlm_task(0, max(batches), hidden=128)
+  x, y = lm.data
+  lstm = (lm.loss_fn, lm.params, {b: (x[:b], y[:b]) for b in batches},
           'char LSTM, embed 16, hidden 128, 32 steps')
   return {'mlp': mlp, 'lstm': lstm}
-
-
-class _TrainStepper:
-  """One donated jitted training step (gradient(s) + update + apply)."""
-
-  def __init__(self, method: str, loss_fn: Callable, params, batch):
-    if method == 'grad_clip_sgd':
-      tx = _tx('clip_sgd')
-
-      def step(params, state, batch):
-        grads = jax.grad(loss_fn)(params, *batch)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-    else:
-      tx = _tx('spider')
-      paired = so.paired_grad(
-          loss_fn, vectorized=(method == 'spider_paired_vmap'))
-
-      def step(params, state, batch):
-        grads, prev_grads = paired(params, so.prev_params(state), *batch)
-        updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
-        return optax.apply_updates(params, updates), state
-
-    self.params = jax.tree.map(jnp.copy, params)
-    self.state = tx.init(self.params)
-    if method != 'grad_clip_sgd':
-      g = jax.grad(loss_fn)(self.params, *batch)
-      self.state = jax.jit(lambda p, s, g: tx.update(g, s, p)[1])(
-          self.params, self.state, g)
-    self.batch = batch
-    self.fn = jax.jit(step, donate_argnums=(0, 1))
-    self()
-    self()
-
-  def __call__(self):
-    self.params, self.state = self.fn(self.params, self.state, self.batch)
-    jax.block_until_ready((self.params, self.state))
-
-
-# ------------------------------------------------------------------- main --
-
-def _hardware() -> dict[str, Any]:
-  return {
-      'processor': platform.processor() or platform.machine(),
-      'machine': platform.machine(),
-      'platform': platform.platform(),
-      'cpu_count': os.cpu_count(),
-      'jax_devices': [str(d) for d in jax.devices()],
-      'jax_backend': jax.default_backend(),
-      'python': platform.python_version(),
-      'jax_version': jax.__version__,
-      'optax_version': optax.__version__,
-      'spider_optax_version': so.__version__,
-  }
 
 
 def _fmt_size(n: int) -> str:
@@ -373,132 +288,134 @@ def _fmt_size(n: int) -> str:
   return f'{m:g}e{e}'
 
 
-def run(quick: bool) -> dict[str, Any]:
+def update_steps(size: int, key: jax.Array) -> dict[str, Timed]:
+  """Every method's donated update on float32 params of ``size``."""
+  k1, k2, k3 = jax.random.split(jax.random.fold_in(key, size), 3)
+  params, grads, prev_grads = (make_params(size, k) for k in (k1, k2, k3))
+  plain = lambda m: timed_step(m, params, common.GIVEN[0], (grads,))
+  return dict(spider=timed_step('spider', params, common.GIVEN[0], (grads,),
+                                common.GIVEN[1], (grads, prev_grads)),
+              clip_sgd=plain('clip_sgd'), adam=plain('adam'))
+
+
+def hlo_analysis(method: str, timed: Timed, size: int) -> dict[str, Any]:
+  """The passes of ``method``'s compiled update (see :func:`analyze_hlo`)."""
+  compiled = timed.compiled()
+  min_numel = min(x.size for x in jax.tree.leaves(timed.params))
+  a = analyze_hlo(compiled.as_text(), min_numel)
+  return dict(a, peak_bytes=peak_bytes(compiled), size=size,
+              passes_per_leaf=a['n_passes'] / 4,
+              bytes_moved_per_param=a['bytes_moved'] / size,
+              model_bytes_per_param={
+                  k: 4 * v[method] for k, v in BYTES_MODEL.items()})
+
+
+def update_row(size: int, times: dict[str, list[float]],
+               hlo_here: dict[str, Any], bandwidth: float) -> dict[str, Any]:
+  """Each method's median time, against the bytes models and the HLO."""
+  row = {}
+  for m in METHODS:
+    t = common.median(times[m])
+    bytes_2p = BYTES_MODEL['two_pass'][m] * 4 * size
+    bytes_1p = BYTES_MODEL['ideal'][m] * 4 * size
+    hlo_bytes = hlo_here[m]['bytes_moved_per_param'] * size
+    row[m] = {
+        'median_s': t, 'min_s': float(min(times[m])), 'reps': len(times[m]),
+        'model_bytes_two_pass': bytes_2p, 'model_bytes_ideal': bytes_1p,
+        'achieved_bytes_per_s': bytes_2p / t,
+        'bandwidth_fraction': bytes_2p / t / bandwidth,
+        'time_over_bytes_bound': t / (bytes_2p / bandwidth),
+        'time_over_ideal_bound': t / (bytes_1p / bandwidth),
+        'peak_bytes': hlo_here[m]['peak_bytes'],
+        # Bytes the compiled HLO moves (see analyze_hlo).
+        'hlo_bytes': hlo_bytes,
+        'hlo_bandwidth_fraction': hlo_bytes / t / bandwidth}
+  for m in METHODS:
+    row[m]['ratio_vs_clip_sgd'] = row[m]['median_s'] / row[BASELINE]['median_s']
+  return row
+
+
+def train_steps(loss_fn: Callable[..., Any], params: Any,
+                batch: tuple[Any, ...]) -> dict[str, Timed]:
+  """One jitted training step (gradient(s) + update + apply) per method."""
+  grad_fn = jax.grad(loss_fn)
+  paired = lambda vectorized: so.paired_grad(loss_fn, vectorized=vectorized)
+  return dict(
+      grad_clip_sgd=timed_step('clip_sgd', params, grad_fn, batch),
+      spider_paired_vmap=timed_step('spider', params, grad_fn, batch,
+                                    paired(True), batch),
+      spider_paired_loop=timed_step('spider', params, grad_fn, batch,
+                                    paired(False), batch))
+
+
+def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
+  quick = args.quick
   sizes = [100_000, 1_000_000] if quick else [
       100_000, 1_000_000, 10_000_000, 30_000_000, 100_000_000]
   batches = [32, 256]
-
-  def update_reps(size: int) -> int:
-    if quick:
-      return 10
-    return {100_000: 200, 1_000_000: 60, 10_000_000: 20,
-            30_000_000: 10}.get(size, 6)
-
+  update_reps = lambda size: 10 if quick else {
+      100_000: 200, 1_000_000: 60, 10_000_000: 20, 30_000_000: 10}.get(size, 6)
   train_reps = 10 if quick else 60
-  bw_n = 4_000_000 if quick else 25_000_000
-  bw_reps = 10 if quick else 20
-
-  total = (sum(update_reps(s) for s in sizes)
-           + train_reps * len(batches) * 2)  # 2 models
-  results: dict[str, Any] = {
-      'mode': 'quick' if quick else 'full',
-      'hardware': _hardware(),
-      'config': {'lr': LR, 'c0': C0, 'c1': C1, 'clip': CLIP,
-                 'methods': list(METHODS), 'baseline': BASELINE,
-                 'sizes': sizes, 'leaves': 4, 'dtype': 'float32',
-                 'donated': 'params and optimizer state, for every method',
-                 'timing': 'median of interleaved repetitions (order rotated)',
-                 'bytes_model_arrays': BYTES_MODEL,
-                 'bytes_model_note': (
-                     'arrays of P float32 read+written per update, '
-                     'apply_updates counted as fused into the update; '
-                     'two_pass = minimum given that the global norm must '
-                     'finish before scaling')},
-  }
-  bw = measure_bandwidth(bw_n, bw_reps)
-  results['bandwidth'] = bw
-  bandwidth = bw['bytes_per_s']
+  bar.reset(total=sum(update_reps(s) for s in sizes)
+            + train_reps * len(batches) * 2)  # 2 models
+  bar.unit = 'rep'
+  bw = measure_bandwidth(4_000_000 if quick else 25_000_000,
+                         10 if quick else 20)
 
   key = jax.random.key(0)
-  updates: dict[str, Any] = {}
-  hlo: dict[str, Any] = {}
-  hlo_by_size: dict[str, Any] = {}
-  with tqdm(total=total, desc='overhead', unit='rep', file=sys.stderr) as bar:
-    for size in sizes:
-      k1, k2, k3 = jax.random.split(jax.random.fold_in(key, size), 3)
-      params = make_params(size, k1)
-      grads = make_params(size, k2)
-      prev_grads = make_params(size, k3)
-      steppers = {m: _Stepper(m, params, grads, prev_grads) for m in METHODS}
-      min_numel = min(x.size for x in jax.tree.leaves(params))
-      hlo_here = {}
-      for m, st in steppers.items():
-        compiled = st.compiled()
-        a = analyze_hlo(compiled.as_text(), min_numel)
-        a['peak_bytes'] = peak_bytes(compiled)
-        a['size'] = size
-        a['passes_per_leaf'] = a['n_passes'] / 4
-        a['bytes_moved_per_param'] = a['bytes_moved'] / size
-        a['model_bytes_per_param'] = {
-            k: 4 * v[m] for k, v in BYTES_MODEL.items()}
-        hlo_here[m] = a
-      hlo_by_size[str(size)] = {
-          m: {k: a[k] for k in ('n_passes', 'entry_fusions', 'entry_copies',
-                                'bytes_moved_per_param')}
-          for m, a in hlo_here.items()}
-      if size == sizes[min(1, len(sizes) - 1)]:  # Full detail at 1e6 params.
-        hlo = hlo_here
-      times = time_interleaved(steppers, update_reps(size),
-                               f'update P={_fmt_size(size)}', bar)
-      del steppers
-      row = {}
-      for m in METHODS:
-        t = _median(times[m])
-        bytes_2p = BYTES_MODEL['two_pass'][m] * 4 * size
-        bytes_1p = BYTES_MODEL['ideal'][m] * 4 * size
-        row[m] = {
-            'median_s': t,
-            'min_s': float(min(times[m])),
-            'reps': len(times[m]),
-            'model_bytes_two_pass': bytes_2p,
-            'model_bytes_ideal': bytes_1p,
-            'achieved_bytes_per_s': bytes_2p / t,
-            'bandwidth_fraction': bytes_2p / t / bandwidth,
-            'time_over_bytes_bound': t / (bytes_2p / bandwidth),
-            'time_over_ideal_bound': t / (bytes_1p / bandwidth),
-            'peak_bytes': hlo_here[m]['peak_bytes'],
-        }
-      for m in METHODS:
-        row[m]['ratio_vs_clip_sgd'] = (
-            row[m]['median_s'] / row[BASELINE]['median_s'])
-      for m in METHODS:  # Bytes the compiled HLO moves (see analyze_hlo).
-        hlo_bytes = hlo_here[m]['bytes_moved_per_param'] * size
-        row[m]['hlo_bytes'] = hlo_bytes
-        row[m]['hlo_bandwidth_fraction'] = (
-            hlo_bytes / row[m]['median_s'] / bandwidth)
-      updates[str(size)] = row
+  updates, hlo, hlo_by_size = {}, {}, {}
+  for size in sizes:
+    steppers = update_steps(size, key)
+    hlo_here = {m: hlo_analysis(m, st, size) for m, st in steppers.items()}
+    hlo_by_size[str(size)] = {
+        m: {k: a[k] for k in ('n_passes', 'entry_fusions', 'entry_copies',
+                              'bytes_moved_per_param')}
+        for m, a in hlo_here.items()}
+    if size == sizes[min(1, len(sizes) - 1)]:  # Full detail at 1e6 params.
+      hlo = hlo_here
+    times = time_interleaved(steppers, update_reps(size),
+                             f'update P={_fmt_size(size)}', bar)
+    del steppers
+    updates[str(size)] = update_row(size, times, hlo_here, bw['bytes_per_s'])
 
-    train: dict[str, Any] = {}
-    models = train_models(jax.random.fold_in(key, 7), batches)
-    for name, (loss_fn, params, batch_of, description) in models.items():
-      rows = {}
-      for b in batches:
-        steppers = {m: _TrainStepper(m, loss_fn, params, batch_of[b])
-                    for m in TRAIN_METHODS}
-        times = time_interleaved(steppers, train_reps, f'{name} B={b}', bar)
-        base = _median(times['grad_clip_sgd'])
-        rows[str(b)] = {
-            m: {'median_s': _median(times[m]), 'min_s': float(min(times[m])),
-                'reps': len(times[m]),
-                'ratio_vs_grad_clip_sgd': _median(times[m]) / base}
-            for m in TRAIN_METHODS}
-      train[name] = {'description': description,
-                     'params': sum(x.size for x in jax.tree.leaves(params)),
-                     'results': rows}
-  results['updates'] = updates
-  results['hlo'] = hlo
-  results['hlo_by_size'] = hlo_by_size
-  results['train_step'] = {'batches': batches, 'models': train}
-  return results
+  train: dict[str, Any] = {}
+  models = train_models(jax.random.fold_in(key, 7), batches)
+  for name, (loss_fn, params, batch_of, description) in models.items():
+    rows = {}
+    for b in batches:
+      times = time_interleaved(train_steps(loss_fn, params, batch_of[b]),
+                               train_reps, f'{name} B={b}', bar)
+      base = common.median(times['grad_clip_sgd'])
+      rows[str(b)] = {
+          m: {'median_s': common.median(times[m]),
+              'min_s': float(min(times[m])), 'reps': len(times[m]),
+              'ratio_vs_grad_clip_sgd': common.median(times[m]) / base}
+          for m in TRAIN_METHODS}
+    train[name] = {'description': description,
+                   'params': sum(x.size for x in jax.tree.leaves(params)),
+                   'results': rows}
+  return dict(
+      config={'lr': LR, 'c0': C0, 'c1': C1, 'clip': CLIP,
+              'methods': list(METHODS), 'baseline': BASELINE, 'sizes': sizes,
+              'leaves': 4, 'dtype': 'float32',
+              'donated': 'params and optimizer state, for every method',
+              'timing': 'median of interleaved repetitions (order rotated)',
+              'bytes_model_arrays': BYTES_MODEL,
+              'bytes_model_note': (
+                  'arrays of P float32 read+written per update, '
+                  'apply_updates counted as fused into the update; '
+                  'two_pass = minimum given that the global norm must '
+                  'finish before scaling')},
+      bandwidth=bw, updates=updates, hlo=hlo, hlo_by_size=hlo_by_size,
+      train_step={'batches': batches, 'models': train})
 
 
-def format_table(res: dict[str, Any]) -> str:
-  hw = res['hardware']
-  bw = res['bandwidth']
+def report(res: dict[str, Any]) -> str:
+  env, bw = res['environment'], res['bandwidth']
   lines = [
-      f"overhead ({res['mode']}): {hw['processor']}, {hw['cpu_count']} CPUs, "
-      f"{hw['jax_devices']}, jax {hw['jax_version']}, optax "
-      f"{hw['optax_version']}",
+      f"overhead ({res['mode']}): {env['cpu']}, {env['cpu_count']} CPUs, "
+      f"{env['jax_devices']}, jax {env['versions']['jax']}, optax "
+      f"{env['versions']['optax']}",
       f"measured bandwidth: axpy {bw['axpy_bytes_per_s'] / 1e9:.2f} GB/s, "
       f"copy to a fresh buffer {bw['copy_bytes_per_s'] / 1e9:.2f} GB/s "
       f"(using {bw['bytes_per_s'] / 1e9:.2f} GB/s)",
@@ -518,7 +435,8 @@ def format_table(res: dict[str, Any]) -> str:
           f"{r['model_bytes_two_pass'] / int(size):>7.0f} "
           f"{r['achieved_bytes_per_s'] / 1e9:>7.2f} "
           f"{r['bandwidth_fraction']:>7.2f} {r['time_over_bytes_bound']:>7.2f} "
-          f"{r['hlo_bytes'] / int(size):>7.0f} {r['hlo_bandwidth_fraction']:>8.2f}"
+          f"{r['hlo_bytes'] / int(size):>7.0f} "
+          f"{r['hlo_bandwidth_fraction']:>8.2f}"
           f" {r['peak_bytes'] / 1e6:>8.1f}")
   if res['hlo']:
     size = next(iter(res['hlo'].values()))['size']
@@ -537,7 +455,8 @@ def format_table(res: dict[str, Any]) -> str:
       leaf = [p for p in a['passes'] if p['max_numel'] == top]
       lines.append(f'{m:>9} largest leaf: ' + ', '.join(
           f"{p['op']}{'/' + p['kind'] if p['kind'] else ''}"
-          f"(R{p['read_bytes'] // (4 * top)} W{p['written_bytes'] // (4 * top)})"
+          f"(R{p['read_bytes'] // (4 * top)} "
+          f"W{p['written_bytes'] // (4 * top)})"
           for p in leaf))
   for model in res['train_step']['models'].values():
     lines += ['', f"Training step, {model['description']} ({model['params']} "
@@ -550,42 +469,27 @@ def format_table(res: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def _save(fig, plot_dir: str, name: str) -> str:
-  """Writes ``fig`` as ``plot_dir/name``, closes it, returns the path."""
-  import matplotlib.pyplot as plt
-  fig.tight_layout()
-  path = os.path.join(plot_dir, name)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
-
-
-def make_plots(res: dict[str, Any], plot_dir: str) -> list[str]:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  os.makedirs(plot_dir, exist_ok=True)
-  paths = []
+def plots(res: dict[str, Any], plot_dir: pathlib.Path) -> list[str]:
+  plt = common.pyplot()
   sizes = [int(s) for s in res['updates']]
   fig, ax = plt.subplots(figsize=(6, 4.5))
   for m in METHODS:
-    ax.loglog(sizes, [res['updates'][str(s)][m]['median_s'] * 1e3
-                      for s in sizes], 'o-', label=m)
+    ax.plot(sizes, [res['updates'][str(s)][m]['median_s'] * 1e3
+                    for s in sizes], 'o-', label=m)
   bw = res['bandwidth']['bytes_per_s']
   for m, style in (('spider', ':'), ('clip_sgd', '--')):
-    ax.loglog(sizes, [BYTES_MODEL['two_pass'][m] * 4 * s / bw * 1e3
-                      for s in sizes], style, color='gray',
-              label=f'{m} bytes bound')
-  ax.set_xlabel('parameters (float32)')
-  ax.set_ylabel('time per update (ms)')
-  ax.set_title(f"Jitted update + apply ({res['hardware']['jax_backend']})")
-  ax.grid(True, which='both', alpha=0.3)
-  ax.legend(fontsize=8)
-  paths.append(_save(fig, plot_dir, 'overhead_update_time.png'))
+    ax.plot(sizes, [BYTES_MODEL['two_pass'][m] * 4 * s / bw * 1e3
+                    for s in sizes], style, color='gray',
+            label=f'{m} bytes bound')
+  common.label_axes(ax, 'parameters (float32)', 'time per update (ms)',
+                    'Jitted update + apply '
+                    f"({res['environment']['jax_backend']})",
+                    xscale='log', yscale='log')
+  paths = [common.save_plot(fig, plot_dir, 'overhead_update_time.png')]
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  groups = [(name, b, row) for name, model in res['train_step']['models'].items()
+  groups = [(name, b, row)
+            for name, model in res['train_step']['models'].items()
             for b, row in model['results'].items()]
   width = 0.8 / len(TRAIN_METHODS)
   for i, m in enumerate(TRAIN_METHODS):
@@ -595,34 +499,15 @@ def make_plots(res: dict[str, Any], plot_dir: str) -> list[str]:
   ax.axhline(2.0, color='gray', ls='--', label='naive 2x')
   ax.set_xticks([j + width for j in range(len(groups))])
   ax.set_xticklabels([f'{name}\nbatch {b}' for name, b, _ in groups])
-  ax.set_ylabel('step time / (grad + clip/sgd)')
-  ax.set_title('Training step: paired gradients + SPIDER update')
-  ax.legend(fontsize=8)
-  paths.append(_save(fig, plot_dir, 'overhead_train_step.png'))
-  return paths
+  common.label_axes(ax, '', 'step time / (grad + clip/sgd)',
+                    'Training step: paired gradients + SPIDER update')
+  return paths + [common.save_plot(fig, plot_dir, 'overhead_train_step.png')]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='small sizes and few repetitions (< 1 minute)')
-  parser.add_argument('--out', default=DEFAULT_OUT, help='JSON results path')
-  parser.add_argument('--plot-dir', default=DEFAULT_PLOT_DIR,
-                      help='directory for the PNG plots')
-  args = parser.parse_args(argv)
-
-  t0 = time.perf_counter()
-  res = run(args.quick)
-  res['plots'] = make_plots(res, args.plot_dir)
-  res['wall_s'] = time.perf_counter() - t0
-  out_dir = os.path.dirname(os.path.abspath(args.out))
-  os.makedirs(out_dir, exist_ok=True)
-  with open(args.out, 'w') as f:
-    json.dump(res, f, indent=1)
-  print(format_table(res))
-  print(f"\nwall {res['wall_s']:.1f}s; wrote {args.out} and "
-        f"{', '.join(res['plots'])}")
-  return res
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Measures, prints the tables, writes JSON and PNGs."""
+  return common.main(common.parser('overhead', __doc__), argv, experiment,
+                     report=report, plots=plots)
 
 
 if __name__ == '__main__':

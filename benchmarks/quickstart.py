@@ -1,17 +1,16 @@
 """Quickstart benchmark: SPIDER with a clipped learning rate vs clipped SGD.
 
-Trains a small MLP (64 -> 32 tanh -> 10, softmax cross-entropy plus a small L2
-penalty) on scikit-learn's bundled digits data set (n = 1797 images, pixels
-scaled to [0, 1]; nothing is downloaded). The training loss is a finite sum
-f(x) = (1/n) sum_i f_i(x), and two optimizers get the same budget of
-stochastic-gradient evaluations (oracle calls):
+Trains the digits MLP of ``benchmarks/tasks.py`` (64 -> 32 tanh -> 10,
+softmax cross-entropy plus a small L2 penalty, n = 1797 images). The training
+loss is a finite sum f(x) = (1/n) sum_i f_i(x), and two optimizers get the
+same budget of stochastic-gradient evaluations (oracle calls):
 
 - ``spider``: ``so.spider(lr, c0, c1)`` with the finite-sum schedule of
-  ``spider_optax.theory.finite_sum``: every q-th step is an anchor step on the
-  FULL gradient (costs n evaluations); the other steps are recursive steps on
-  one minibatch of S2 samples evaluated at both the current and the previous
-  params with ``so.paired_grad`` (costs 2 * S2), where q = S2 = ceil(sqrt(n))
-  = 43.
+  ``spider_optax.theory.finite_sum``: an anchor step on the FULL gradient
+  (costs n evaluations) every q steps (``so.is_anchor_step``); the other
+  steps are recursive steps on one minibatch of S2 samples evaluated at both
+  the current and the previous params with ``so.paired_grad`` (costs 2 * S2),
+  where q = S2 = ceil(sqrt(n)) = 43.
 - ``clipped_sgd``: ``optax.chain(optax.clip_by_global_norm(c),
   optax.sgd(lr))`` on minibatches of 32 samples (costs 32 per step).
 
@@ -20,7 +19,8 @@ from the same seeded NumPy generator for both methods, which also start from
 the same initial params. Every 10 passes' worth of evaluations (10n; every n
 with ``--quick``) the script evaluates, outside the oracle budget and the
 timing, the full training loss, the global norm of the full gradient and the
-training accuracy; it prints them as a table and writes them as JSON.
+training accuracy; it prints them as a table, plots them and writes them as
+JSON.
 
 Hyperparameters (``SPIDER`` and ``SGD`` below) come from a small sweep (a few
 rounds, not a full grid) at the default budget with seed 0, keeping each
@@ -42,247 +42,144 @@ quantity the variance-reduction theory bounds.
 
 Run (from the repository root)::
 
-  python benchmarks/quickstart.py           # default budget, ~15 s on 2 cores
-  python benchmarks/quickstart.py --quick   # a few seconds, smoke test
-  python benchmarks/quickstart.py --budget 100000 --seed 1 --out /tmp/q.json
+  python -m benchmarks.quickstart           # default budget, ~15 s on 2 cores
+  python -m benchmarks.quickstart --quick   # a few seconds, smoke test
+  python -m benchmarks.quickstart --budget 100000 --seed 1 --out /tmp/q.json
 """
 
 import argparse
-import json
-import math
+import functools
 import pathlib
-import time
-from typing import Any, Callable, Optional, Sequence
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
+import tqdm
 
 import spider_optax as so
 
-HIDDEN = 32
-L2 = 1e-4
-SPIDER = dict(learning_rate=1.0, c0=0.1, c1=0.05)
-SGD = dict(learning_rate=2.0, clip_norm=0.25, batch_size=32)
-DEFAULT_BUDGET = 150 * 1797  # oracle calls: 150 passes' worth of gradients
-QUICK_BUDGET = 12 * 1797
-DEFAULT_OUT = 'benchmarks/out/quickstart.json'
+if __package__ in (None, ''):  # python benchmarks/quickstart.py
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+from benchmarks import tasks  # noqa: E402
+
+SPIDER: dict[str, Any] = dict(learning_rate=1.0, c0=0.1, c1=0.05)
+SGD: dict[str, Any] = dict(learning_rate=2.0, clip_norm=0.25, batch_size=32)
+BUDGET_PASSES = dict(full=150, quick=12)  # oracle calls / n
+CHECKPOINT_PASSES = dict(full=10, quick=1)
+METHODS = ('spider', 'clipped_sgd')
 
 
-def load_data() -> tuple[jax.Array, jax.Array]:
-  """Digits images as float32 in [0, 1] (n x 64) and int32 labels (n)."""
-  digits = load_digits()
-  x = np.asarray(digits.data, np.float32) / 16.0
-  return jnp.asarray(x), jnp.asarray(digits.target, jnp.int32)
+def steppers(task: tasks.Task) -> dict[str, common.Stepper]:
+  """SPIDER (full-gradient anchors every q = S2 steps) and clipped SGD."""
+  x, y = task.data
+  s2 = common.ceil_sqrt(task.n)  # = q, as theory.finite_sum
+  pair = common.step_pair(
+      lambda _: so.spider(**SPIDER),
+      lambda p: jax.grad(task.loss_fn)(p, x, y),  # the full gradient: S1 = n
+      lambda p, prev, idx: so.paired_grad(task.loss_fn)(
+          p, prev, x[idx], y[idx]))
+  anchor, recursive = (functools.partial(jax.jit(f), None) for f in pair)
+  sgd = optax.chain(optax.clip_by_global_norm(SGD['clip_norm']),
+                    optax.sgd(SGD['learning_rate']))
+  sgd_step, _ = common.step_pair(
+      lambda _: sgd, lambda p, idx: jax.grad(task.loss_fn)(p, x[idx], y[idx]))
+  return dict(
+      spider=common.Stepper(
+          init=so.spider(**SPIDER).init, step=recursive, batch_size=s2,
+          cost=2 * s2, anchor=anchor, anchor_cost=task.n,
+          is_anchor=common.spider_schedule(s2)),
+      clipped_sgd=common.Stepper(
+          init=sgd.init, step=functools.partial(jax.jit(sgd_step), None),
+          batch_size=SGD['batch_size'], cost=SGD['batch_size']))
 
 
-def init_params(seed: int, d_in: int, d_out: int) -> dict[str, Any]:
-  """LeCun-normal weights and zero biases for d_in -> HIDDEN -> d_out."""
-  rng = np.random.default_rng(seed)
-  dense = lambda fan_in, fan_out: {
-      'w': jnp.asarray(rng.standard_normal((fan_in, fan_out), np.float32)
-                       / np.sqrt(fan_in, dtype=np.float32)),
-      'b': jnp.zeros(fan_out)}
-  return {'hidden': dense(d_in, HIDDEN), 'out': dense(HIDDEN, d_out)}
-
-
-def logits_fn(params, x):
-  h = jnp.tanh(x @ params['hidden']['w'] + params['hidden']['b'])
-  return h @ params['out']['w'] + params['out']['b']
-
-
-def loss_fn(params, x, y):
-  """Mean cross-entropy over the batch plus (L2/2) * ||weights||^2."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits_fn(params, x), y)
-  l2 = sum(jnp.sum(p['w'] ** 2) for p in params.values())
-  return jnp.mean(ce) + 0.5 * L2 * l2
-
-
-@jax.jit
-def evaluate(params, x, y):
-  """Full training loss, full-gradient global norm and accuracy."""
-  loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-  accuracy = jnp.mean(jnp.argmax(logits_fn(params, x), -1) == y)
-  return loss, so.global_norm(grads), accuracy
-
-
-def run(
-    name: str,
-    stepper: tuple[Callable[[int], Any], Callable[[int], int]],
-    params: Any,
-    data: tuple[jax.Array, jax.Array],
-    budget: int,
-    every: int,
-) -> dict[str, Any]:
-  """Takes steps ``k = 0, 1, ...`` while step k's oracle cost fits the budget.
-
-  ``stepper`` is ``(step, cost)``: ``step(k)`` takes step k and returns the new
-  params, ``cost(k)`` is its number of stochastic-gradient evaluations.
-  Checkpoints are taken at 0, each time the count passes a multiple of
-  ``every``, and at the end; they are neither timed nor counted.
-  """
-  step_fn, cost_fn = stepper
-  checkpoints = []
-  seconds = 0.0
-
-  def checkpoint(k, calls, params, start):
-    nonlocal seconds
-    jax.block_until_ready(params)  # Steps run asynchronously until here.
-    seconds += time.perf_counter() - start
-    loss, grad_norm, accuracy = (float(v) for v in evaluate(params, *data))
-    checkpoints.append(dict(steps=k, oracle_calls=calls, loss=loss,
-                            grad_norm=grad_norm, accuracy=accuracy))
-    return time.perf_counter()
-
-  start = checkpoint(0, 0, params, time.perf_counter())
-  k = calls = 0
-  while calls + (cost := cost_fn(k)) <= budget:
-    params = step_fn(k)
-    k, calls = k + 1, calls + cost
-    if calls // every > (calls - cost) // every:
-      start = checkpoint(k, calls, params, start)
-  if checkpoints[-1]['steps'] != k:
-    checkpoint(k, calls, params, start)
-  return dict(method=name, steps=k, oracle_calls=calls, wall_time_s=seconds,
-              checkpoints=checkpoints)
-
-
-def spider_stepper(params, data, rng, q, s2, learning_rate, c0, c1):
-  """``(step, cost)`` for :func:`run`: SPIDER, full-gradient anchors every q."""
-  x, y = data
-  n = x.shape[0]
-  tx = so.spider(learning_rate, c0, c1)
+def evaluator(task: tasks.Task) -> Callable[[Any], dict[str, jax.Array]]:
+  """Jitted ``params -> {loss, grad_norm, accuracy}`` on the full data."""
+  x, y = task.data
 
   @jax.jit
-  def anchor_step(params, state):
-    grads = jax.grad(loss_fn)(params, x, y)  # the full gradient: S1 = n
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  def evaluate(params):
+    loss, grads = jax.value_and_grad(task.loss_fn)(params, x, y)
+    accuracy = jnp.mean(jnp.argmax(tasks.mlp_logits(params, x), -1) == y)
+    return dict(loss=loss, grad_norm=so.global_norm(grads), accuracy=accuracy)
 
-  @jax.jit
-  def recursive_step(params, state, idx):
-    grads, prev_grads = so.paired_grad(loss_fn)(
-        params, so.prev_params(state), x[idx], y[idx])
-    updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
-    return optax.apply_updates(params, updates), state
-
-  carry = dict(params=params, state=tx.init(params))
-  # Compile both steps before the clock starts (results discarded).
-  jax.block_until_ready(recursive_step(
-      *anchor_step(params, carry['state']), jnp.zeros(s2, jnp.int32)))
-
-  def step(k):  # The host decides: an anchor every q steps.
-    if k % q == 0:
-      carry['params'], carry['state'] = anchor_step(
-          carry['params'], carry['state'])
-    else:
-      carry['params'], carry['state'] = recursive_step(
-          carry['params'], carry['state'], rng.integers(0, n, s2))
-    return carry['params']
-
-  return step, lambda k: n if k % q == 0 else 2 * s2
+  return evaluate
 
 
-def sgd_stepper(params, data, rng, learning_rate, clip_norm, batch_size):
-  """``(step, cost)`` for :func:`run`: clipped SGD on minibatches."""
-  x, y = data
-  n = x.shape[0]
-  tx = optax.chain(optax.clip_by_global_norm(clip_norm),
-                   optax.sgd(learning_rate))
+def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
+  task = tasks.digits_task(args.seed)
+  n, mode = task.n, 'quick' if args.quick else 'full'
+  budget = args.budget or BUDGET_PASSES[mode] * n
+  every = CHECKPOINT_PASSES[mode] * n
+  s2 = common.ceil_sqrt(n)
+  evaluate = evaluator(task)
+  bar.reset(total=len(METHODS))
+  methods = {}
+  for name, stepper in steppers(task).items():
+    # Each method gets its own generator with the same seed.
+    methods[name] = common.run_budgeted(
+        stepper, task.params, rng=np.random.default_rng(args.seed), n=n,
+        budget=budget, every=every, evaluate=evaluate).record()
+    bar.update()
+  return dict(
+      config=dict(dataset='sklearn digits', n=n, hidden=tasks.HIDDEN,
+                  l2=tasks.L2, budget=budget, seed=args.seed,
+                  checkpoint_every=every,
+                  spider=dict(SPIDER, anchor_period=s2, anchor_batch_size=n,
+                              minibatch_size=s2),
+                  clipped_sgd=dict(SGD)),
+      methods=methods)
 
-  @jax.jit
-  def sgd_step(params, state, idx):
-    grads = jax.grad(loss_fn)(params, x[idx], y[idx])
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
 
-  carry = dict(params=params, state=tx.init(params))
-  jax.block_until_ready(
-      sgd_step(params, carry['state'], jnp.zeros(batch_size, jnp.int32)))
-
-  def step(k):
-    del k
-    carry['params'], carry['state'] = sgd_step(
-        carry['params'], carry['state'], rng.integers(0, n, batch_size))
-    return carry['params']
-
-  return step, lambda k: batch_size
-
-
-def format_table(results: Sequence[dict[str, Any]], n: int) -> str:
+def report(results: dict[str, Any]) -> str:
+  c = results['config']
+  n = c['n']
+  lines = [
+      f'digits: n={n}, MLP 64-{c["hidden"]}-10 tanh, L2={c["l2"]}, budget='
+      f'{c["budget"]} oracle calls ({c["budget"] / n:.1f} passes), seed='
+      f'{c["seed"]}',
+      f'spider:      so.spider(lr={SPIDER["learning_rate"]}, c0={SPIDER["c0"]}'
+      f', c1={SPIDER["c1"]}), q={c["spider"]["anchor_period"]}, S1=n={n}, '
+      f'S2={c["spider"]["minibatch_size"]}',
+      f'clipped_sgd: clip_by_global_norm({SGD["clip_norm"]}) + '
+      f'sgd({SGD["learning_rate"]}), batch {SGD["batch_size"]}', '']
   header = (f'{"method":<12} {"steps":>6} {"oracle calls":>12} {"passes":>7} '
             f'{"train loss":>11} {"|grad f|":>9} {"train acc":>9}')
-  lines = [header, '-' * len(header)]
-  for result in results:
-    for c in result['checkpoints']:
-      lines.append(
-          f'{result["method"]:<12} {c["steps"]:>6} {c["oracle_calls"]:>12} '
-          f'{c["oracle_calls"] / n:>7.1f} {c["loss"]:>11.5f} '
-          f'{c["grad_norm"]:>9.5f} {c["accuracy"]:>9.4f}')
-    lines.append('')
-  for result in results:
-    lines.append(
-        f'{result["method"]:<12} wall time {result["wall_time_s"]:.2f} s for '
-        f'{result["steps"]} steps (compilation and checkpoints excluded)')
+  lines += [header, '-' * len(header)]
+  for name, r in results['methods'].items():
+    cv = r['curves']
+    lines += [f'{name:<12} {k:>6} {calls:>12} {calls / n:>7.1f} {loss:>11.5f} '
+              f'{g:>9.5f} {acc:>9.4f}' for k, calls, loss, g, acc in zip(
+                  cv['steps'], cv['oracle_calls'], cv['loss'], cv['grad_norm'],
+                  cv['accuracy'])] + ['']
+  lines += [f'{name:<12} wall time {r["wall_time_s"]:.2f} s for {r["steps"]} '
+            'steps (compilation and checkpoints excluded)'
+            for name, r in results['methods'].items()]
   return '\n'.join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def plots(results: dict[str, Any], plot_dir: pathlib.Path) -> list[str]:
+  runs = {name: r['curves'] for name, r in results['methods'].items()}
+  return [common.curves_plot(
+      runs, results['config']['n'], 'digits: SPIDER vs clipped SGD at equal '
+      'oracle budgets', plot_dir, 'quickstart.png')]
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs both methods, prints the table, writes and returns the results."""
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--budget', type=int, default=None,
-                      help=f'total oracle calls per method (default '
-                      f'{DEFAULT_BUDGET}, or {QUICK_BUDGET} with --quick)')
-  parser.add_argument('--seed', type=int, default=0,
-                      help='seed of the init and the minibatches (default 0)')
-  parser.add_argument('--out', default=DEFAULT_OUT,
-                      help=f'JSON results path (default {DEFAULT_OUT})')
-  parser.add_argument('--quick', action='store_true',
-                      help='a much smaller budget, for a smoke test')
-  args = parser.parse_args(argv)
-
-  data = load_data()
-  n = data[0].shape[0]
-  budget = args.budget
-  if budget is None:
-    budget = QUICK_BUDGET if args.quick else DEFAULT_BUDGET
-  every = n if args.quick else 10 * n  # checkpoint period in oracle calls
-  q = s2 = math.isqrt(n - 1) + 1  # ceil(sqrt(n)), as theory.finite_sum
-  params = init_params(args.seed, data[0].shape[1], 10)
-
-  print(f'digits: n={n}, MLP 64-{HIDDEN}-10 tanh, L2={L2}, budget={budget} '
-        f'oracle calls ({budget / n:.1f} passes), seed={args.seed}')
-  print(f'spider:      so.spider(lr={SPIDER["learning_rate"]}, '
-        f'c0={SPIDER["c0"]}, c1={SPIDER["c1"]}), q={q}, S1=n={n}, S2={s2}')
-  print(f'clipped_sgd: clip_by_global_norm({SGD["clip_norm"]}) + '
-        f'sgd({SGD["learning_rate"]}), batch {SGD["batch_size"]}\n')
-
-  results = []
-  # Each method gets its own generator with the same seed.
-  steppers = {
-      'spider': lambda rng: spider_stepper(params, data, rng, q, s2, **SPIDER),
-      'clipped_sgd': lambda rng: sgd_stepper(params, data, rng, **SGD),
-  }
-  for name, make in steppers.items():
-    stepper = make(np.random.default_rng(args.seed))
-    results.append(run(name, stepper, params, data, budget, every))
-  print(format_table(results, n))
-
-  output = dict(
-      config=dict(dataset='sklearn digits', n=n, hidden=HIDDEN, l2=L2,
-                  budget=budget, seed=args.seed, checkpoint_every=every,
-                  spider=dict(SPIDER, anchor_period=q, anchor_batch_size=n,
-                              minibatch_size=s2),
-                  clipped_sgd=dict(SGD)),
-      methods={r['method']: r for r in results},
-  )
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(output, indent=2) + '\n')
-  print(f'\nwrote {out}')
-  return output
+  cli = common.parser('quickstart', __doc__)
+  cli.add_argument('--budget', type=int, default=None,
+                   help='total oracle calls per method (default '
+                   f'{BUDGET_PASSES["full"]} passes, or '
+                   f'{BUDGET_PASSES["quick"]} with --quick)')
+  cli.add_argument('--seed', type=int, default=0,
+                   help='seed of the init and the minibatches (default 0)')
+  return common.main(cli, argv, experiment, report=report, plots=plots)
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
-"""Smoothness benchmark: the (L0, L1) picture, automatic clipping, adaptive anchors.
+"""Smoothness benchmark: (L0, L1), automatic clipping, adaptive anchoring.
 
-On the two finite-sum tasks of ``benchmarks/train.py`` (imported by path; the
-char-LSTM on fewer windows so that the grids fit the time), this script
+On the two finite-sum tasks of ``benchmarks/train.py`` (the char-LSTM on
+fewer windows so that the grids fit the time), this script
 
 1. plots the local smoothness SPIDER measures for free,
    L_hat_k = ||g_k - g'_k|| / ||x_k - x_{k-1}|| (``so.diagnostics``), against
@@ -9,8 +9,9 @@ char-LSTM on fewer windows so that the grids fit the time), this script
    settings, and overlays the upper envelope L0 + L1 ||g|| fitted by
    ``so.theory.fit_smoothness`` (quantile 0.9, 8 bins: the package default);
 2. compares four ways to set SPIDER's knobs, each at the same oracle budget,
-   in oracle calls (SPEC section 2: a full-gradient anchor costs n, a
-   recursive step 2 * S2, S2 = ceil(sqrt(n))) to reach the same training loss:
+   in oracle calls (as in ``benchmarks/common.py``: a full-gradient anchor
+   costs n, a recursive step 2 * S2, S2 = ceil(sqrt(n))) to reach the same
+   training loss:
 
    - ``fixed``: ``so.spider(lr, c0, c1)``, an anchor every q steps, tuned
      coordinate-wise: lr x (c0, c1) scaled by {1/3, 1, 3} from the task's
@@ -23,8 +24,9 @@ char-LSTM on fewer windows so that the grids fit the time), this script
    - ``adaptive_anchor``: the best fixed (c0, c1); an anchor when
      ``so.anchor_due(state, error_budget)`` says the summed split-half
      variance estimates (``so.paired_grad(..., split_batch=True)``) exceed
-     ``error_budget = eps_a**2 / 8``, or after ``4 q0`` steps (a cap, as in
-     ``so.flax.spider_loop``). Grid: lr x eps_a (9).
+     ``error_budget = eps_a**2 / 8``, or after ``4 q0`` steps (a cap): the
+     policy of ``so.is_anchor_step``, which every run here uses. Grid:
+     lr x eps_a (9).
    - ``adaptive_minibatch``: as ``adaptive_anchor`` with the minibatch-mean
      heuristic, ``so.anchor_due(state, error_budget, S2)``. Grid: lr x eps_a
      (9).
@@ -69,20 +71,19 @@ anchors happen; the error check).
 
 Run (from the repository root)::
 
-  python benchmarks/smoothness.py --quick   # under 2 minutes on 2 CPU cores
-  python benchmarks/smoothness.py           # full mode, ~7 minutes
+  python -m benchmarks.smoothness --quick   # under 2 minutes on 2 CPU cores
+  python -m benchmarks.smoothness           # full mode, ~7 minutes
 """
 
 import argparse
-import datetime
-import importlib.util
+import dataclasses
+import functools
 import itertools
-import json
 import math
 import pathlib
 import sys
-import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -92,8 +93,11 @@ import tqdm
 
 import spider_optax as so
 
-DEFAULT_OUT = 'benchmarks/out/smoothness.json'
-DEFAULT_PLOT_DIR = 'benchmarks/out/'
+if __package__ in (None, ''):  # python benchmarks/smoothness.py
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+from benchmarks import tasks  # noqa: E402
+
 METHODS = ('fixed', 'auto_clip', 'adaptive_anchor', 'adaptive_minibatch',
            'auto_both')
 LABELS = dict(fixed='fixed (hand-tuned grid)', auto_clip='automatic clipping',
@@ -101,15 +105,18 @@ LABELS = dict(fixed='fixed (hand-tuned grid)', auto_clip='automatic clipping',
               adaptive_minibatch='adaptive anchoring (minibatch-mean '
               'heuristic)',
               auto_both='automatic clipping + adaptive anchoring')
+COLORS = dict(fixed='C0', auto_clip='C1', adaptive_anchor='C2',
+              adaptive_minibatch='C4', auto_both='C3')
 CAP_PERIODS = 4  # adaptive anchoring: at most 4 q0 steps between anchors
 EVAL_EVERY_PASSES = 0.5
-FIT = dict(quantile=0.9, num_bins=8)  # so.theory.fit_smoothness defaults
+# so.theory.fit_smoothness's defaults.
+FIT: dict[str, Any] = dict(quantile=0.9, num_bins=8)
 
 # Grids. ``eps`` (automatic clipping) and ``eps_a`` (anchor budget eps_a^2/8)
 # are spaced by ~3 and centred where they match the hand-tuned run: eps =
 # 4 lr L0 c0 for the fitted L0 (so.spider's c0 = eps / (4 lr L0)), and eps_a
 # around the error the hand-tuned recursion accumulates per period.
-TASKS = dict(
+TASKS: dict[str, dict[str, Any]] = dict(
     digits=dict(
         hand=dict(lr=1.0, c0=0.1, c1=0.05),  # quickstart.py's tuned values
         full=dict(budget_passes=60, seeds=3, lr=(0.5, 1.0, 2.0),
@@ -130,88 +137,63 @@ TASKS = dict(
 )
 
 
-def _train():
-  """benchmarks/train.py as a module (imported by path, for its tasks)."""
-  path = pathlib.Path(__file__).resolve().parent / 'train.py'
-  spec = importlib.util.spec_from_file_location('_train_for_smoothness', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-train = _train()
-
-
-def build_task(name: str, mode: str, seed: int) -> dict[str, Any]:
+def build_task(name: str, mode: str, seed: int) -> tasks.Task:
   if name == 'digits':
-    return train.digits_task(seed)
-  cfg = train.TASKS['charlm']
-  return train.charlm_task(seed, TASKS['charlm'][mode]['n'], cfg['seq_len'],
-                           cfg['embed'], cfg['hidden'])
+    return tasks.digits_task(seed)
+  return tasks.charlm_task(seed, TASKS['charlm'][mode]['n'])
 
 
 # ----------------------------------------------------------------------------
-# Steps. Every hyperparameter (lr, c0, c1, eps, error budget) is a traced
-# argument, so each task compiles one anchor and one recursive step per
-# optimizer kind, whatever the grid.
+# Steps. Every hyperparameter (lr, c0, c1, eps) is a traced argument, so each
+# task compiles one anchor and one recursive step per optimizer kind, whatever
+# the grid.
 # ----------------------------------------------------------------------------
 
-def _tx(kind: str, hp: dict[str, jax.Array]):
+def _tx(kind: str, hp: dict[str, jax.Array]) -> optax.GradientTransformation:
   if kind == 'auto':
     # A callable lr keeps the traced value out of the concrete-value checks.
     return so.spider(lambda _: hp['lr'], c0=hp['c0'], c1=hp['c1'],
-                     epsilon=hp['eps'])
+                     epsilon=cast(float, hp['eps']))
   return so.spider(hp['lr'], hp['c0'], hp['c1'], diagnostics=True)
 
 
-def _info(kind, state, hp, s2):
-  """What the host logs and needs after a step (all scalars)."""
+def _info(kind: str, state: Any, hp: dict[str, jax.Array]) -> dict[str, Any]:
+  """What the host logs after a step (all scalars)."""
+  del hp
   d = so.diagnostics(state)
-  out = dict(grad_norm=d['grad_norm'], smoothness=d['smoothness'],
-             estimate_norm=d['estimate_norm'],
-             accumulated_error=d['accumulated_error'],
-             accumulated_variance=d['accumulated_variance'],
-             since=d['steps_since_anchor'],
-             due_split=so.anchor_due(state, hp['budget']),
-             due_minibatch=so.anchor_due(state, hp['budget'], s2))
-  if kind == 'auto':
-    out.update(L0=state.fit.L0, L1=state.fit.L1, c0=state.c0, c1=state.c1)
+  out = {k: d[k] for k in ('grad_norm', 'smoothness', 'estimate_norm',
+                           'accumulated_error', 'accumulated_variance')}
+  out['since'] = d['steps_since_anchor']
+  if kind == 'auto':  # the running fit and the thresholds it sets
+    out.update({k: optax.tree_utils.tree_get(state, k)
+                for k in ('L0', 'L1', 'c0', 'c1')})
   return out
 
 
-def make_steps(task: dict[str, Any], s2: int) -> dict[str, Any]:
-  loss_fn, (x, y) = task['loss_fn'], task['data']
-  fns = train.shared_grads(loss_fn, (x, y))
+def make_steps(task: tasks.Task) -> dict[str, Any]:
+  """The jitted steps of both kinds, and the untimed measurements."""
+  loss_fn, (x, y) = task.loss_fn, task.data
+  full = jax.jit(lambda p: jax.value_and_grad(loss_fn)(p, x, y))
   steps = {}
   for kind in ('fixed', 'auto'):
-    def anchor(params, state, hp, kind=kind):
-      tx = _tx(kind, hp)
-      updates, state = tx.update(fns['full'](params)[1], state, params)
-      return optax.apply_updates(params, updates), state, _info(
-          kind, state, hp, s2)
-
-    def recursive(params, state, hp, idx, kind=kind):
-      tx = _tx(kind, hp)
-      grads, prev, variance = so.paired_grad(loss_fn, split_batch=True)(
-          params, so.prev_params(state), x[idx], y[idx])
-      updates, state = tx.update(grads, state, params, prev_grads=prev,
-                                 grad_diff_variance=variance)
-      return optax.apply_updates(params, updates), state, _info(
-          kind, state, hp, s2)
-
-    dummy = dict(lr=1.0, c0=1.0, c1=1.0, eps=1.0)  # init needs no values
-    steps[kind] = dict(anchor=jax.jit(anchor), recursive=jax.jit(recursive),
-                       init=_tx(kind, dummy).init)
+    # Every recursive step evaluates its minibatch as two halves, so that
+    # every run carries both error estimates.
+    pair = common.step_pair(
+        functools.partial(_tx, kind), lambda p: full(p)[1],
+        lambda p, prev, idx: so.paired_grad(loss_fn, split_batch=True)(
+            p, prev, x[idx], y[idx]), info=functools.partial(_info, kind))
+    steps[kind] = tuple(jax.jit(f) for f in pair)
   steps['loss'] = jax.jit(lambda p: loss_fn(p, x, y))
   norm = jax.jit(so.global_norm)
   steps['final'] = lambda p: (lambda lg: (float(lg[0]), float(norm(lg[1]))))(
-      fns['full'](p))
+      full(p))
 
   def per_sample(p, other, idx):
     """Of d_i = grad f_i(p) - grad f_i(other) over the minibatch: the mean
     of ||d_i||^2 and the sample variance (1/(S2-1)) sum_i ||d_i - d_bar||^2."""
-    grad_i = jax.vmap(jax.grad(lambda q, xi, yi: loss_fn(q, xi[None], yi[None])),
-                      (None, 0, 0))
+    grad_i = jax.vmap(
+        jax.grad(lambda q, xi, yi: loss_fn(q, xi[None], yi[None])),
+        (None, 0, 0))
     d = jax.tree.map(lambda a, b: (a - b).reshape(a.shape[0], -1),
                      grad_i(p, x[idx], y[idx]), grad_i(other, x[idx], y[idx]))
     sq = sum(jnp.sum(jnp.square(v), 1) for v in jax.tree.leaves(d))
@@ -220,14 +202,33 @@ def make_steps(task: dict[str, Any], s2: int) -> dict[str, Any]:
     return jnp.mean(sq), jnp.sum(dev) / (idx.shape[0] - 1)
 
   steps['per_sample'] = jax.jit(per_sample)
-  # state[0]: the estimator's state in so.spider's chain (the 'fixed' kind).
-  steps['error'] = jax.jit(lambda state, p: jnp.square(so.global_norm(
-      jax.tree.map(jnp.subtract, state[0].estimate, fns['full'](p)[1]))))
+  # ||v_k - grad f(x_k)||^2, x_k being the params of the last update.
+  steps['error'] = jax.jit(lambda state: jnp.square(so.global_norm(
+      jax.tree.map(jnp.subtract, optax.tree_utils.tree_get(state, 'estimate'),
+                   full(so.prev_params(state))[1]))))
   return steps
 
 
-def error_check(steps, setting: dict[str, Any], params, n: int, s2: int,
-                budget: int, seed: int) -> dict[str, Any]:
+def stepper(steps: dict[str, Any], setting: dict[str, Any], n: int,
+            s2: int) -> common.Stepper:
+  """The run of ``setting``: its kind ('fixed' or 'auto'), lr, c0, c1, eps,
+  q (the period, or the cap under adaptive anchoring) and anchor rule:
+  'every_q', 'split' (``so.anchor_due(state, error_budget)``) or 'minibatch'
+  (``so.anchor_due(state, error_budget, S2)``), applied by
+  ``so.is_anchor_step``."""
+  hp = {k: jnp.float32(setting[k] or 1.0) for k in ('lr', 'c0', 'c1', 'eps')}
+  anchor, recursive = steps[setting['kind']]
+  schedule = common.spider_schedule(
+      setting['q'], error_budget=setting['error_budget'],
+      batch_size=s2 if setting['anchor'] == 'minibatch' else None)
+  return common.Stepper(
+      init=_tx(setting['kind'], hp).init,
+      step=functools.partial(recursive, hp), batch_size=s2, cost=2 * s2,
+      anchor=functools.partial(anchor, hp), anchor_cost=n, is_anchor=schedule)
+
+
+def error_check(steps: dict[str, Any], setting: dict[str, Any], params: Any,
+                n: int, s2: int, budget: int, seed: int) -> dict[str, Any]:
   """What ``so.anchor_due`` estimates against the estimator's true error.
 
   Replays ``setting`` (every-q anchors) and records, outside the budget, the
@@ -243,30 +244,35 @@ def error_check(steps, setting: dict[str, Any], params, n: int, s2: int,
   The last two need per-sample gradients.
   """
   q = setting['q']
-  step = steps['fixed']
-  hp = {k: jnp.float32(setting[k]) for k in ('lr', 'c0', 'c1')}
-  hp.update(eps=jnp.float32(1.0), budget=jnp.float32(1.0))
-  state = step['init'](params)
-  rng = np.random.default_rng(seed)
+  base = stepper(steps, setting, n, s2)
   probes = {1, q // 4, q // 2, (3 * q) // 4, q - 1} - {0}
-  rows = []
-  k = calls = 0
-  lemma = centred = 0.0
-  while calls + (cost := n if k % q == 0 else 2 * s2) <= budget:
-    if k % q == 0:
-      new_params, state, info = step['anchor'](params, state, hp)
-      lemma = centred = 0.0
-    else:
-      idx = jnp.asarray(rng.integers(0, n, s2), jnp.int32)
-      sq, var = steps['per_sample'](params, so.prev_params(state), idx)
-      lemma, centred = lemma + float(sq), centred + float(var)
-      new_params, state, info = step['recursive'](params, state, hp, idx)
-    if k % q in probes:
-      rows.append((k, k % q, float(steps['error'](state, params)),
-                   float(info['accumulated_error']) / s2, lemma / s2,
-                   centred / s2, float(info['estimate_norm'])**2,
+  rows, sums = [], dict(k=0, lemma=0.0, centred=0.0)
+
+  def probe(params, state, info):
+    k, since = sums['k'], int(info['since'])  # since the last anchor
+    sums['k'] += 1
+    if since in probes:
+      rows.append((k, since, float(steps['error'](state)),
+                   float(info['accumulated_error']) / s2, sums['lemma'] / s2,
+                   sums['centred'] / s2, float(info['estimate_norm'])**2,
                    float(info['accumulated_variance'])))
-    params, k, calls = new_params, k + 1, calls + cost
+    return params, state, info
+
+  def anchor(params, state):
+    assert base.anchor is not None
+    sums.update(lemma=0.0, centred=0.0)
+    return probe(*base.anchor(params, state))
+
+  def recursive(params, state, idx):
+    sq, var = steps['per_sample'](params, so.prev_params(state), idx)
+    sums['lemma'] += float(sq)
+    sums['centred'] += float(var)
+    return probe(*base.step(params, state, idx))
+
+  k = common.run_budgeted(
+      dataclasses.replace(base, anchor=anchor, step=recursive), params,
+      rng=np.random.default_rng(seed), n=n, budget=budget, every=budget + 1,
+      evaluate=lambda p: {}, compile_first=False).steps
   cols = ('step', 'since_anchor', 'true_error', 'minibatch_estimate',
           'per_sample_estimate', 'centred_estimate', 'estimate_norm_sq',
           'split_half_estimate')
@@ -275,96 +281,41 @@ def error_check(steps, setting: dict[str, Any], params, n: int, s2: int,
   ratios = []
   third = max(1, k // 3)
   for part in range(3):
-    sel = [r for r in rows if r[1] == q - 1 and part * third <= r[0]
-           < (part + 1) * third] or [r for r in rows if part * third <= r[0]
-                                     < (part + 1) * third]
+    span = range(part * third, (part + 1) * third)
+    sel = ([r for r in rows if r[1] == q - 1 and r[0] in span]
+           or [r for r in rows if r[0] in span])
     if not sel:
       continue
-    med = lambda f: float(np.median([f(r) for r in sel]))
+    column = {c: np.asarray([r[i] for r in sel]) for i, c in enumerate(cols)}
     ratios.append(dict(
-        steps=[part * third, (part + 1) * third],
-        true_error=med(lambda r: r[2]),
-        minibatch_estimate=med(lambda r: r[3]),
-        per_sample_estimate=med(lambda r: r[4]),
-        centred_estimate=med(lambda r: r[5]),
-        estimate_norm_sq=med(lambda r: r[6]),
-        split_half_estimate=med(lambda r: r[7]),
-        true_over_minibatch=med(lambda r: r[2] / r[3]),
-        true_over_per_sample=med(lambda r: r[2] / r[4]),
-        true_over_centred=med(lambda r: r[2] / r[5]),
-        true_over_split_half=med(lambda r: r[2] / r[7])))
+        steps=[span.start, span.stop],
+        **{c: common.median(column[c]) for c in cols[2:]},
+        **{f'true_over_{c.removesuffix("_estimate")}': common.median(
+            column['true_error'] / column[c]) for c in cols
+           if c.endswith('_estimate')}))
   return dict(setting=setting, seed=seed, minibatch=s2, by_third=ratios,
               **table)
 
 
-def run(steps, setting: dict[str, Any], params, n: int, s2: int, budget: int,
-        every: int, seed: int) -> dict[str, Any]:
-  """One run at ``setting`` until the next step's cost would pass ``budget``.
-
-  ``setting`` has kind ('fixed' or 'auto'), lr, c0, c1, eps, q (the period,
-  or the cap under adaptive anchoring) and anchor: 'every_q', 'split'
-  (``so.anchor_due(state, error_budget)``) or 'minibatch'
-  (``so.anchor_due(state, error_budget, S2)``).
-  """
-  kind, q, rule = setting['kind'], setting['q'], setting['anchor']
-  step = steps[kind]
-  hp = {k: jnp.float32(v) for k, v in dict(
-      lr=setting['lr'], c0=setting['c0'], c1=setting['c1'],
-      eps=setting['eps'] or 1.0,
-      budget=setting['error_budget'] or 1.0).items()}
-  due = dict(split='due_split', minibatch='due_minibatch').get(rule)
-  state = step['init'](params)
-  rng = np.random.default_rng(seed)
-  curve = dict(oracle_calls=[0], loss=[float(steps['loss'](params))])
-  infos, anchors = [], []
-  seconds, diverged = 0.0, False
-  k = calls = 0
-  last = None  # host copy of the last step's info (adaptive anchoring only)
-  start = time.perf_counter()
-  while True:
-    if due is None:
-      is_anchor = k % q == 0
-    else:  # as so.flax.spider_loop: first step, cap, or anchor due
-      is_anchor = k == 0 or last['since'] + 1 >= q or bool(last[due])
-    cost = n if is_anchor else 2 * s2
-    if calls + cost > budget:
-      break
-    if is_anchor:
-      anchors.append(k)
-      params, state, info = step['anchor'](params, state, hp)
-    else:
-      idx = jnp.asarray(rng.integers(0, n, s2), jnp.int32)
-      params, state, info = step['recursive'](params, state, hp, idx)
-    if due is not None:
-      last = jax.device_get(info)  # the host decides the next anchor
-    infos.append(info)
-    k, calls = k + 1, calls + cost
-    if calls // every > (calls - cost) // every:
-      jax.block_until_ready(params)
-      seconds += time.perf_counter() - start
-      loss = float(steps['loss'](params))
-      if not math.isfinite(loss):
-        diverged = True
-        break
-      curve['oracle_calls'].append(calls)
-      curve['loss'].append(loss)
-      start = time.perf_counter()
-  jax.block_until_ready(params)
-  seconds += time.perf_counter() - start
-  if not diverged and curve['oracle_calls'][-1] != calls:
-    curve['oracle_calls'].append(calls)
-    curve['loss'].append(float(steps['loss'](params)))
-  final_loss, final_grad_norm = steps['final'](params)
-  diverged = diverged or not (math.isfinite(final_loss)
-                              and math.isfinite(final_grad_norm))
-  infos = jax.device_get(infos)
+def run(steps: dict[str, Any], setting: dict[str, Any], params: Any, n: int,
+        s2: int, budget: int, every: int, seed: int) -> dict[str, Any]:
+  """One run at ``setting`` until the next step's cost would pass ``budget``;
+  the training loss at the checkpoints, the loss and gradient norm at the
+  end, and the per-step trace of the estimator's diagnostics."""
+  r = common.run_budgeted(
+      stepper(steps, setting, n, s2), params, rng=np.random.default_rng(seed),
+      n=n, budget=budget, every=every,
+      evaluate=lambda p: dict(loss=steps['loss'](p)))
+  final_loss, final_grad_norm = steps['final'](r.params)
+  diverged = r.diverged or not (math.isfinite(final_loss)
+                                and math.isfinite(final_grad_norm))
+  infos = jax.device_get(r.infos)
   trace = {key: np.asarray([i[key] for i in infos], np.float64)
            for key in infos[0]} if infos else {}
-  return dict(seed=seed, steps=k, oracle_calls=calls, wall_time_s=seconds,
-              diverged=diverged,
+  return dict(r.record(), seed=seed, diverged=diverged,
               final_loss=None if diverged else final_loss,
               final_grad_norm=None if diverged else final_grad_norm,
-              anchors=anchors, curve=curve, trace=trace)
+              trace=trace)
 
 
 # ----------------------------------------------------------------------------
@@ -425,12 +376,6 @@ def calls_to(curve: dict[str, list], target: float) -> float:
   return math.inf
 
 
-def _median(values: Sequence[float]) -> Optional[float]:
-  """Median with inf for failures; None when the median itself is inf."""
-  m = float(np.median(np.asarray(values, np.float64)))
-  return None if not math.isfinite(m) else m
-
-
 def _strip(r: dict[str, Any], keep_trace: bool) -> dict[str, Any]:
   out = {k: v for k, v in r.items() if k != 'trace'}
   if keep_trace:
@@ -445,9 +390,11 @@ def smoothness_picture(r: dict[str, Any]) -> dict[str, Any]:
   tr = r['trace']
   h = tr['smoothness']
   keep = np.isfinite(h)
-  out = dict(fit_options=FIT, step=np.flatnonzero(keep).tolist(),
+  out: dict[str, Any] = dict(fit_options=FIT,
+                             step=np.flatnonzero(keep).tolist(),
              smoothness=h[keep].tolist(),
-             smoothness_quantiles=np.quantile(h[keep], [0.1, 0.5, 0.9]).tolist())
+             smoothness_quantiles=np.quantile(
+                 h[keep], [0.1, 0.5, 0.9]).tolist())
   for x_key, prefix in (('grad_norm', ''), ('estimate_norm', 'estimate_')):
     x = tr[x_key]
     fit = so.theory.fit_smoothness(x, h, **FIT)
@@ -462,31 +409,23 @@ def smoothness_picture(r: dict[str, Any]) -> dict[str, Any]:
         f'{x_key}_quantiles': np.quantile(x[keep], [0.1, 0.5, 0.9]).tolist(),
         # Log-log slope of L_hat against the norm: 0 is L0-smooth, 1 is
         # L_hat proportional to the norm.
-        f'{prefix}loglog_slope': _loglog_slope(x[keep], h[keep]),
+        f'{prefix}loglog_slope': common.loglog_slope(x[keep], h[keep]),
     })
   return out
 
 
-def _loglog_slope(x: np.ndarray, y: np.ndarray) -> Optional[float]:
-  pos = (x > 0) & (y > 0)  # zero steps or gradients have no logarithm
-  if pos.sum() < 2:
-    return None
-  return float(np.polyfit(np.log(x[pos]), np.log(y[pos]), 1)[0])
-
-
-def run_task(name: str, mode: str, bar) -> dict[str, Any]:
+def run_task(name: str, mode: str, bar: tqdm.tqdm) -> dict[str, Any]:
   g = TASKS[name][mode]
   hand = TASKS[name]['hand']
   task = build_task(name, mode, 0)
-  n = task['n']
-  q0 = s2 = math.isqrt(n - 1) + 1  # ceil(sqrt(n)), as theory.finite_sum
+  n = task.n
+  q0 = s2 = common.ceil_sqrt(n)  # as theory.finite_sum
   budget = g['budget_passes'] * n
   every = max(1, int(EVAL_EVERY_PASSES * n))
-  steps = make_steps(task, s2)
-  params = {0: task['params']}
+  steps = make_steps(task)
   seeds = list(range(g['seeds']))
-  for seed in seeds[1:]:
-    params[seed] = build_task(name, mode, seed)['params']
+  params = {0: task.params}
+  params.update({s: build_task(name, mode, s).params for s in seeds[1:]})
 
   def go(setting, seed):
     bar.set_postfix_str(f'{name}/{setting["kind"]} lr={setting["lr"]:g} '
@@ -530,22 +469,22 @@ def run_task(name: str, mode: str, bar) -> dict[str, Any]:
 
   # Targets that every seed of the best fixed setting reaches (worst seed).
   ref = [r for r in methods['fixed']['seeds'] if not r['diverged']]
-  target_a = max(_log_interp(budget / 2, r['curve']['oracle_calls'],
-                             r['curve']['loss']) for r in ref)
+  target_a = max(_log_interp(budget / 2, r['curves']['oracle_calls'],
+                             r['curves']['loss']) for r in ref)
   target_b = max(r['final_loss'] for r in ref)
   for m in methods.values():
+    # Medians over the seeds; a diverged seed, or one that never reaches a
+    # target, is a failure (common.median), and a failed median is None.
+    med = lambda values: common.finite_or_none(common.median(values))
     rs = m['seeds']
-    fin = lambda key: _median([math.inf if r['diverged'] else r[key]
-                               for r in rs])
     m.update(
-        final_loss=fin('final_loss'), final_grad_norm=fin('final_grad_norm'),
-        wall_time_s=float(np.median([r['wall_time_s'] for r in rs])),
-        anchors=float(np.median([len(r['anchors']) for r in rs])),
-        calls_to_target_a=_median([calls_to(r['curve'], target_a)
-                                   for r in rs]),
-        calls_to_target_b=_median([calls_to(r['curve'], target_b)
-                                   for r in rs]))
-  return dict(description=task['description'], n=n, q0=q0, minibatch=s2,
+        final_loss=med(r['final_loss'] for r in rs),
+        final_grad_norm=med(r['final_grad_norm'] for r in rs),
+        wall_time_s=med(r['wall_time_s'] for r in rs),
+        anchors=med(len(r['anchors']) for r in rs),
+        calls_to_target_a=med(calls_to(r['curves'], target_a) for r in rs),
+        calls_to_target_b=med(calls_to(r['curves'], target_b) for r in rs))
+  return dict(description=task.description, n=n, q0=q0, minibatch=s2,
               anchor_batch=n, budget=budget, budget_passes=g['budget_passes'],
               eval_every=every, seeds=seeds, grids=g, hand_tuned=hand,
               smoothness=picture, error_check=check,
@@ -556,21 +495,21 @@ def run_task(name: str, mode: str, bar) -> dict[str, Any]:
               methods=methods)
 
 
-def _or_nan(x: Optional[float]) -> float:
+def _or_nan(x: float | None) -> float:
   return math.nan if x is None else x
 
 
-def _fmt_calls(c: Optional[float], n: int) -> str:
+def _fmt_calls(c: float | None, n: int) -> str:
   return 'not reached' if c is None else f'{c / n:.1f}'
 
 
-def verdicts(tasks: dict[str, Any]) -> list[str]:
+def verdicts(results: dict[str, Any]) -> list[str]:
   """Plain statements: each method against the best fixed setting.
 
   Calls to a target within 5% of the fixed setting's count as a tie.
   """
   out = []
-  for name, t in tasks.items():
+  for name, t in results.items():
     n, ref = t['n'], t['methods']['fixed']
     for method in METHODS[1:]:
       m = t['methods'][method]
@@ -596,9 +535,9 @@ def verdicts(tasks: dict[str, Any]) -> list[str]:
   return out
 
 
-def format_summary(tasks: dict[str, Any], lines_wl: list[str]) -> str:
+def format_summary(results: dict[str, Any], lines_wl: list[str]) -> str:
   lines = []
-  for name, t in tasks.items():
+  for name, t in results.items():
     s = t['smoothness']
     lines.append(
         f'{name}: n={t["n"]}, budget {t["budget_passes"]} passes, q0=S2='
@@ -634,7 +573,8 @@ def format_summary(tasks: dict[str, Any], lines_wl: list[str]) -> str:
       else:
         desc += f' eps_a={b["eps_a"]:g} cap={b["q"]}'
       fl = '-' if m['final_loss'] is None else f'{m["final_loss"]:.4g}'
-      fg = '-' if m['final_grad_norm'] is None else f'{m["final_grad_norm"]:.3g}'
+      fg = ('-' if m['final_grad_norm'] is None
+            else f'{m["final_grad_norm"]:.3g}')
       lines.append(
           f'  {method:<17} {m["grid_size"]:>4} {desc:<40} '
           f'{_fmt_calls(m["calls_to_target_a"], t["n"]):>11} '
@@ -651,143 +591,128 @@ def format_summary(tasks: dict[str, Any], lines_wl: list[str]) -> str:
 # Plots.
 # ----------------------------------------------------------------------------
 
-def plot(tasks: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  colors = dict(fixed='C0', auto_clip='C1', adaptive_anchor='C2',
-                adaptive_minibatch='C4', auto_both='C3')
+def plots(results: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
+  plt, by_task = common.pyplot(), results['tasks']
+  rows = len(by_task)
   paths = {}
-  rows = len(tasks)
-
-  def save(fig, name):
-    fig.tight_layout()
-    paths[name] = str(plot_dir / f'smoothness_{name}.png')
-    fig.savefig(paths[name], dpi=100)
-    plt.close(fig)
-
   # 1. L_hat vs ||g|| and vs ||v|| with the envelope; auto clip's running fit.
   fig, axes = plt.subplots(rows, 3, figsize=(19, 4.6 * rows), squeeze=False)
-  for (name, t), (ax, ax1, ax2) in zip(tasks.items(), axes):
-    s = t['smoothness']
-    h = np.asarray(s['smoothness'])
-    h_ = t['hand_tuned']
-    for a, x_key, prefix, xl in (
-        (ax, 'grad_norm', '', 'minibatch gradient norm ||g_k|| (fitted by '
-         'the package)'),
-        (ax1, 'estimate_norm', 'estimate_', 'estimator norm ||v_k||')):
-      x = np.asarray(s[x_key])
-      sc = a.scatter(x, h, c=s['step'], s=6, cmap='viridis', alpha=0.7)
-      xs = np.geomspace(x.min(), x.max(), 100)
-      L0, L1 = s[prefix + 'L0'], s[prefix + 'L1']
-      a.plot(xs, L0 + L1 * xs, 'r-', lw=2,
-             label=f'fit q=0.9: L0={L0:.3g}, L1={L1:.3g}')
-      L0, L1 = s[prefix + 'L0_quantile_1'], s[prefix + 'L1_quantile_1']
-      a.plot(xs, L0 + L1 * xs, 'r--', lw=1,
-             label=f'fit q=1: L0={L0:.3g}, L1={L1:.3g}')
-      a.set_xscale('log')
-      a.set_yscale('log')
-      a.set_xlabel(xl)
-      a.set_ylabel('local smoothness L_hat_k')
-      slope = s[prefix + 'loglog_slope']
-      a.set_title(f'{name}: hand-tuned SPIDER (lr={h_["lr"]:g}, '
-                  f'c0={h_["c0"]:g}, c1={h_["c1"]:g}, q={t["q0"]})'
-                  + ('' if slope is None else f', log-log slope {slope:.2f}'),
-                  fontsize=9)
-      a.legend(fontsize=8)
-      a.grid(True, which='both', alpha=0.3)
-    fig.colorbar(sc, ax=ax1, label='step')
-    r = t['methods']['auto_clip']['seeds'][0]
-    tr = r['trace']
-    calls = _step_calls(r, t['n'], t['minibatch']) / t['n']
-    for key, style in (('L0', '-'), ('L1', '--')):
-      y = np.asarray([np.nan if v is None else v for v in tr[key]])
-      ax2.plot(calls, y, 'C1' + style, label=f'running {key} (auto_clip)')
-      ax2.axhline(s[key], color='r', ls=style, lw=1,
-                  label=f'{key} of the hand-tuned run')
-    b = t['methods']['auto_clip']['best']
-    ax2.set_title(f'{name}: automatic clipping, lr={b["lr"]:g}, '
-                  f'eps={b["eps"]:g} (seed 0): its fit over the last 256 '
-                  'steps', fontsize=9)
-    ax2.set_xlabel('stochastic gradients / n')
-    ax2.set_ylabel('fitted constant (0 not shown)')
-    ax2.set_yscale('log')
-    ax2.legend(fontsize=8)
-    ax2.grid(True, alpha=0.3)
-  save(fig, 'fit')
+  for (name, t), row in zip(by_task.items(), axes):
+    sc = [_fit_panel(ax, name, t, x_key, prefix) for ax, x_key, prefix in (
+        (row[0], 'grad_norm', ''), (row[1], 'estimate_norm', 'estimate_'))]
+    fig.colorbar(sc[-1], ax=row[1], label='step')
+    _running_fit_panel(row[2], name, t)
+  paths['fit'] = common.save_plot(fig, plot_dir, 'smoothness_fit.png')
 
   # 2. Loss vs oracle calls, each method at its best setting.
   fig, axes = plt.subplots(1, rows, figsize=(7 * rows, 4.6), squeeze=False)
-  for (name, t), ax in zip(tasks.items(), axes[0]):
-    n = t['n']
+  for (name, t), ax in zip(by_task.items(), axes[0]):
     for method, m in t['methods'].items():
       for i, r in enumerate(m['seeds']):
-        c = r['curve']
-        ax.plot(np.asarray(c['oracle_calls']) / n, c['loss'],
-                color=colors[method], alpha=1.0 if i == 0 else 0.35,
+        c = r['curves']
+        ax.plot(np.asarray(c['oracle_calls']) / t['n'], c['loss'],
+                color=COLORS[method], alpha=1.0 if i == 0 else 0.35,
                 lw=1.5 if i == 0 else 0.8,
                 label=LABELS[method] if i == 0 else None)
     for key, ls in (('a', ':'), ('b', '--')):
       ax.axhline(t['targets'][key], color='k', ls=ls, lw=0.8,
                  label=f'target {key.upper()}')
-    ax.set_yscale('log')
-    ax.set_xlabel('stochastic gradients / n')
-    ax.set_ylabel('full training loss')
-    ax.set_title(f'{name}: best setting of each method (seed 0 bold, other '
-                 'seeds light)', fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(True, which='both', alpha=0.3)
-  save(fig, 'loss')
+    common.label_axes(ax, 'stochastic gradients / n', 'full training loss',
+                      f'{name}: best setting of each method (seed 0 bold, '
+                      'other seeds light)', yscale='log')
+  paths['loss'] = common.save_plot(fig, plot_dir, 'smoothness_loss.png')
 
   # 3. Where anchors happen: period vs progress, a histogram, and what the
   # anchor rule estimates against the estimator's true error.
   fig, axes = plt.subplots(rows, 3, figsize=(19, 4.4 * rows), squeeze=False)
-  for (name, t), (ax, ax2, ax3) in zip(tasks.items(), axes):
-    n = t['n']
-    for method in ('fixed', 'adaptive_anchor', 'adaptive_minibatch',
-                   'auto_both'):
-      r = t['methods'][method]['seeds'][0]
-      calls = _step_calls(r, n, t['minibatch'])
-      a = np.asarray(r['anchors'])
-      if len(a) < 2:
-        continue
-      periods = np.diff(a)
-      ax.plot(calls[a[1:]] / n, periods, 'o-', ms=3, color=colors[method],
-              label=LABELS[method])
-      width = max(1, CAP_PERIODS * t['q0'] // 40)
-      ax2.hist(periods, bins=np.arange(0, periods.max() + 2 * width, width),
-               color=colors[method], alpha=0.5, label=LABELS[method])
-    ax.axhline(CAP_PERIODS * t['q0'], color='k', ls='--', lw=0.8,
-               label=f'cap {CAP_PERIODS} q0')
-    ax.set_xlabel('stochastic gradients / n (at the anchor)')
-    ax.set_ylabel('steps since the previous anchor')
-    ax.set_title(f'{name}: anchor periods (seed 0, best settings)', fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    ax2.set_xlabel('period (steps)')
-    ax2.set_ylabel('count')
-    ax2.set_title(f'{name}: period histogram', fontsize=9)
-    ax2.legend(fontsize=8)
-    e = t['error_check']
-    for key, style, label in (
-        ('true_error', 'k-', 'true ||v_k - grad f(x_k)||^2'),
-        ('split_half_estimate', 'C2-',
-         'summed split-half estimates (anchor_due)'),
-        ('minibatch_estimate', 'C4-',
-         'accumulated_error / S2 (anchor_due with S2)'),
-        ('per_sample_estimate', 'C5--', 'per-sample Lemma 1 bound'),
-        ('centred_estimate', 'C1--', 'per-sample, centred (variance)'),
-        ('estimate_norm_sq', 'C7:', '||v_k||^2')):
-      ax3.plot(e['step'], e[key], style, lw=1, label=label)
-    ax3.set_yscale('log')
-    ax3.set_xlabel('step')
-    ax3.set_ylabel('squared norm')
-    ax3.set_title(f'{name}: estimator error along the hand-tuned run '
-                  f'(q={t["q0"]}, 5 probes per period)', fontsize=9)
-    ax3.legend(fontsize=8)
-    ax3.grid(True, alpha=0.3)
-  save(fig, 'anchors')
+  for (name, t), row in zip(by_task.items(), axes):
+    _anchor_panels(row[0], row[1], name, t)
+    _error_panel(row[2], name, t)
+  paths['anchors'] = common.save_plot(fig, plot_dir, 'smoothness_anchors.png')
   return paths
+
+
+def _fit_panel(ax: Any, name: str, t: dict[str, Any], x_key: str,
+               prefix: str) -> Any:
+  """L_hat against ``x_key`` with the fitted envelopes; the scatter."""
+  s, hand = t['smoothness'], t['hand_tuned']
+  x = np.asarray(s[x_key])
+  sc = ax.scatter(x, s['smoothness'], c=s['step'], s=6, cmap='viridis',
+                  alpha=0.7)
+  xs = np.geomspace(x.min(), x.max(), 100)
+  for q, suffix, style, lw in (('0.9', '', 'r-', 2),
+                               ('1', '_quantile_1', 'r--', 1)):
+    L0, L1 = s[f'{prefix}L0{suffix}'], s[f'{prefix}L1{suffix}']
+    ax.plot(xs, L0 + L1 * xs, style, lw=lw,
+            label=f'fit q={q}: L0={L0:.3g}, L1={L1:.3g}')
+  slope = s[prefix + 'loglog_slope']
+  common.label_axes(
+      ax, 'minibatch gradient norm ||g_k|| (fitted by the package)'
+      if x_key == 'grad_norm' else 'estimator norm ||v_k||',
+      'local smoothness L_hat_k',
+      f'{name}: hand-tuned SPIDER (lr={hand["lr"]:g}, c0={hand["c0"]:g}, '
+      f'c1={hand["c1"]:g}, q={t["q0"]})'
+      + ('' if slope is None else f', log-log slope {slope:.2f}'),
+      xscale='log', yscale='log')
+  return sc
+
+
+def _running_fit_panel(ax: Any, name: str, t: dict[str, Any]) -> None:
+  """Automatic clipping's running (L0, L1) against the hand-tuned run's."""
+  r = t['methods']['auto_clip']['seeds'][0]
+  calls = _step_calls(r, t['n'], t['minibatch']) / t['n']
+  for key, style in (('L0', '-'), ('L1', '--')):
+    y = np.asarray([np.nan if v is None else v for v in r['trace'][key]])
+    ax.plot(calls, y, 'C1' + style, label=f'running {key} (auto_clip)')
+    ax.axhline(t['smoothness'][key], color='r', ls=style, lw=1,
+               label=f'{key} of the hand-tuned run')
+  b = t['methods']['auto_clip']['best']
+  common.label_axes(ax, 'stochastic gradients / n',
+                    'fitted constant (0 not shown)',
+                    f'{name}: automatic clipping, lr={b["lr"]:g}, '
+                    f'eps={b["eps"]:g} (seed 0): its fit over the last 256 '
+                    'steps', yscale='log')
+
+
+def _anchor_panels(ax: Any, ax2: Any, name: str, t: dict[str, Any]) -> None:
+  """The periods between anchors along the run, and their histogram."""
+  n, cap = t['n'], CAP_PERIODS * t['q0']
+  for method in ('fixed', 'adaptive_anchor', 'adaptive_minibatch',
+                 'auto_both'):
+    r = t['methods'][method]['seeds'][0]
+    a = np.asarray(r['anchors'])
+    if len(a) < 2:
+      continue
+    periods = np.diff(a)
+    ax.plot(_step_calls(r, n, t['minibatch'])[a[1:]] / n, periods, 'o-',
+            ms=3, color=COLORS[method], label=LABELS[method])
+    width = max(1, cap // 40)
+    ax2.hist(periods, bins=np.arange(0, periods.max() + 2 * width, width),
+             color=COLORS[method], alpha=0.5, label=LABELS[method])
+  ax.axhline(cap, color='k', ls='--', lw=0.8, label=f'cap {CAP_PERIODS} q0')
+  common.label_axes(ax, 'stochastic gradients / n (at the anchor)',
+                    'steps since the previous anchor',
+                    f'{name}: anchor periods (seed 0, best settings)')
+  common.label_axes(ax2, 'period (steps)', 'count',
+                    f'{name}: period histogram')
+
+
+def _error_panel(ax: Any, name: str, t: dict[str, Any]) -> None:
+  """The error check: the true error against its estimates."""
+  e = t['error_check']
+  for key, style, label in (
+      ('true_error', 'k-', 'true ||v_k - grad f(x_k)||^2'),
+      ('split_half_estimate', 'C2-',
+       'summed split-half estimates (anchor_due)'),
+      ('minibatch_estimate', 'C4-',
+       'accumulated_error / S2 (anchor_due with S2)'),
+      ('per_sample_estimate', 'C5--', 'per-sample Lemma 1 bound'),
+      ('centred_estimate', 'C1--', 'per-sample, centred (variance)'),
+      ('estimate_norm_sq', 'C7:', '||v_k||^2')):
+    ax.plot(e['step'], e[key], style, lw=1, label=label)
+  common.label_axes(ax, 'step', 'squared norm',
+                    f'{name}: estimator error along the hand-tuned run '
+                    f'(q={t["q0"]}, 5 probes per period)', yscale='log')
 
 
 def _step_calls(r: dict[str, Any], n: int, s2: int) -> np.ndarray:
@@ -797,59 +722,33 @@ def _step_calls(r: dict[str, Any], n: int, s2: int) -> np.ndarray:
   return np.cumsum(cost)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-  """Runs every task and method, prints the summary, writes JSON and PNGs."""
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='small budgets and grids (< 2 min on 2 cores)')
-  parser.add_argument('--tasks', nargs='+', default=list(TASKS),
-                      choices=list(TASKS))
-  parser.add_argument('--out', default=DEFAULT_OUT)
-  parser.add_argument('--plot-dir', default=DEFAULT_PLOT_DIR)
-  parser.add_argument('--no-progress', action='store_true')
-  args = parser.parse_args(argv)
+
+
+def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   mode = 'quick' if args.quick else 'full'
-  total_start = time.perf_counter()
 
   def n_runs(g):
     return (len(g['lr']) * (len(g['c_scale']) + len(g['eps'])
                             + 3 * len(g['eps_a']) + 1)
             + len(g['q_scale']) - 1 + len(METHODS) * (g['seeds'] - 1))
 
-  tasks = {}
-  with tqdm.tqdm(total=sum(n_runs(TASKS[t][mode]) for t in args.tasks),
-                 desc=f'smoothness ({mode})', unit='run',
-                 disable=args.no_progress, file=sys.stderr) as bar:
-    for name in args.tasks:
-      tasks[name] = run_task(name, mode, bar)
-
-  wl = verdicts(tasks)
-  summary = format_summary(tasks, wl)
-  print(summary)
-  plot_dir = pathlib.Path(args.plot_dir)
-  plot_dir.mkdir(parents=True, exist_ok=True)
-  plots = plot(tasks, plot_dir)
-  total = time.perf_counter() - total_start
-  output = dict(
-      config=dict(mode=mode, methods=METHODS, cap_periods=CAP_PERIODS,
+  bar.reset(total=sum(n_runs(TASKS[t][mode]) for t in args.tasks))
+  results = {name: run_task(name, mode, bar) for name in args.tasks}
+  wl = verdicts(results)
+  return dict(
+      config=dict(methods=METHODS, cap_periods=CAP_PERIODS,
                   eval_every_passes=EVAL_EVERY_PASSES, fit=FIT,
                   tasks={k: TASKS[k] for k in args.tasks},
                   oracle_accounting='anchor n (full gradient); recursive '
                   'step 2*S2, S2 = ceil(sqrt(n))'),
-      environment=train.environment(), tasks=tasks, verdicts=wl,
-      summary=summary, plots=plots, total_wall_time_s=total,
-      date=datetime.date.today().isoformat())
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(output, indent=1, default=_json_default) + '\n')
-  print(f'\ntotal {total:.1f} s; wrote {out} and {", ".join(plots.values())}')
-  return output
+      tasks=results, verdicts=wl, summary=format_summary(results, wl))
 
 
-def _json_default(x):
-  if isinstance(x, (np.floating, np.integer)):
-    return x.item()
-  raise TypeError(f'not JSON serialisable: {type(x)}')
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Runs every task and method, prints the summary, writes JSON and PNGs."""
+  return common.main(common.parser('smoothness', __doc__, tasks=list(TASKS)),
+                     argv, experiment, report=lambda r: r['summary'],
+                     plots=plots)
 
 
 if __name__ == '__main__':

@@ -5,17 +5,16 @@ import math
 import os
 
 import pytest
+
 import spider_optax as so
 from benchmark_scripts import load_benchmark
+from benchmark_scripts import run_quick
 
 
 @pytest.fixture(scope='module')
 def quick(tmp_path_factory):
-  tmp = tmp_path_factory.mktemp('complexity')
-  module = load_benchmark('complexity')
-  out = str(tmp / 'complexity.json')
-  res = module.main(['--quick', '--out', out, '--plot-dir', str(tmp)])
-  return module, res, out, tmp
+  res, out, tmp = run_quick('complexity', tmp_path_factory)
+  return load_benchmark('complexity'), res, str(out), tmp
 
 
 def is_count_or_failure(v):
@@ -53,6 +52,7 @@ def test_online_shape_and_counts(quick):
         assert all(is_count_or_failure(c) for c in r['calls']), (name, r)
         assert r['median'] > 0
         assert r['failed'] == sum(math.isinf(c) for c in r['calls'])
+        assert r['median'] == module.common.median(r['calls'])
         assert isinstance(r['hyper'], dict) and isinstance(
             r['at_grid_edge'], list)
       finite = [r for r in rows if math.isfinite(r['median'])]
@@ -115,7 +115,7 @@ def test_json_and_plots(quick):
   with open(out) as f:
     data = json.load(f)
   assert data['mode'] == 'quick'
-  assert data['environment']['jax']
+  assert data['environment']['versions']['jax']
   assert 'last half' in data['stop']
   for on in data['online'].values():
     assert set(on['problem']) >= {'L0', 'L1', 'sigma', 'tau', 'd'}

@@ -4,27 +4,26 @@ import json
 import math
 import os
 
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import run_quick
+
 
 def _positive(x):
   return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_quick_overhead(tmp_path):
-  overhead = load_benchmark('overhead')
-  out = tmp_path / 'overhead.json'
-  res = overhead.main(['--quick', '--out', str(out), '--plot-dir',
-                       str(tmp_path)])
+def test_quick_overhead(tmp_path_factory):
+  res, out, tmp_path = run_quick('overhead', tmp_path_factory)
 
   with open(out) as f:
     saved = json.load(f)
   assert saved['mode'] == 'quick'
   assert set(saved['updates']) == set(res['updates'])
 
-  hw = res['hardware']
-  for key in ('processor', 'cpu_count', 'jax_devices', 'jax_version',
-              'optax_version'):
-    assert key in hw
+  env = res['environment']
+  for key in ('cpu', 'cpu_count', 'memory_gib', 'jax_devices', 'date'):
+    assert env[key]
+  for key in ('jax', 'jaxlib', 'optax', 'numpy'):
+    assert env['versions'][key]
   assert _positive(res['bandwidth']['bytes_per_s'])
 
   assert set(res['updates']) == {'100000', '1000000'}
@@ -43,12 +42,11 @@ def test_quick_overhead(tmp_path):
 
   assert set(res['hlo_by_size']) == set(res['updates'])
   assert set(res['hlo']) == {'spider', 'clip_sgd', 'adam'}
-  for method, a in res['hlo'].items():
+  for a in res['hlo'].values():
     assert a['n_passes'] >= 1 and a['entry_fusions'] >= 1
     assert _positive(a['bytes_moved_per_param'])
   # The global norm must finish before scaling: at least 2 passes per leaf.
   assert res['hlo']['spider']['passes_per_leaf'] >= 2
-
 
   models = res['train_step']['models']
   assert set(models) == {'mlp', 'lstm'}

@@ -5,6 +5,7 @@ import math
 import pathlib
 
 import pytest
+
 from benchmark_scripts import run_quick
 
 TASKS = ('digits', 'charlm')
@@ -42,6 +43,8 @@ def test_shape(quick_run):
       assert method['best'] in [g['setting'] for g in method['grid']]
   assert isinstance(results['verdicts'], list) and results['verdicts']
   assert 'fixed' in results['summary']
+  assert results['mode'] == 'quick'
+  assert results['environment']['versions']['jax']
 
 
 def test_smoothness_fit_finite_and_non_negative(quick_run):
@@ -69,14 +72,26 @@ def test_runs_finite_with_positive_oracle_counts(quick_run):
         assert run['anchors'][0] == 0
         # The accounting: anchors cost n, recursive steps 2 S2.
         recursive = run['steps'] - len(run['anchors'])
-        assert run['oracle_calls'] == len(run['anchors']) * n + recursive * 2 * s2
-        calls = run['curve']['oracle_calls']
+        assert run['oracle_calls'] == (len(run['anchors']) * n
+                                       + recursive * 2 * s2)
+        calls = run['curves']['oracle_calls']
         assert calls[0] == 0 and calls[-1] == run['oracle_calls']
         assert all(b > a for a, b in zip(calls, calls[1:]))
-        assert all(_finite(v) and v > 0 for v in run['curve']['loss'])
+        assert all(_finite(v) and v > 0 for v in run['curves']['loss'])
       for key in ('calls_to_target_a', 'calls_to_target_b'):
         value = method[key]
         assert value is None or (_finite(value) and 0 <= value <= budget)
+
+
+def test_fixed_periods(quick_run):
+  results, _, _ = quick_run
+  for task in results['tasks'].values():
+    for name in ('fixed', 'auto_clip'):
+      method = task['methods'][name]
+      q = method['best']['q']
+      assert method['best']['anchor'] == 'every_q'
+      for run in method['seeds']:
+        assert run['anchors'] == list(range(0, run['steps'], q))
 
 
 def test_adaptive_anchoring_respects_cap(quick_run):

@@ -5,7 +5,9 @@ import math
 import pathlib
 
 import pytest
-from benchmark_scripts import load_benchmark, run_quick
+
+from benchmark_scripts import load_benchmark
+from benchmark_scripts import run_quick
 
 TASKS = ('digits', 'charlm')
 METHODS = ('spider', 'sarah', 'svrg', 'clipped_sgd', 'clipped_adam')
@@ -128,6 +130,27 @@ def test_oracle_calls_increasing_within_budget(quick_run):
           assert run['oracle_calls'] > 0.5 * budget
         times = run['curves']['wall_time_s']
         assert all(b >= a for a, b in zip(times, times[1:]))
+
+
+def test_oracle_accounting_and_anchor_schedule(quick_run):
+  """Anchors (n calls) every q steps for SPIDER and SARAH, snapshots every m
+  steps for SVRG, 2 * S2 per other step; none for SGD and Adam, 32 a step."""
+  results, _, _ = quick_run
+  for task in results['tasks'].values():
+    n = task['n']
+    for name, method in task['methods'].items():
+      config = method['config']
+      period = config.get('anchor_period', config.get('epoch_length'))
+      for run in method['runs'].values():
+        steps, anchors = run['steps'], run['anchors']
+        if period is None:
+          assert anchors == []
+          assert run['oracle_calls'] == steps * config['batch'] == steps * 32
+        else:
+          assert anchors == list(range(0, steps, period)), name
+          assert run['oracle_calls'] == (
+              len(anchors) * n + (steps - len(anchors)) * 2
+              * config['minibatch'])
 
 
 def test_digits_every_method_decreases_loss(quick_run):

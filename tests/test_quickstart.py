@@ -2,39 +2,48 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
-from benchmark_scripts import load_benchmark
+
+from benchmark_scripts import ROOT
+from benchmark_scripts import run_quick
 
 METHODS = ('spider', 'clipped_sgd')
+CURVES = ('steps', 'oracle_calls', 'wall_time_s', 'loss', 'grad_norm',
+          'accuracy')
 
 
 @pytest.fixture(scope='module')
 def quick_run(tmp_path_factory):
-  out = tmp_path_factory.mktemp('quickstart') / 'quickstart.json'
-  results = load_benchmark('quickstart').main(
-      ['--quick', '--seed', '0', '--out', str(out)])
-  return results, out
+  return run_quick('quickstart', tmp_path_factory, '--seed', '0')
 
 
 def test_writes_the_returned_results_as_json(quick_run):
-  results, out = quick_run
+  results, out, _ = quick_run
   assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+  assert results['mode'] == 'quick'
+  assert results['environment']['versions']['jax']
 
 
 def test_both_methods_present(quick_run):
-  results, _ = quick_run
+  results, _, _ = quick_run
   assert set(results['methods']) == set(METHODS)
   for name in METHODS:
-    assert len(results['methods'][name]['checkpoints']) >= 3
+    curves = results['methods'][name]['curves']
+    assert set(curves) == set(CURVES)
+    assert len({len(v) for v in curves.values()}) == 1
+    assert len(curves['steps']) >= 3
+    assert not results['methods'][name]['diverged']
 
 
 @pytest.mark.parametrize('name', METHODS)
 def test_oracle_calls_increase_and_end_at_the_budget(quick_run, name):
-  results, _ = quick_run
+  results, _, _ = quick_run
   config, method = results['config'], results['methods'][name]
-  calls = [c['oracle_calls'] for c in method['checkpoints']]
-  steps = [c['steps'] for c in method['checkpoints']]
+  calls = method['curves']['oracle_calls']
+  steps = method['curves']['steps']
   assert calls[0] == 0 and steps[0] == 0
   assert all(a < b for a, b in zip(calls, calls[1:])), calls
   assert all(a < b for a, b in zip(steps, steps[1:])), steps
@@ -50,34 +59,57 @@ def test_oracle_calls_increase_and_end_at_the_budget(quick_run, name):
 
 def test_spider_oracle_accounting(quick_run):
   """n per anchor (every q steps), 2 * S2 per recursive step."""
-  results, _ = quick_run
+  results, _, _ = quick_run
   cfg = results['config']['spider']
-  steps = results['methods']['spider']['steps']
-  anchors = -(-steps // cfg['anchor_period'])
+  spider = results['methods']['spider']
+  steps = spider['steps']
+  assert spider['anchors'] == list(range(0, steps, cfg['anchor_period']))
+  anchors = len(spider['anchors'])
   expected = (anchors * cfg['anchor_batch_size']
               + (steps - anchors) * 2 * cfg['minibatch_size'])
-  assert results['methods']['spider']['oracle_calls'] == expected
+  assert spider['oracle_calls'] == expected
   assert cfg['anchor_batch_size'] == results['config']['n'] == 1797
   assert cfg['anchor_period'] == cfg['minibatch_size'] == 43
+  assert results['methods']['clipped_sgd']['anchors'] == []
 
 
 @pytest.mark.parametrize('name', METHODS)
 def test_metrics_are_finite(quick_run, name):
-  results, _ = quick_run
-  for c in results['methods'][name]['checkpoints']:
-    assert math.isfinite(c['loss']) and c['loss'] > 0, c
-    assert math.isfinite(c['grad_norm']) and c['grad_norm'] >= 0, c
-    assert 0.0 <= c['accuracy'] <= 1.0, c
+  curves = quick_run[0]['methods'][name]['curves']
+  for loss, g, acc in zip(curves['loss'], curves['grad_norm'],
+                          curves['accuracy']):
+    assert math.isfinite(loss) and loss > 0, loss
+    assert math.isfinite(g) and g >= 0, g
+    assert 0.0 <= acc <= 1.0, acc
+  times = curves['wall_time_s']
+  assert times[0] == 0 and all(a <= b for a, b in zip(times, times[1:]))
 
 
 def test_same_start_for_both_methods(quick_run):
-  results, _ = quick_run
-  first = [results['methods'][name]['checkpoints'][0] for name in METHODS]
-  assert first[0]['loss'] == first[1]['loss']
-  assert first[0]['grad_norm'] == first[1]['grad_norm']
+  results, _, _ = quick_run
+  first = [results['methods'][name]['curves'] for name in METHODS]
+  assert first[0]['loss'][0] == first[1]['loss'][0]
+  assert first[0]['grad_norm'][0] == first[1]['grad_norm'][0]
 
 
 def test_spider_decreases_the_training_loss(quick_run):
-  checkpoints = quick_run[0]['methods']['spider']['checkpoints']
-  initial, final = checkpoints[0]['loss'], checkpoints[-1]['loss']
-  assert final < 0.5 * initial, (initial, final)
+  loss = quick_run[0]['methods']['spider']['curves']['loss']
+  assert loss[-1] < 0.5 * loss[0], loss
+
+
+def test_plot(quick_run):
+  results, _, tmp = quick_run
+  [path] = results['plots']
+  assert path == str(tmp / 'quickstart.png')
+  with open(path, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('command', (['benchmarks/quickstart.py'],
+                                     ['-m', 'benchmarks.quickstart']))
+def test_runs_as_a_script_and_as_a_module_from_the_root(command):
+  out = subprocess.run([sys.executable, *command, '--help'], cwd=ROOT,
+                       capture_output=True, text=True, check=True).stdout
+  for option in ('--quick', '--no-progress', '--out', '--plot-dir',
+                 '--budget', '--seed'):
+    assert option in out
