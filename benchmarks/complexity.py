@@ -130,20 +130,28 @@ SPIDER_VARIANTS = ('spider', 'spider_sfo', 'sarah')
 
 # The same grids in both modes; the modes differ in eps, n and seeds.
 GRIDS: dict[str, Any] = dict(
-    lr_scales=[2.0**i for i in range(10)],  # lambda: 1 .. 512
-    batch_scales=[4.0**-i for i in range(4, -1, -1)],  # mu: 1/256 .. 1
-    sgd_lrs=[2.0**i for i in range(-12, 2)],  # 2^-12 .. 2
-    sgd_clips=[1 / 16, 1 / 4, 1.0, 4.0],
-    sgd_batches=[64, 8, 1],  # largest first: its best caps the others
+  lr_scales=[2.0**i for i in range(10)],  # lambda: 1 .. 512
+  batch_scales=[4.0**-i for i in range(4, -1, -1)],  # mu: 1/256 .. 1
+  sgd_lrs=[2.0**i for i in range(-12, 2)],  # 2^-12 .. 2
+  sgd_clips=[1 / 16, 1 / 4, 1.0, 4.0],
+  sgd_batches=[64, 8, 1],  # largest first: its best caps the others
 )
 
 MODES: dict[str, dict[str, Any]] = {
-    'quick': dict(eps=[0.16, 0.08, 0.04], seeds=3, n_grid=[2**10, 2**11, 2**12],
-                  fs_eps=0.2, fs_seeds=2),
-    'full': dict(eps=[round(0.16 * 10**(-i / 5), 4) for i in range(7)],
-                 seeds=5,
-                 n_grid=[2**10, 2**11, 2**12, 2**13, 2**14, 2**15, 2**16],
-                 fs_eps=0.1, fs_seeds=3),
+  'quick': dict(
+    eps=[0.16, 0.08, 0.04],
+    seeds=3,
+    n_grid=[2**10, 2**11, 2**12],
+    fs_eps=0.2,
+    fs_seeds=2,
+  ),
+  'full': dict(
+    eps=[round(0.16 * 10 ** (-i / 5), 4) for i in range(7)],
+    seeds=5,
+    n_grid=[2**10, 2**11, 2**12, 2**13, 2**14, 2**15, 2**16],
+    fs_eps=0.1,
+    fs_seeds=3,
+  ),
 }
 SPIDER_BUDGET: dict[str, int] = dict(calls=10**9, steps=10**6)
 SGD_BUDGET = 10**8  # calls
@@ -170,20 +178,23 @@ def _lanes(problem: Problem, kind: str) -> tuple[Callable, Callable]:
   """
   loss = tasks.sample_loss(problem)
   make_tx = _spider_tx if kind == 'spider' else _sgd_tx
-  anchor, recursive = common.step_pair(make_tx, jax.grad(loss),
-                                       so.paired_grad(loss))
+  anchor, recursive = common.step_pair(
+    make_tx, jax.grad(loss), so.paired_grad(loss)
+  )
 
   def lanes(step: Callable, size: str, cost: int) -> Callable:
     def one(x, opt, normals, h, eps):
       batch = tasks.minibatch(problem, normals, h[size], eps)
       return *step(h, x, opt, batch)[:2], cost * h[size]
+
     return jax.vmap(one)
 
   def step(k, q, *args):
     if kind != 'spider':
       return lanes(anchor, 'batch', 1)(*args)
-    return jax.lax.cond(k % q == 0, lanes(anchor, 's1', 1),
-                        lanes(recursive, 's2', 2), *args)
+    return jax.lax.cond(
+      k % q == 0, lanes(anchor, 's1', 1), lanes(recursive, 's2', 2), *args
+    )
 
   def init(h, eps):
     x = problem.x0(eps)
@@ -194,6 +205,7 @@ def _lanes(problem: Problem, kind: str) -> tuple[Callable, Callable]:
 
 class Carry(NamedTuple):
   """A group of lanes (configurations x seeds) that step in lockstep."""
+
   x: jax.Array  # (lanes, d)
   opt: Any  # optimizer states, stacked over lanes
   calls: jax.Array  # (lanes,) int32 oracle calls so far
@@ -217,9 +229,18 @@ def _group_runner(problem: Problem, kind: str, seeds: int):
     x, opt = jax.vmap(init)(h, eps)
     lanes = eps.shape[0]
     zi = jnp.zeros(lanes, jnp.int32)
-    return Carry(x, opt, zi, jnp.int32(0), jnp.int32(1), jnp.int32(0),
-                 jnp.zeros(RING, jnp.int32), jnp.zeros(lanes),
-                 jnp.zeros((lanes, RING)), zi - 1)
+    return Carry(
+      x,
+      opt,
+      zi,
+      jnp.int32(0),
+      jnp.int32(1),
+      jnp.int32(0),
+      jnp.zeros(RING, jnp.int32),
+      jnp.zeros(lanes),
+      jnp.zeros((lanes, RING)),
+      zi - 1,
+    )
 
   def check(c: Carry, eps) -> Carry:
     # A checkpoint: close the block, test the mean over the last RING blocks.
@@ -228,11 +249,13 @@ def _group_runner(problem: Problem, kind: str, seeds: int):
     window = ring_sum.sum(1) / jnp.maximum(ring_n.sum(), 1)
     hit = (ring_n[-1] > 0) & (window <= eps) & (c.stop < 0)
     return c._replace(
-        ring_n=ring_n, ring_sum=ring_sum, block_n=jnp.int32(0),
-        block_sum=jnp.zeros_like(c.block_sum),
-        stop=jnp.where(hit, c.calls, c.stop),
-        next_check=jnp.maximum(c.k + 1,
-                               jnp.floor(c.k * RATIO).astype(jnp.int32)))
+      ring_n=ring_n,
+      ring_sum=ring_sum,
+      block_n=jnp.int32(0),
+      block_sum=jnp.zeros_like(c.block_sum),
+      stop=jnp.where(hit, c.calls, c.stop),
+      next_check=jnp.maximum(c.k + 1, jnp.floor(c.k * RATIO).astype(jnp.int32)),
+    )
 
   @jax.jit
   def advance(c: Carry, normals, h, eps, q):
@@ -242,12 +265,17 @@ def _group_runner(problem: Problem, kind: str, seeds: int):
 
     def one(c, nz):
       x, opt, cost = step(c.k, q, c.x, c.opt, nz, h, eps)
-      c = c._replace(x=x, opt=opt, k=c.k + 1,
-                     calls=jnp.minimum(c.calls, CALLS_MAX - cost) + cost,
-                     block_n=c.block_n + 1,
-                     block_sum=c.block_sum + gnorm(x, eps))
-      return jax.lax.cond(c.k == c.next_check, check, lambda c, e: c,
-                          c, eps), None
+      c = c._replace(
+        x=x,
+        opt=opt,
+        k=c.k + 1,
+        calls=jnp.minimum(c.calls, CALLS_MAX - cost) + cost,
+        block_n=c.block_n + 1,
+        block_sum=c.block_sum + gnorm(x, eps),
+      )
+      return jax.lax.cond(
+        c.k == c.next_check, check, lambda c, e: c, c, eps
+      ), None
 
     c, _ = jax.lax.scan(one, c, normals)
     return c, jnp.all(jnp.isfinite(c.x), axis=-1)
@@ -258,15 +286,30 @@ def _group_runner(problem: Problem, kind: str, seeds: int):
 def _take(c: Carry, lanes: np.ndarray) -> Carry:
   """The carry of a subset of the lanes (the step counters are shared)."""
   take = lambda a: jnp.take(a, lanes, axis=0)
-  return c._replace(x=take(c.x), opt=jax.tree.map(take, c.opt),
-                    calls=take(c.calls), block_sum=take(c.block_sum),
-                    ring_sum=take(c.ring_sum), stop=take(c.stop))
+  return c._replace(
+    x=take(c.x),
+    opt=jax.tree.map(take, c.opt),
+    calls=take(c.calls),
+    block_sum=take(c.block_sum),
+    ring_sum=take(c.ring_sum),
+    stop=take(c.stop),
+  )
 
 
-def run_group(problem: Problem, kind: str, configs: list[dict], eps: float,
-              seeds: int, rng: np.random.Generator, *, chunk: int,
-              budget: int, max_steps: int, cap: float = math.inf,
-              q: int = 1) -> np.ndarray:
+def run_group(
+  problem: Problem,
+  kind: str,
+  configs: list[dict],
+  eps: float,
+  seeds: int,
+  rng: np.random.Generator,
+  *,
+  chunk: int,
+  budget: int,
+  max_steps: int,
+  cap: float = math.inf,
+  q: int = 1,
+) -> np.ndarray:
   """Oracle calls to the stop, (configs, seeds), inf where none was seen.
 
   Runs until no configuration can still beat the best median: every lane has
@@ -281,9 +324,13 @@ def run_group(problem: Problem, kind: str, configs: list[dict], eps: float,
   """
   start, advance = _group_runner(problem, kind, seeds)
   ints = ('q', 's1', 's2', 'batch')
-  h = {k: jnp.asarray(np.repeat([c[k] for c in configs], seeds),
-                      jnp.int32 if k in ints else jnp.float32)
-       for k in configs[0]}
+  h = {
+    k: jnp.asarray(
+      np.repeat([c[k] for c in configs], seeds),
+      jnp.int32 if k in ints else jnp.float32,
+    )
+    for k in configs[0]
+  }
   e = jnp.full(len(configs) * seeds, eps, jnp.float32)
   c, steps = start(h, e), 0
   here = np.arange(len(configs))  # the configurations still in the lanes
@@ -293,15 +340,20 @@ def run_group(problem: Problem, kind: str, configs: list[dict], eps: float,
     c, ok = advance(c, normals, h, e, jnp.int32(q))
     steps += chunk
     stop, calls, ok = np.asarray(c.stop), np.asarray(c.calls), np.asarray(ok)
-    calls_to[here] = np.where((stop >= 0) & (stop <= budget), stop,
-                              np.inf).reshape(-1, seeds)
+    calls_to[here] = np.where(
+      (stop >= 0) & (stop <= budget), stop, np.inf
+    ).reshape(-1, seeds)
     median = np.array([common.median(row) for row in calls_to])
     best = int(np.argmin(median))
     limit = np.full(len(configs), min(median[best], cap))
     if median[best] <= cap:
       limit[best] = BEST_SLACK * median[best]
-    live = ((stop < 0) & ok & (calls < budget)
-            & (calls < np.repeat(limit[here], seeds))).reshape(-1, seeds)
+    live = (
+      (stop < 0)
+      & ok
+      & (calls < budget)
+      & (calls < np.repeat(limit[here], seeds))
+    ).reshape(-1, seeds)
     if not live.any() or steps >= max_steps:
       return calls_to
     keep = np.flatnonzero(live.any(1))
@@ -327,10 +379,18 @@ def _spider_configs(problem: Problem, variant: str, eps: float, scales):
     else:
       lr, c0 = lam * p.learning_rate, p.c0
       c1 = p.c1 if variant == 'spider' else math.inf
-    out.append(dict(lr=lr, c0=c0, c1=c1, q=p.anchor_period,
-                    s1=max(1, round(mu * p.anchor_batch_size)),
-                    s2=max(1, round(mu * p.minibatch_size)),
-                    lr_scale=lam, batch_scale=mu))
+    out.append(
+      dict(
+        lr=lr,
+        c0=c0,
+        c1=c1,
+        q=p.anchor_period,
+        s1=max(1, round(mu * p.anchor_batch_size)),
+        s2=max(1, round(mu * p.minibatch_size)),
+        lr_scale=lam,
+        batch_scale=mu,
+      )
+    )
   return out, p
 
 
@@ -342,13 +402,23 @@ def _best_row(eps, configs, calls_to, edges):
   """
   median = [common.median(row) for row in calls_to]
   i = int(np.argmin(median))
-  hyper = {k: (None if isinstance(v, float) and math.isinf(v) else v)
-           for k, v in configs[i].items()}
-  at_edge = [k for k, ends in edges.items()
-             if math.isfinite(median[i]) and hyper[k] in ends]
-  return dict(eps=eps, calls=[_count(v) for v in calls_to[i]],
-              median=median[i], failed=int(np.isinf(calls_to[i]).sum()),
-              hyper=hyper, at_grid_edge=at_edge)
+  hyper = {
+    k: (None if isinstance(v, float) and math.isinf(v) else v)
+    for k, v in configs[i].items()
+  }
+  at_edge = [
+    k
+    for k, ends in edges.items()
+    if math.isfinite(median[i]) and hyper[k] in ends
+  ]
+  return dict(
+    eps=eps,
+    calls=[_count(v) for v in calls_to[i]],
+    median=median[i],
+    failed=int(np.isinf(calls_to[i]).sum()),
+    hyper=hyper,
+    at_grid_edge=at_edge,
+  )
 
 
 def online(problem: Problem, cfg: dict, bar, tag: int = 0) -> dict:
@@ -356,70 +426,115 @@ def online(problem: Problem, cfg: dict, bar, tag: int = 0) -> dict:
   seeds, eps_grid = cfg['seeds'], cfg['eps']
   results = {m: [] for m in METHODS}
   preset: dict[str, dict[str, Any]] = {
-      v: dict(calls=[], median=[], predicted=[])
-      for v in ('spider', 'spider_sfo')}
-  scales = [(lam, mu) for lam in GRIDS['lr_scales']
-            for mu in GRIDS['batch_scales']]
+    v: dict(calls=[], median=[], predicted=[]) for v in ('spider', 'spider_sfo')
+  }
+  scales = [
+    (lam, mu) for lam in GRIDS['lr_scales'] for mu in GRIDS['batch_scales']
+  ]
   lrs, lams = GRIDS['sgd_lrs'], GRIDS['lr_scales']
-  spider_edges = dict(lr_scale=(lams[0], lams[-1]),
-                      batch_scale=(GRIDS['batch_scales'][0],))
+  spider_edges = dict(
+    lr_scale=(lams[0], lams[-1]), batch_scale=(GRIDS['batch_scales'][0],)
+  )
   for i, eps in enumerate(eps_grid):
     rng = lambda group, i=i: np.random.default_rng([tag, i, group])
     for v, variant in enumerate(SPIDER_VARIANTS):
       configs, p = _spider_configs(problem, variant, eps, scales)
-      calls_to = run_group(problem, 'spider', configs, eps, seeds, rng(v),
-                           chunk=128, budget=SPIDER_BUDGET['calls'],
-                           max_steps=SPIDER_BUDGET['steps'],
-                           q=p.anchor_period)
-      results[variant].append(_best_row(eps, configs, calls_to,
-                                        spider_edges))
+      calls_to = run_group(
+        problem,
+        'spider',
+        configs,
+        eps,
+        seeds,
+        rng(v),
+        chunk=128,
+        budget=SPIDER_BUDGET['calls'],
+        max_steps=SPIDER_BUDGET['steps'],
+        q=p.anchor_period,
+      )
+      results[variant].append(_best_row(eps, configs, calls_to, spider_edges))
       bar.update(1)
       if variant in preset:  # the preset as is: lambda = mu = 1, own group
         configs, p = _spider_configs(problem, variant, eps, [(1.0, 1.0)])
         gap = float(tasks.f_value(problem, problem.x0(jnp.float32(eps)), eps))
-        calls_to = run_group(problem, 'spider', configs, eps, seeds, rng(v),
-                             chunk=128, budget=SPIDER_BUDGET['calls'],
-                             max_steps=SPIDER_BUDGET['steps'],
-                             q=p.anchor_period)
+        calls_to = run_group(
+          problem,
+          'spider',
+          configs,
+          eps,
+          seeds,
+          rng(v),
+          chunk=128,
+          budget=SPIDER_BUDGET['calls'],
+          max_steps=SPIDER_BUDGET['steps'],
+          q=p.anchor_period,
+        )
         preset[variant]['calls'].append([_count(c) for c in calls_to[0]])
         preset[variant]['median'].append(common.median(calls_to[0]))
-        preset[variant]['predicted'].append(so.theory.online(
-            problem.L0, problem.L1, eps, tasks.SIGMA,
-            initial_gap=gap).oracle_calls)
-    for m, (method, clips) in enumerate((('clipped_sgd', GRIDS['sgd_clips']),
-                                         ('sgd', [math.inf]))):
+        preset[variant]['predicted'].append(
+          so.theory.online(
+            problem.L0, problem.L1, eps, tasks.SIGMA, initial_gap=gap
+          ).oracle_calls
+        )
+    for m, (method, clips) in enumerate(
+      (('clipped_sgd', GRIDS['sgd_clips']), ('sgd', [math.inf]))
+    ):
       best: dict[str, Any] | None = None
       for b, batch in enumerate(GRIDS['sgd_batches']):
-        configs = [dict(lr=lr, clip=c, batch=batch) for lr in GRIDS['sgd_lrs']
-                   for c in clips]
+        configs = [
+          dict(lr=lr, clip=c, batch=batch)
+          for lr in GRIDS['sgd_lrs']
+          for c in clips
+        ]
         cap = math.inf if best is None else best['median']
-        calls_to = run_group(problem, 'sgd', configs, eps, seeds,
-                             rng(10 + 3 * m + b), chunk=1024,
-                             budget=SGD_BUDGET, max_steps=SGD_BUDGET // batch,
-                             cap=cap)
-        row = _best_row(eps, configs, calls_to,
-                        dict(lr=(lrs[0], lrs[-1]), clip=(clips[0],)))
+        calls_to = run_group(
+          problem,
+          'sgd',
+          configs,
+          eps,
+          seeds,
+          rng(10 + 3 * m + b),
+          chunk=1024,
+          budget=SGD_BUDGET,
+          max_steps=SGD_BUDGET // batch,
+          cap=cap,
+        )
+        row = _best_row(
+          eps, configs, calls_to, dict(lr=(lrs[0], lrs[-1]), clip=(clips[0],))
+        )
         if best is None or row['median'] < best['median']:
           best = row
         bar.update(1)
       results[method].append(best)
   inv = [1 / e for e in eps_grid]
-  slopes = {m: common.loglog_slope(inv, [r['median'] for r in results[m]])
-            for m in METHODS}
-  tail = {m: common.loglog_slope(inv[-3:],
-                                 [r['median'] for r in results[m]][-3:])
-          for m in METHODS}
+  slopes = {
+    m: common.loglog_slope(inv, [r['median'] for r in results[m]])
+    for m in METHODS
+  }
+  tail = {
+    m: common.loglog_slope(inv[-3:], [r['median'] for r in results[m]][-3:])
+    for m in METHODS
+  }
   for v in preset.values():
     v['slope'] = common.loglog_slope(inv, v['median'])
   x0 = problem.x0(jnp.float32(eps_grid[-1]))
   return dict(
-      eps=list(eps_grid), results=results, slopes=slopes, tail_slopes=tail,
-      preset=preset,
-      problem=dict(name=problem.name, title=problem.title, d=problem.d,
-                   L0=problem.L0, L1=problem.L1, sigma=tasks.SIGMA,
-                   tau=tasks.TAU, x0_at_smallest_eps=[float(v) for v in x0],
-                   grad_norm_x0=float(tasks.true_grad_norm(problem, x0,
-                                                           eps_grid[-1]))))
+    eps=list(eps_grid),
+    results=results,
+    slopes=slopes,
+    tail_slopes=tail,
+    preset=preset,
+    problem=dict(
+      name=problem.name,
+      title=problem.title,
+      d=problem.d,
+      L0=problem.L0,
+      L1=problem.L1,
+      sigma=tasks.SIGMA,
+      tau=tasks.TAU,
+      x0_at_smallest_eps=[float(v) for v in x0],
+      grad_norm_x0=float(tasks.true_grad_norm(problem, x0, eps_grid[-1])),
+    ),
+  )
 
 
 def _calls(result: tuple[jax.Array, jax.Array], eps: float) -> float:
@@ -433,6 +548,7 @@ def _keep_going(eps, budget):
     x, calls = carry[0], carry[-1]
     g = tasks.cosh_grad_norm(x)
     return (g > eps) & jnp.isfinite(g) & (calls < budget)
+
   return keep_going
 
 
@@ -446,16 +562,20 @@ def make_spider_run(q, s1, s2, budget, sampler):
   costs s1 evaluations, a recursive step 2 s2.
   """
   anchor, recursive = common.step_pair(
-      lambda hp: so.spider(*hp), jax.grad(tasks.cosh_loss),
-      so.paired_grad(tasks.cosh_loss))
+    lambda hp: so.spider(*hp),
+    jax.grad(tasks.cosh_loss),
+    so.paired_grad(tasks.cosh_loss),
+  )
 
   def step(carry, hp):
     x, state, key, k, calls = carry
     key, sub = jax.random.split(key)
     is_anchor = k % q == 0
     x, state, _ = jax.lax.cond(
-        is_anchor, lambda: anchor(hp, x, state, sampler(sub, s1)),
-        lambda: recursive(hp, x, state, sampler(sub, s2)))
+      is_anchor,
+      lambda: anchor(hp, x, state, sampler(sub, s1)),
+      lambda: recursive(hp, x, state, sampler(sub, s2)),
+    )
     cost = jnp.where(is_anchor, jnp.int32(s1), jnp.int32(2 * s2))
     return x, state, key, k + 1, calls + cost
 
@@ -463,8 +583,9 @@ def make_spider_run(q, s1, s2, budget, sampler):
   def run(key, lr, c0, c1, eps):
     x = tasks.cosh_x0()
     carry = (x, so.spider(lr, c0, c1).init(x), key, jnp.int32(0), jnp.int32(0))
-    carry = jax.lax.while_loop(_keep_going(eps, budget),
-                               lambda c: step(c, (lr, c0, c1)), carry)
+    carry = jax.lax.while_loop(
+      _keep_going(eps, budget), lambda c: step(c, (lr, c0, c1)), carry
+    )
     return carry[-1], tasks.cosh_grad_norm(carry[0])
 
   def call(key, lr, c0, c1, eps):
@@ -492,21 +613,38 @@ def finite_sum(cfg, seeds, bar):
     hyper = (p.learning_rate, p.c0, p.c1, eps)
     run = make_spider_run(q, n, p.minibatch_size, budget, sampler)
     calls = [_calls(run(jax.random.key(sd), *hyper), eps) for sd in seeds]
-    out['spider'].append(dict(n=n, calls=calls, median=common.median(calls),
-                              q=q, S1=n, S2=p.minibatch_size,
-                              predicted=p.oracle_calls))
+    out['spider'].append(
+      dict(
+        n=n,
+        calls=calls,
+        median=common.median(calls),
+        q=q,
+        S1=n,
+        S2=p.minibatch_size,
+        predicted=p.oracle_calls,
+      )
+    )
     bar.update(1)
     run = make_spider_run(1, n, 1, budget, sampler)
     c = _calls(run(jax.random.key(0), *hyper), eps)  # deterministic
     out['clipped_gd'].append(dict(n=n, calls=[c], median=c))
     bar.update(1)
-  slopes = {m: common.loglog_slope([r['n'] for r in out[m]],
-                                   [r['median'] for r in out[m]])
-            for m in out}
-  return dict(eps=eps, results=out, slopes=slopes,
-              lr=so.theory.finite_sum(1024, tasks.COSH_L0, tasks.COSH_L1,
-                                      eps).learning_rate,
-              c0=eps, c1=eps * tasks.COSH_L0 / tasks.COSH_L1)
+  slopes = {
+    m: common.loglog_slope(
+      [r['n'] for r in out[m]], [r['median'] for r in out[m]]
+    )
+    for m in out
+  }
+  return dict(
+    eps=eps,
+    results=out,
+    slopes=slopes,
+    lr=so.theory.finite_sum(
+      1024, tasks.COSH_L0, tasks.COSH_L1, eps
+    ).learning_rate,
+    c0=eps,
+    c1=eps * tasks.COSH_L0 / tasks.COSH_L1,
+  )
 
 
 def _fmt(v) -> str:
@@ -530,40 +668,61 @@ def _hyper_text(row: dict) -> str:
 def report(res: dict[str, Any]) -> str:
   lines = []
   for on in res['online'].values():
-    lines += [f'\nOnline, {on["problem"]["title"]}: median oracle calls until '
-              'the last-half mean of ||grad f|| <= eps (seeds='
-              f'{res["config"]["seeds"]})',
-              f'{"method":<19}' + ''.join(f'{e:>10.4g}' for e in on['eps'])
-              + f'{"slope":>7}{"tail":>7}']
-    lines += [f'{m:<19}' + ''.join(f'{_fmt(r["median"]):>10}'
-                                   for r in on['results'][m])
-              + f'{_fmt_slope(on["slopes"][m]):>7}'
-              f'{_fmt_slope(on["tail_slopes"][m]):>7}' for m in METHODS]
+    lines += [
+      f'\nOnline, {on["problem"]["title"]}: median oracle calls until '
+      'the last-half mean of ||grad f|| <= eps (seeds='
+      f'{res["config"]["seeds"]})',
+      f'{"method":<19}'
+      + ''.join(f'{e:>10.4g}' for e in on['eps'])
+      + f'{"slope":>7}{"tail":>7}',
+    ]
+    lines += [
+      f'{m:<19}'
+      + ''.join(f'{_fmt(r["median"]):>10}' for r in on['results'][m])
+      + f'{_fmt_slope(on["slopes"][m]):>7}'
+      f'{_fmt_slope(on["tail_slopes"][m]):>7}'
+      for m in METHODS
+    ]
     for v, pre in on['preset'].items():
-      lines += [f'{v + " preset":<19}'
-                + ''.join(f'{_fmt(x):>10}' for x in pre['median'])
-                + f'{_fmt_slope(pre["slope"]):>7}',
-                f'{"  (predicted)":<19}'
-                + ''.join(f'{_fmt(x):>10}' for x in pre['predicted'])]
-    lines += [f'  best {m}: ' + '; '.join(map(_hyper_text, on['results'][m]))
-              for m in METHODS]
-    lines.append('  seeds not stopped in the best configuration: ' + '; '.join(
+      lines += [
+        f'{v + " preset":<19}'
+        + ''.join(f'{_fmt(x):>10}' for x in pre['median'])
+        + f'{_fmt_slope(pre["slope"]):>7}',
+        f'{"  (predicted)":<19}'
+        + ''.join(f'{_fmt(x):>10}' for x in pre['predicted']),
+      ]
+    lines += [
+      f'  best {m}: ' + '; '.join(map(_hyper_text, on['results'][m]))
+      for m in METHODS
+    ]
+    lines.append(
+      '  seeds not stopped in the best configuration: '
+      + '; '.join(
         f'{m} ' + ','.join(str(r['failed']) for r in on['results'][m])
-        for m in METHODS))
+        for m in METHODS
+      )
+    )
   fs = res['finite_sum']
-  lines += ['  (* = best value at an end of its grid)',
-            f'\nFinite sum: median oracle calls to eps={fs["eps"]}',
-            f'{"n":>8}{"spider":>12}{"clipped_gd":>12}{"ratio":>8}']
+  lines += [
+    '  (* = best value at an end of its grid)',
+    f'\nFinite sum: median oracle calls to eps={fs["eps"]}',
+    f'{"n":>8}{"spider":>12}{"clipped_gd":>12}{"ratio":>8}',
+  ]
   for a, b in zip(fs['results']['spider'], fs['results']['clipped_gd']):
-    ratio = (b['median'] / a['median'] if math.isfinite(a['median'])
-             else math.nan)
-    lines.append(f'{a["n"]:>8}{_fmt(a["median"]):>12}{_fmt(b["median"]):>12}'
-                 f'{ratio:>8.2f}')
-  lines.append('slopes vs n: ' + ', '.join(
-      f'{m}={_fmt_slope(v)}' for m, v in fs['slopes'].items())
-               + ' (predicted 0.5, 1)')
-  lines.append('timings: ' + ', '.join(
-      f'{k}={v:.0f}' for k, v in res['timings'].items()))
+    ratio = (
+      b['median'] / a['median'] if math.isfinite(a['median']) else math.nan
+    )
+    lines.append(
+      f'{a["n"]:>8}{_fmt(a["median"]):>12}{_fmt(b["median"]):>12}{ratio:>8.2f}'
+    )
+  lines.append(
+    'slopes vs n: '
+    + ', '.join(f'{m}={_fmt_slope(v)}' for m, v in fs['slopes'].items())
+    + ' (predicted 0.5, 1)'
+  )
+  lines.append(
+    'timings: ' + ', '.join(f'{k}={v:.0f}' for k, v in res['timings'].items())
+  )
   return '\n'.join(lines)
 
 
@@ -576,42 +735,64 @@ def plots(res: dict[str, Any], plot_dir: pathlib.Path) -> list[str]:
     lines['spider preset'] = on['preset']['spider']['median']
     for m, ys in lines.items():
       ok = [i for i, y in enumerate(ys) if math.isfinite(y)]
-      slope = (on['slopes'][m] if m in on['slopes']
-               else on['preset']['spider']['slope'])
-      ax.plot(inv[ok], [ys[i] for i in ok], 'o-' if m in METHODS else 'x:',
-              label=f'{m} ({_fmt_slope(slope)})')
+      slope = (
+        on['slopes'][m]
+        if m in on['slopes']
+        else on['preset']['spider']['slope']
+      )
+      ax.plot(
+        inv[ok],
+        [ys[i] for i in ok],
+        'o-' if m in METHODS else 'x:',
+        label=f'{m} ({_fmt_slope(slope)})',
+      )
     ref = min(y for ys in lines.values() for y in ys if math.isfinite(y))
     for k, style in ((2, 'k-.'), (3, 'k--'), (4, 'k:')):
-      ax.plot(inv, ref * (inv / inv[0]) ** k, style, lw=0.8,
-              label=f'slope {k}')
-    common.label_axes(ax, '1/eps',
-                      'oracle calls (median over seeds, best of grid)',
-                      on['problem']['title'], xscale='log', yscale='log')
+      ax.plot(inv, ref * (inv / inv[0]) ** k, style, lw=0.8, label=f'slope {k}')
+    common.label_axes(
+      ax,
+      '1/eps',
+      'oracle calls (median over seeds, best of grid)',
+      on['problem']['title'],
+      xscale='log',
+      yscale='log',
+    )
   paths = [common.save_plot(fig, plot_dir, 'complexity_online.png')]
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
   fs = res['finite_sum']
   for m, rows in fs['results'].items():
     ok = [r for r in rows if math.isfinite(r['median'])]
-    ax.plot([r['n'] for r in ok], [r['median'] for r in ok], 'o-',
-            label=f'{m} (slope {_fmt_slope(fs["slopes"][m])})')
+    ax.plot(
+      [r['n'] for r in ok],
+      [r['median'] for r in ok],
+      'o-',
+      label=f'{m} (slope {_fmt_slope(fs["slopes"][m])})',
+    )
   ns = np.array(res['config']['n_grid'], float)
   ref = fs['results']['spider'][0]['median']
   ref = ref if math.isfinite(ref) else 1e5
   for k, style in ((0.5, 'k--'), (1, 'k:')):
-    ax.plot(ns, ref * (ns / ns[0]) ** k, style, lw=1,
-            label=f'reference slope {k}')
-  common.label_axes(ax, 'n', 'oracle calls',
-                    f'Finite sum: calls to eps={fs["eps"]}', xscale='log',
-                    yscale='log')
+    ax.plot(
+      ns, ref * (ns / ns[0]) ** k, style, lw=1, label=f'reference slope {k}'
+    )
+  common.label_axes(
+    ax,
+    'n',
+    'oracle calls',
+    f'Finite sum: calls to eps={fs["eps"]}',
+    xscale='log',
+    yscale='log',
+  )
   return paths + [common.save_plot(fig, plot_dir, 'complexity_finite_sum.png')]
 
 
 def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   cfg = dict(MODES['quick' if args.quick else 'full'])
   groups = len(SPIDER_VARIANTS) + 2 * len(GRIDS['sgd_batches'])
-  bar.reset(total=len(PROBLEMS) * len(cfg['eps']) * groups
-            + 2 * len(cfg['n_grid']))
+  bar.reset(
+    total=len(PROBLEMS) * len(cfg['eps']) * groups + 2 * len(cfg['n_grid'])
+  )
   timings, on = {}, {}
   for tag, problem in enumerate(PROBLEMS):
     t = time.time()
@@ -621,26 +802,36 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   fs = finite_sum(cfg, list(range(cfg['fs_seeds'])), bar)
   timings['finite_sum_s'] = time.time() - t
   return dict(
-      config=dict(cfg, grids=GRIDS),
-      stop=('online: first checkpoint (2^(1/8) apart) at which the mean of '
-            '||grad f|| (exact, not counted) over the last half of the '
-            'iterates (>= 8) is <= eps; finite sum: first iterate with '
-            '||grad f|| <= eps'),
-      oracle='anchor S1, recursive step 2*S2, SGD step its batch',
-      failure='inf: no stop within the budget, or non-finite iterates; for '
-              f'the best configuration also a seed still running at '
-              f'{BEST_SLACK}x the median (censored). A median is inf when '
-              'its middle seed failed (benchmarks.common.median).',
-      online=on, finite_sum=fs,
-      predicted_slopes=dict(spider=3, clipped_sgd=4, finite_sum_spider=0.5,
-                            finite_sum_clipped_gd=1),
-      timings=timings)
+    config=dict(cfg, grids=GRIDS),
+    stop=(
+      'online: first checkpoint (2^(1/8) apart) at which the mean of '
+      '||grad f|| (exact, not counted) over the last half of the '
+      'iterates (>= 8) is <= eps; finite sum: first iterate with '
+      '||grad f|| <= eps'
+    ),
+    oracle='anchor S1, recursive step 2*S2, SGD step its batch',
+    failure='inf: no stop within the budget, or non-finite iterates; for '
+    f'the best configuration also a seed still running at '
+    f'{BEST_SLACK}x the median (censored). A median is inf when '
+    'its middle seed failed (benchmarks.common.median).',
+    online=on,
+    finite_sum=fs,
+    predicted_slopes=dict(
+      spider=3, clipped_sgd=4, finite_sum_spider=0.5, finite_sum_clipped_gd=1
+    ),
+    timings=timings,
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs both problems and the finite sum; prints, plots, writes JSON."""
-  return common.main(common.parser('complexity', __doc__), argv, experiment,
-                     report=report, plots=plots)
+  return common.main(
+    common.parser('complexity', __doc__),
+    argv,
+    experiment,
+    report=report,
+    plots=plots,
+  )
 
 
 if __name__ == '__main__':

@@ -77,21 +77,24 @@ METHODS = ('spider', 'clip_sgd', 'adam')
 BASELINE = 'clip_sgd'
 # Arrays of P float32 each update moves (see the module docstring).
 BYTES_MODEL = {
-    'ideal': {'spider': 7, 'clip_sgd': 3, 'adam': 7},
-    'two_pass': {'spider': 8, 'clip_sgd': 4, 'adam': 7},
+  'ideal': {'spider': 7, 'clip_sgd': 3, 'adam': 7},
+  'two_pass': {'spider': 8, 'clip_sgd': 4, 'adam': 7},
 }
 TRAIN_METHODS = ('grad_clip_sgd', 'spider_paired_vmap', 'spider_paired_loop')
 
 
 # ----------------------------------------------------------------- helpers --
 
+
 def make_params(size: int, key: jax.Array) -> dict[str, jax.Array]:
   """A flat float32 pytree of 4 leaves (1/2, 1/4, 1/8, 1/8 of ``size``)."""
   sizes = [size // 2, size // 4, size // 8]
   sizes.append(size - sum(sizes))
   keys = jax.random.split(key, 4)
-  return {f'w{i}': jax.random.normal(k, (n,), jnp.float32) * 0.01
-          for i, (k, n) in enumerate(zip(keys, sizes))}
+  return {
+    f'w{i}': jax.random.normal(k, (n,), jnp.float32) * 0.01
+    for i, (k, n) in enumerate(zip(keys, sizes))
+  }
 
 
 def _tx(method: str) -> optax.GradientTransformation:
@@ -111,8 +114,9 @@ class Timed:
   warmed up (two steps) here, outside any timing.
   """
 
-  def __init__(self, step: common.Step, params: Any, state: Any,
-               args: tuple[Any, ...]):
+  def __init__(
+    self, step: common.Step, params: Any, state: Any, args: tuple[Any, ...]
+  ):
     self.raw, self.args = step, args
     self.fn = jax.jit(step, donate_argnums=(0, 1))
     self.params, self.state = jax.tree.map(jnp.copy, (params, state))
@@ -125,21 +129,27 @@ class Timed:
 
   def compiled(self) -> Any:
     args = (self.params, self.state, *self.args)
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          args)
+    shapes = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args
+    )
     return jax.jit(self.raw, donate_argnums=(0, 1)).lower(*shapes).compile()
 
 
 def timed_step(
-    method: str, params: Any, grad_fn: Callable[..., Any],
-    anchor_args: tuple[Any, ...],
-    paired_fn: Callable[..., Any] | None = None, args: tuple[Any, ...] = (),
+  method: str,
+  params: Any,
+  grad_fn: Callable[..., Any],
+  anchor_args: tuple[Any, ...],
+  paired_fn: Callable[..., Any] | None = None,
+  args: tuple[Any, ...] = (),
 ) -> Timed:
   """A plain update of ``method`` on ``anchor_args``; with ``paired_fn``,
   SPIDER's recursive step on ``args`` after one anchor step on
   ``anchor_args``, so that every timed step recurses."""
-  anchor, recursive = (functools.partial(f, None) for f in common.step_pair(
-      lambda _: _tx(method), grad_fn, paired_fn))
+  anchor, recursive = (
+    functools.partial(f, None)
+    for f in common.step_pair(lambda _: _tx(method), grad_fn, paired_fn)
+  )
   state = _tx(method).init(params)
   if paired_fn is None:
     return Timed(anchor, params, state, anchor_args)
@@ -150,13 +160,19 @@ def timed_step(
 def peak_bytes(compiled: Any) -> int:
   """Bytes live during one call of a compiled step, by XLA's account."""
   m = compiled.memory_analysis()
-  return (m.argument_size_in_bytes + m.output_size_in_bytes
-          - m.alias_size_in_bytes + m.temp_size_in_bytes)
+  return (
+    m.argument_size_in_bytes
+    + m.output_size_in_bytes
+    - m.alias_size_in_bytes
+    + m.temp_size_in_bytes
+  )
 
 
 def time_interleaved(
-    runners: dict[str, Callable[[], Any]], reps: int, desc: str,
-    bar: tqdm.tqdm,
+  runners: dict[str, Callable[[], Any]],
+  reps: int,
+  desc: str,
+  bar: tqdm.tqdm,
 ) -> dict[str, list[float]]:
   """Calls each runner ``reps`` times, rotating the order every repetition.
 
@@ -165,7 +181,7 @@ def time_interleaved(
   names = list(runners)
   times = {n: [] for n in names}
   for r in range(reps):
-    order = names[r % len(names):] + names[:r % len(names)]
+    order = names[r % len(names) :] + names[: r % len(names)]
     for n in order:
       t0 = time.perf_counter()
       runners[n]()
@@ -176,6 +192,7 @@ def time_interleaved(
 
 
 # ---------------------------------------------------------------- bandwidth --
+
 
 def measure_bandwidth(n: int, reps: int) -> dict[str, float]:
   """Achievable memory bandwidth (bytes/s) from jitted axpy and copy."""
@@ -199,20 +216,30 @@ def measure_bandwidth(n: int, reps: int) -> dict[str, float]:
   bw_axpy = 3 * 4 * n / common.median(t_axpy)
   bw_copy = 2 * 4 * n / common.median(t_copy)
   return {
-      'n_floats': n,
-      'axpy_bytes_per_s': bw_axpy,
-      'copy_bytes_per_s': bw_copy,
-      'bytes_per_s': max(bw_axpy, bw_copy),
+    'n_floats': n,
+    'axpy_bytes_per_s': bw_axpy,
+    'copy_bytes_per_s': bw_copy,
+    'bytes_per_s': max(bw_axpy, bw_copy),
   }
 
 
 # --------------------------------------------------------------- HLO passes --
 
 _INSTR = re.compile(
-    r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$')
+  r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$'
+)
 _SHAPE = re.compile(r'\b(f32|f16|bf16|f64|s32|u32|pred|s8|u8)\[([\d,]*)\]')
-_DTYPE_BYTES = {'f32': 4, 'f16': 2, 'bf16': 2, 'f64': 8, 's32': 4, 'u32': 4,
-                'pred': 1, 's8': 1, 'u8': 1}
+_DTYPE_BYTES = {
+  'f32': 4,
+  'f16': 2,
+  'bf16': 2,
+  'f64': 8,
+  's32': 4,
+  'u32': 4,
+  'pred': 1,
+  's8': 1,
+  'u8': 1,
+}
 _FREE_OPS = {'parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast'}
 
 
@@ -246,45 +273,65 @@ def analyze_hlo(hlo: str, min_numel: int) -> dict[str, Any]:
     if op in _FREE_OPS:
       continue
     operands = re.findall(r'%([\w.\-]+)', rest.split('), ')[0])
-    read = sum(n * b for o in operands for n, b in sizes.get(o, [])
-               if n >= min_numel)
+    read = sum(
+      n * b for o in operands for n, b in sizes.get(o, []) if n >= min_numel
+    )
     written = sum(n * b for n, b in sizes[name] if n >= min_numel)
     if read or written:
       kind = re.search(r'kind=(\w+)', rest)
       numels = [n for o in operands for n, _ in sizes.get(o, [])]
       numels += [n for n, _ in sizes[name]]
-      passes.append({'name': name, 'op': op,
-                     'kind': kind.group(1) if kind else None,
-                     'max_numel': max(numels),
-                     'read_bytes': read, 'written_bytes': written})
+      passes.append(
+        {
+          'name': name,
+          'op': op,
+          'kind': kind.group(1) if kind else None,
+          'max_numel': max(numels),
+          'read_bytes': read,
+          'written_bytes': written,
+        }
+      )
       total_bytes += read + written
     fusions += op == 'fusion'
     copies += op == 'copy'
-  return {'entry_fusions': fusions, 'entry_copies': copies,
-          'passes': passes, 'n_passes': len(passes),
-          'bytes_moved': total_bytes}
+  return {
+    'entry_fusions': fusions,
+    'entry_copies': copies,
+    'passes': passes,
+    'n_passes': len(passes),
+    'bytes_moved': total_bytes,
+  }
 
 
 # ----------------------------------------------------------- train models --
 
+
 def train_models(key: jax.Array, batches: Sequence[int]) -> dict[str, Any]:
   """name -> (loss_fn(params, x, y), params, {batch: (x, y)}, description)."""
   kx, ky = jax.random.split(key)
-  mlp = (functools.partial(tasks.mlp_loss, activation=jax.nn.relu, l2=0.0),
-         tasks.mlp_init(0, (784, 256, 256, 10)),
-         {b: (jax.random.normal(kx, (b, 784)),
-              jax.random.randint(ky, (b,), 0, 10)) for b in batches},
-         'MLP 784-256-256-10')
+  mlp = (
+    functools.partial(tasks.mlp_loss, activation=jax.nn.relu, l2=0.0),
+    tasks.mlp_init(0, (784, 256, 256, 10)),
+    {
+      b: (jax.random.normal(kx, (b, 784)), jax.random.randint(ky, (b,), 0, 10))
+      for b in batches
+    },
+    'MLP 784-256-256-10',
+  )
   lm = tasks.charlm_task(0, max(batches), hidden=128)
   x, y = lm.data
-  lstm = (lm.loss_fn, lm.params, {b: (x[:b], y[:b]) for b in batches},
-          'char LSTM, embed 16, hidden 128, 32 steps')
+  lstm = (
+    lm.loss_fn,
+    lm.params,
+    {b: (x[:b], y[:b]) for b in batches},
+    'char LSTM, embed 16, hidden 128, 32 steps',
+  )
   return {'mlp': mlp, 'lstm': lstm}
 
 
 def _fmt_size(n: int) -> str:
   e = int(math.floor(math.log10(n)))
-  m = n / 10 ** e
+  m = n / 10**e
   return f'{m:g}e{e}'
 
 
@@ -293,9 +340,18 @@ def update_steps(size: int, key: jax.Array) -> dict[str, Timed]:
   k1, k2, k3 = jax.random.split(jax.random.fold_in(key, size), 3)
   params, grads, prev_grads = (make_params(size, k) for k in (k1, k2, k3))
   plain = lambda m: timed_step(m, params, common.GIVEN[0], (grads,))
-  return dict(spider=timed_step('spider', params, common.GIVEN[0], (grads,),
-                                common.GIVEN[1], (grads, prev_grads)),
-              clip_sgd=plain('clip_sgd'), adam=plain('adam'))
+  return dict(
+    spider=timed_step(
+      'spider',
+      params,
+      common.GIVEN[0],
+      (grads,),
+      common.GIVEN[1],
+      (grads, prev_grads),
+    ),
+    clip_sgd=plain('clip_sgd'),
+    adam=plain('adam'),
+  )
 
 
 def hlo_analysis(method: str, timed: Timed, size: int) -> dict[str, Any]:
@@ -303,15 +359,22 @@ def hlo_analysis(method: str, timed: Timed, size: int) -> dict[str, Any]:
   compiled = timed.compiled()
   min_numel = min(x.size for x in jax.tree.leaves(timed.params))
   a = analyze_hlo(compiled.as_text(), min_numel)
-  return dict(a, peak_bytes=peak_bytes(compiled), size=size,
-              passes_per_leaf=a['n_passes'] / 4,
-              bytes_moved_per_param=a['bytes_moved'] / size,
-              model_bytes_per_param={
-                  k: 4 * v[method] for k, v in BYTES_MODEL.items()})
+  return dict(
+    a,
+    peak_bytes=peak_bytes(compiled),
+    size=size,
+    passes_per_leaf=a['n_passes'] / 4,
+    bytes_moved_per_param=a['bytes_moved'] / size,
+    model_bytes_per_param={k: 4 * v[method] for k, v in BYTES_MODEL.items()},
+  )
 
 
-def update_row(size: int, times: dict[str, list[float]],
-               hlo_here: dict[str, Any], bandwidth: float) -> dict[str, Any]:
+def update_row(
+  size: int,
+  times: dict[str, list[float]],
+  hlo_here: dict[str, Any],
+  bandwidth: float,
+) -> dict[str, Any]:
   """Each method's median time, against the bytes models and the HLO."""
   row = {}
   for m in METHODS:
@@ -320,47 +383,65 @@ def update_row(size: int, times: dict[str, list[float]],
     bytes_1p = BYTES_MODEL['ideal'][m] * 4 * size
     hlo_bytes = hlo_here[m]['bytes_moved_per_param'] * size
     row[m] = {
-        'median_s': t, 'min_s': float(min(times[m])), 'reps': len(times[m]),
-        'model_bytes_two_pass': bytes_2p, 'model_bytes_ideal': bytes_1p,
-        'achieved_bytes_per_s': bytes_2p / t,
-        'bandwidth_fraction': bytes_2p / t / bandwidth,
-        'time_over_bytes_bound': t / (bytes_2p / bandwidth),
-        'time_over_ideal_bound': t / (bytes_1p / bandwidth),
-        'peak_bytes': hlo_here[m]['peak_bytes'],
-        # Bytes the compiled HLO moves (see analyze_hlo).
-        'hlo_bytes': hlo_bytes,
-        'hlo_bandwidth_fraction': hlo_bytes / t / bandwidth}
+      'median_s': t,
+      'min_s': float(min(times[m])),
+      'reps': len(times[m]),
+      'model_bytes_two_pass': bytes_2p,
+      'model_bytes_ideal': bytes_1p,
+      'achieved_bytes_per_s': bytes_2p / t,
+      'bandwidth_fraction': bytes_2p / t / bandwidth,
+      'time_over_bytes_bound': t / (bytes_2p / bandwidth),
+      'time_over_ideal_bound': t / (bytes_1p / bandwidth),
+      'peak_bytes': hlo_here[m]['peak_bytes'],
+      # Bytes the compiled HLO moves (see analyze_hlo).
+      'hlo_bytes': hlo_bytes,
+      'hlo_bandwidth_fraction': hlo_bytes / t / bandwidth,
+    }
   for m in METHODS:
     row[m]['ratio_vs_clip_sgd'] = row[m]['median_s'] / row[BASELINE]['median_s']
   return row
 
 
-def train_steps(loss_fn: Callable[..., Any], params: Any,
-                batch: tuple[Any, ...]) -> dict[str, Timed]:
+def train_steps(
+  loss_fn: Callable[..., Any], params: Any, batch: tuple[Any, ...]
+) -> dict[str, Timed]:
   """One jitted training step (gradient(s) + update + apply) per method."""
   grad_fn = jax.grad(loss_fn)
   paired = lambda vectorized: so.paired_grad(loss_fn, vectorized=vectorized)
   return dict(
-      grad_clip_sgd=timed_step('clip_sgd', params, grad_fn, batch),
-      spider_paired_vmap=timed_step('spider', params, grad_fn, batch,
-                                    paired(True), batch),
-      spider_paired_loop=timed_step('spider', params, grad_fn, batch,
-                                    paired(False), batch))
+    grad_clip_sgd=timed_step('clip_sgd', params, grad_fn, batch),
+    spider_paired_vmap=timed_step(
+      'spider', params, grad_fn, batch, paired(True), batch
+    ),
+    spider_paired_loop=timed_step(
+      'spider', params, grad_fn, batch, paired(False), batch
+    ),
+  )
 
 
 def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   quick = args.quick
-  sizes = [100_000, 1_000_000] if quick else [
-      100_000, 1_000_000, 10_000_000, 30_000_000, 100_000_000]
+  sizes = (
+    [100_000, 1_000_000]
+    if quick
+    else [100_000, 1_000_000, 10_000_000, 30_000_000, 100_000_000]
+  )
   batches = [32, 256]
-  update_reps = lambda size: 10 if quick else {
-      100_000: 200, 1_000_000: 60, 10_000_000: 20, 30_000_000: 10}.get(size, 6)
+  update_reps = lambda size: (
+    10
+    if quick
+    else {100_000: 200, 1_000_000: 60, 10_000_000: 20, 30_000_000: 10}.get(
+      size, 6
+    )
+  )
   train_reps = 10 if quick else 60
-  bar.reset(total=sum(update_reps(s) for s in sizes)
-            + train_reps * len(batches) * 2)  # 2 models
+  bar.reset(
+    total=sum(update_reps(s) for s in sizes) + train_reps * len(batches) * 2
+  )  # 2 models
   bar.unit = 'rep'
-  bw = measure_bandwidth(4_000_000 if quick else 25_000_000,
-                         10 if quick else 20)
+  bw = measure_bandwidth(
+    4_000_000 if quick else 25_000_000, 10 if quick else 20
+  )
 
   key = jax.random.key(0)
   updates, hlo, hlo_by_size = {}, {}, {}
@@ -368,13 +449,22 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
     steppers = update_steps(size, key)
     hlo_here = {m: hlo_analysis(m, st, size) for m, st in steppers.items()}
     hlo_by_size[str(size)] = {
-        m: {k: a[k] for k in ('n_passes', 'entry_fusions', 'entry_copies',
-                              'bytes_moved_per_param')}
-        for m, a in hlo_here.items()}
+      m: {
+        k: a[k]
+        for k in (
+          'n_passes',
+          'entry_fusions',
+          'entry_copies',
+          'bytes_moved_per_param',
+        )
+      }
+      for m, a in hlo_here.items()
+    }
     if size == sizes[min(1, len(sizes) - 1)]:  # Full detail at 1e6 params.
       hlo = hlo_here
-    times = time_interleaved(steppers, update_reps(size),
-                             f'update P={_fmt_size(size)}', bar)
+    times = time_interleaved(
+      steppers, update_reps(size), f'update P={_fmt_size(size)}', bar
+    )
     del steppers
     updates[str(size)] = update_row(size, times, hlo_here, bw['bytes_per_s'])
 
@@ -383,89 +473,129 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   for name, (loss_fn, params, batch_of, description) in models.items():
     rows = {}
     for b in batches:
-      times = time_interleaved(train_steps(loss_fn, params, batch_of[b]),
-                               train_reps, f'{name} B={b}', bar)
+      times = time_interleaved(
+        train_steps(loss_fn, params, batch_of[b]),
+        train_reps,
+        f'{name} B={b}',
+        bar,
+      )
       base = common.median(times['grad_clip_sgd'])
       rows[str(b)] = {
-          m: {'median_s': common.median(times[m]),
-              'min_s': float(min(times[m])), 'reps': len(times[m]),
-              'ratio_vs_grad_clip_sgd': common.median(times[m]) / base}
-          for m in TRAIN_METHODS}
-    train[name] = {'description': description,
-                   'params': sum(x.size for x in jax.tree.leaves(params)),
-                   'results': rows}
+        m: {
+          'median_s': common.median(times[m]),
+          'min_s': float(min(times[m])),
+          'reps': len(times[m]),
+          'ratio_vs_grad_clip_sgd': common.median(times[m]) / base,
+        }
+        for m in TRAIN_METHODS
+      }
+    train[name] = {
+      'description': description,
+      'params': sum(x.size for x in jax.tree.leaves(params)),
+      'results': rows,
+    }
   return dict(
-      config={'lr': LR, 'c0': C0, 'c1': C1, 'clip': CLIP,
-              'methods': list(METHODS), 'baseline': BASELINE, 'sizes': sizes,
-              'leaves': 4, 'dtype': 'float32',
-              'donated': 'params and optimizer state, for every method',
-              'timing': 'median of interleaved repetitions (order rotated)',
-              'bytes_model_arrays': BYTES_MODEL,
-              'bytes_model_note': (
-                  'arrays of P float32 read+written per update, '
-                  'apply_updates counted as fused into the update; '
-                  'two_pass = minimum given that the global norm must '
-                  'finish before scaling')},
-      bandwidth=bw, updates=updates, hlo=hlo, hlo_by_size=hlo_by_size,
-      train_step={'batches': batches, 'models': train})
+    config={
+      'lr': LR,
+      'c0': C0,
+      'c1': C1,
+      'clip': CLIP,
+      'methods': list(METHODS),
+      'baseline': BASELINE,
+      'sizes': sizes,
+      'leaves': 4,
+      'dtype': 'float32',
+      'donated': 'params and optimizer state, for every method',
+      'timing': 'median of interleaved repetitions (order rotated)',
+      'bytes_model_arrays': BYTES_MODEL,
+      'bytes_model_note': (
+        'arrays of P float32 read+written per update, '
+        'apply_updates counted as fused into the update; '
+        'two_pass = minimum given that the global norm must '
+        'finish before scaling'
+      ),
+    },
+    bandwidth=bw,
+    updates=updates,
+    hlo=hlo,
+    hlo_by_size=hlo_by_size,
+    train_step={'batches': batches, 'models': train},
+  )
 
 
 def report(res: dict[str, Any]) -> str:
   env, bw = res['environment'], res['bandwidth']
   lines = [
-      f"overhead ({res['mode']}): {env['cpu']}, {env['cpu_count']} CPUs, "
-      f"{env['jax_devices']}, jax {env['versions']['jax']}, optax "
-      f"{env['versions']['optax']}",
-      f"measured bandwidth: axpy {bw['axpy_bytes_per_s'] / 1e9:.2f} GB/s, "
-      f"copy to a fresh buffer {bw['copy_bytes_per_s'] / 1e9:.2f} GB/s "
-      f"(using {bw['bytes_per_s'] / 1e9:.2f} GB/s)",
-      '',
-      'Jitted update + apply_updates (median; bytes = two-pass model; '
-      'bw frac = bytes/time/bandwidth; HLO = bytes the compiled update moves)',
-      f"{'params':>7} {'method':>9} {'time':>10} {'vs clip':>8} "
-      f"{'bytes/P':>7} {'GB/s':>7} {'bw frac':>7} {'t/bound':>7} "
-      f"{'HLO B/P':>7} {'HLO frac':>8} {'peak MB':>8}",
+    f'overhead ({res["mode"]}): {env["cpu"]}, {env["cpu_count"]} CPUs, '
+    f'{env["jax_devices"]}, jax {env["versions"]["jax"]}, optax '
+    f'{env["versions"]["optax"]}',
+    f'measured bandwidth: axpy {bw["axpy_bytes_per_s"] / 1e9:.2f} GB/s, '
+    f'copy to a fresh buffer {bw["copy_bytes_per_s"] / 1e9:.2f} GB/s '
+    f'(using {bw["bytes_per_s"] / 1e9:.2f} GB/s)',
+    '',
+    'Jitted update + apply_updates (median; bytes = two-pass model; '
+    'bw frac = bytes/time/bandwidth; HLO = bytes the compiled update moves)',
+    f'{"params":>7} {"method":>9} {"time":>10} {"vs clip":>8} '
+    f'{"bytes/P":>7} {"GB/s":>7} {"bw frac":>7} {"t/bound":>7} '
+    f'{"HLO B/P":>7} {"HLO frac":>8} {"peak MB":>8}',
   ]
   for size, row in res['updates'].items():
     for m in METHODS:
       r = row[m]
       lines.append(
-          f"{_fmt_size(int(size)):>7} {m:>9} {r['median_s'] * 1e3:>8.3f}ms "
-          f"{r['ratio_vs_clip_sgd']:>7.2f}x "
-          f"{r['model_bytes_two_pass'] / int(size):>7.0f} "
-          f"{r['achieved_bytes_per_s'] / 1e9:>7.2f} "
-          f"{r['bandwidth_fraction']:>7.2f} {r['time_over_bytes_bound']:>7.2f} "
-          f"{r['hlo_bytes'] / int(size):>7.0f} "
-          f"{r['hlo_bandwidth_fraction']:>8.2f}"
-          f" {r['peak_bytes'] / 1e6:>8.1f}")
+        f'{_fmt_size(int(size)):>7} {m:>9} {r["median_s"] * 1e3:>8.3f}ms '
+        f'{r["ratio_vs_clip_sgd"]:>7.2f}x '
+        f'{r["model_bytes_two_pass"] / int(size):>7.0f} '
+        f'{r["achieved_bytes_per_s"] / 1e9:>7.2f} '
+        f'{r["bandwidth_fraction"]:>7.2f} {r["time_over_bytes_bound"]:>7.2f} '
+        f'{r["hlo_bytes"] / int(size):>7.0f} '
+        f'{r["hlo_bandwidth_fraction"]:>8.2f}'
+        f' {r["peak_bytes"] / 1e6:>8.1f}'
+      )
   if res['hlo']:
     size = next(iter(res['hlo'].values()))['size']
-    lines += ['', f'Optimized HLO at P={_fmt_size(size)} (4 leaves): passes '
-              'over parameter-sized arrays',
-              f"{'method':>9} {'passes':>6} {'/leaf':>6} {'fusions':>7} "
-              f"{'copies':>6} {'HLO B/P':>7} {'model B/P':>9}"]
+    lines += [
+      '',
+      f'Optimized HLO at P={_fmt_size(size)} (4 leaves): passes '
+      'over parameter-sized arrays',
+      f'{"method":>9} {"passes":>6} {"/leaf":>6} {"fusions":>7} '
+      f'{"copies":>6} {"HLO B/P":>7} {"model B/P":>9}',
+    ]
     for m, a in res['hlo'].items():
       lines.append(
-          f"{m:>9} {a['n_passes']:>6} {a['passes_per_leaf']:>6.2f} "
-          f"{a['entry_fusions']:>7} {a['entry_copies']:>6} "
-          f"{a['bytes_moved_per_param']:>7.1f} "
-          f"{a['model_bytes_per_param']['two_pass']:>9}")
+        f'{m:>9} {a["n_passes"]:>6} {a["passes_per_leaf"]:>6.2f} '
+        f'{a["entry_fusions"]:>7} {a["entry_copies"]:>6} '
+        f'{a["bytes_moved_per_param"]:>7.1f} '
+        f'{a["model_bytes_per_param"]["two_pass"]:>9}'
+      )
     for m, a in res['hlo'].items():
       top = max(p['max_numel'] for p in a['passes'])
       leaf = [p for p in a['passes'] if p['max_numel'] == top]
-      lines.append(f'{m:>9} largest leaf: ' + ', '.join(
-          f"{p['op']}{'/' + p['kind'] if p['kind'] else ''}"
-          f"(R{p['read_bytes'] // (4 * top)} "
-          f"W{p['written_bytes'] // (4 * top)})"
-          for p in leaf))
+      lines.append(
+        f'{m:>9} largest leaf: '
+        + ', '.join(
+          f'{p["op"]}{"/" + p["kind"] if p["kind"] else ""}'
+          f'(R{p["read_bytes"] // (4 * top)} '
+          f'W{p["written_bytes"] // (4 * top)})'
+          for p in leaf
+        )
+      )
   for model in res['train_step']['models'].values():
-    lines += ['', f"Training step, {model['description']} ({model['params']} "
-              'params), median (ratio vs grad + clip/sgd)',
-              f"{'batch':>5} " + ' '.join(f'{m:>24}' for m in TRAIN_METHODS)]
+    lines += [
+      '',
+      f'Training step, {model["description"]} ({model["params"]} '
+      'params), median (ratio vs grad + clip/sgd)',
+      f'{"batch":>5} ' + ' '.join(f'{m:>24}' for m in TRAIN_METHODS),
+    ]
     for b, row in model['results'].items():
-      lines.append(f'{b:>5} ' + ' '.join(
-          f"{row[m]['median_s'] * 1e3:>13.3f}ms "
-          f"({row[m]['ratio_vs_grad_clip_sgd']:.2f}x)" for m in TRAIN_METHODS))
+      lines.append(
+        f'{b:>5} '
+        + ' '.join(
+          f'{row[m]["median_s"] * 1e3:>13.3f}ms '
+          f'({row[m]["ratio_vs_grad_clip_sgd"]:.2f}x)'
+          for m in TRAIN_METHODS
+        )
+      )
   return '\n'.join(lines)
 
 
@@ -474,40 +604,66 @@ def plots(res: dict[str, Any], plot_dir: pathlib.Path) -> list[str]:
   sizes = [int(s) for s in res['updates']]
   fig, ax = plt.subplots(figsize=(6, 4.5))
   for m in METHODS:
-    ax.plot(sizes, [res['updates'][str(s)][m]['median_s'] * 1e3
-                    for s in sizes], 'o-', label=m)
+    ax.plot(
+      sizes,
+      [res['updates'][str(s)][m]['median_s'] * 1e3 for s in sizes],
+      'o-',
+      label=m,
+    )
   bw = res['bandwidth']['bytes_per_s']
   for m, style in (('spider', ':'), ('clip_sgd', '--')):
-    ax.plot(sizes, [BYTES_MODEL['two_pass'][m] * 4 * s / bw * 1e3
-                    for s in sizes], style, color='gray',
-            label=f'{m} bytes bound')
-  common.label_axes(ax, 'parameters (float32)', 'time per update (ms)',
-                    'Jitted update + apply '
-                    f"({res['environment']['jax_backend']})",
-                    xscale='log', yscale='log')
+    ax.plot(
+      sizes,
+      [BYTES_MODEL['two_pass'][m] * 4 * s / bw * 1e3 for s in sizes],
+      style,
+      color='gray',
+      label=f'{m} bytes bound',
+    )
+  common.label_axes(
+    ax,
+    'parameters (float32)',
+    'time per update (ms)',
+    f'Jitted update + apply ({res["environment"]["jax_backend"]})',
+    xscale='log',
+    yscale='log',
+  )
   paths = [common.save_plot(fig, plot_dir, 'overhead_update_time.png')]
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  groups = [(name, b, row)
-            for name, model in res['train_step']['models'].items()
-            for b, row in model['results'].items()]
+  groups = [
+    (name, b, row)
+    for name, model in res['train_step']['models'].items()
+    for b, row in model['results'].items()
+  ]
   width = 0.8 / len(TRAIN_METHODS)
   for i, m in enumerate(TRAIN_METHODS):
-    ax.bar([j + i * width for j in range(len(groups))],
-           [row[m]['ratio_vs_grad_clip_sgd'] for _, _, row in groups],
-           width, label=m)
+    ax.bar(
+      [j + i * width for j in range(len(groups))],
+      [row[m]['ratio_vs_grad_clip_sgd'] for _, _, row in groups],
+      width,
+      label=m,
+    )
   ax.axhline(2.0, color='gray', ls='--', label='naive 2x')
   ax.set_xticks([j + width for j in range(len(groups))])
   ax.set_xticklabels([f'{name}\nbatch {b}' for name, b, _ in groups])
-  common.label_axes(ax, '', 'step time / (grad + clip/sgd)',
-                    'Training step: paired gradients + SPIDER update')
+  common.label_axes(
+    ax,
+    '',
+    'step time / (grad + clip/sgd)',
+    'Training step: paired gradients + SPIDER update',
+  )
   return paths + [common.save_plot(fig, plot_dir, 'overhead_train_step.png')]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Measures, prints the tables, writes JSON and PNGs."""
-  return common.main(common.parser('overhead', __doc__), argv, experiment,
-                     report=report, plots=plots)
+  return common.main(
+    common.parser('overhead', __doc__),
+    argv,
+    experiment,
+    report=report,
+    plots=plots,
+  )
 
 
 if __name__ == '__main__':

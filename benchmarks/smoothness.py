@@ -98,15 +98,27 @@ if __package__ in (None, ''):  # python benchmarks/smoothness.py
 from benchmarks import common  # noqa: E402
 from benchmarks import tasks  # noqa: E402
 
-METHODS = ('fixed', 'auto_clip', 'adaptive_anchor', 'adaptive_minibatch',
-           'auto_both')
-LABELS = dict(fixed='fixed (hand-tuned grid)', auto_clip='automatic clipping',
-              adaptive_anchor='adaptive anchoring (split-half estimates)',
-              adaptive_minibatch='adaptive anchoring (minibatch-mean '
-              'heuristic)',
-              auto_both='automatic clipping + adaptive anchoring')
-COLORS = dict(fixed='C0', auto_clip='C1', adaptive_anchor='C2',
-              adaptive_minibatch='C4', auto_both='C3')
+METHODS = (
+  'fixed',
+  'auto_clip',
+  'adaptive_anchor',
+  'adaptive_minibatch',
+  'auto_both',
+)
+LABELS = dict(
+  fixed='fixed (hand-tuned grid)',
+  auto_clip='automatic clipping',
+  adaptive_anchor='adaptive anchoring (split-half estimates)',
+  adaptive_minibatch='adaptive anchoring (minibatch-mean heuristic)',
+  auto_both='automatic clipping + adaptive anchoring',
+)
+COLORS = dict(
+  fixed='C0',
+  auto_clip='C1',
+  adaptive_anchor='C2',
+  adaptive_minibatch='C4',
+  auto_both='C3',
+)
 CAP_PERIODS = 4  # adaptive anchoring: at most 4 q0 steps between anchors
 EVAL_EVERY_PASSES = 0.5
 # so.theory.fit_smoothness's defaults.
@@ -117,23 +129,50 @@ FIT: dict[str, Any] = dict(quantile=0.9, num_bins=8)
 # 4 lr L0 c0 for the fitted L0 (so.spider's c0 = eps / (4 lr L0)), and eps_a
 # around the error the hand-tuned recursion accumulates per period.
 TASKS: dict[str, dict[str, Any]] = dict(
-    digits=dict(
-        hand=dict(lr=1.0, c0=0.1, c1=0.05),  # quickstart.py's tuned values
-        full=dict(budget_passes=60, seeds=3, lr=(0.5, 1.0, 2.0),
-                  c_scale=(1 / 3, 1.0, 3.0), q_scale=(0.5, 1.0, 2.0, 4.0),
-                  eps=(0.1, 0.3, 1.0), eps_a=(0.01, 0.03, 0.1)),
-        quick=dict(budget_passes=8, seeds=2, lr=(1.0,), c_scale=(1.0,),
-                   q_scale=(1.0, 2.0), eps=(0.1, 0.3), eps_a=(0.01, 0.03)),
+  digits=dict(
+    hand=dict(lr=1.0, c0=0.1, c1=0.05),  # quickstart.py's tuned values
+    full=dict(
+      budget_passes=60,
+      seeds=3,
+      lr=(0.5, 1.0, 2.0),
+      c_scale=(1 / 3, 1.0, 3.0),
+      q_scale=(0.5, 1.0, 2.0, 4.0),
+      eps=(0.1, 0.3, 1.0),
+      eps_a=(0.01, 0.03, 0.1),
     ),
-    charlm=dict(
-        hand=dict(lr=3.0, c0=1.0, c1=1.0),  # train.py's settings and best lr
-        full=dict(n=512, budget_passes=32, seeds=3, lr=(1.0, 3.0, 10.0),
-                  c_scale=(1 / 3, 1.0, 3.0), q_scale=(0.5, 1.0, 2.0, 4.0),
-                  eps=(1.0, 3.0, 10.0), eps_a=(0.3, 1.0, 3.0)),
-        quick=dict(n=128, budget_passes=4, seeds=2, lr=(3.0,),
-                   c_scale=(1.0,), q_scale=(1.0, 2.0), eps=(1.0, 3.0),
-                   eps_a=(0.3, 1.0)),
+    quick=dict(
+      budget_passes=8,
+      seeds=2,
+      lr=(1.0,),
+      c_scale=(1.0,),
+      q_scale=(1.0, 2.0),
+      eps=(0.1, 0.3),
+      eps_a=(0.01, 0.03),
     ),
+  ),
+  charlm=dict(
+    hand=dict(lr=3.0, c0=1.0, c1=1.0),  # train.py's settings and best lr
+    full=dict(
+      n=512,
+      budget_passes=32,
+      seeds=3,
+      lr=(1.0, 3.0, 10.0),
+      c_scale=(1 / 3, 1.0, 3.0),
+      q_scale=(0.5, 1.0, 2.0, 4.0),
+      eps=(1.0, 3.0, 10.0),
+      eps_a=(0.3, 1.0, 3.0),
+    ),
+    quick=dict(
+      n=128,
+      budget_passes=4,
+      seeds=2,
+      lr=(3.0,),
+      c_scale=(1.0,),
+      q_scale=(1.0, 2.0),
+      eps=(1.0, 3.0),
+      eps_a=(0.3, 1.0),
+    ),
+  ),
 )
 
 
@@ -149,11 +188,16 @@ def build_task(name: str, mode: str, seed: int) -> tasks.Task:
 # the grid.
 # ----------------------------------------------------------------------------
 
+
 def _tx(kind: str, hp: dict[str, jax.Array]) -> optax.GradientTransformation:
   if kind == 'auto':
     # A callable lr keeps the traced value out of the concrete-value checks.
-    return so.spider(lambda _: hp['lr'], c0=hp['c0'], c1=hp['c1'],
-                     epsilon=cast(float, hp['eps']))
+    return so.spider(
+      lambda _: hp['lr'],
+      c0=hp['c0'],
+      c1=hp['c1'],
+      epsilon=cast(float, hp['eps']),
+    )
   return so.spider(hp['lr'], hp['c0'], hp['c1'], diagnostics=True)
 
 
@@ -161,12 +205,21 @@ def _info(kind: str, state: Any, hp: dict[str, jax.Array]) -> dict[str, Any]:
   """What the host logs after a step (all scalars)."""
   del hp
   d = so.diagnostics(state)
-  out = {k: d[k] for k in ('grad_norm', 'smoothness', 'estimate_norm',
-                           'accumulated_error', 'accumulated_variance')}
+  out = {
+    k: d[k]
+    for k in (
+      'grad_norm',
+      'smoothness',
+      'estimate_norm',
+      'accumulated_error',
+      'accumulated_variance',
+    )
+  }
   out['since'] = d['steps_since_anchor']
   if kind == 'auto':  # the running fit and the thresholds it sets
-    out.update({k: optax.tree_utils.tree_get(state, k)
-                for k in ('L0', 'L1', 'c0', 'c1')})
+    out.update(
+      {k: optax.tree_utils.tree_get(state, k) for k in ('L0', 'L1', 'c0', 'c1')}
+    )
   return out
 
 
@@ -179,38 +232,54 @@ def make_steps(task: tasks.Task) -> dict[str, Any]:
     # Every recursive step evaluates its minibatch as two halves, so that
     # every run carries both error estimates.
     pair = common.step_pair(
-        functools.partial(_tx, kind), lambda p: full(p)[1],
-        lambda p, prev, idx: so.paired_grad(loss_fn, split_batch=True)(
-            p, prev, x[idx], y[idx]), info=functools.partial(_info, kind))
+      functools.partial(_tx, kind),
+      lambda p: full(p)[1],
+      lambda p, prev, idx: so.paired_grad(loss_fn, split_batch=True)(
+        p, prev, x[idx], y[idx]
+      ),
+      info=functools.partial(_info, kind),
+    )
     steps[kind] = tuple(jax.jit(f) for f in pair)
   steps['loss'] = jax.jit(lambda p: loss_fn(p, x, y))
   norm = jax.jit(so.global_norm)
   steps['final'] = lambda p: (lambda lg: (float(lg[0]), float(norm(lg[1]))))(
-      full(p))
+    full(p)
+  )
 
   def per_sample(p, other, idx):
     """Of d_i = grad f_i(p) - grad f_i(other) over the minibatch: the mean
     of ||d_i||^2 and the sample variance (1/(S2-1)) sum_i ||d_i - d_bar||^2."""
     grad_i = jax.vmap(
-        jax.grad(lambda q, xi, yi: loss_fn(q, xi[None], yi[None])),
-        (None, 0, 0))
-    d = jax.tree.map(lambda a, b: (a - b).reshape(a.shape[0], -1),
-                     grad_i(p, x[idx], y[idx]), grad_i(other, x[idx], y[idx]))
+      jax.grad(lambda q, xi, yi: loss_fn(q, xi[None], yi[None])), (None, 0, 0)
+    )
+    d = jax.tree.map(
+      lambda a, b: (a - b).reshape(a.shape[0], -1),
+      grad_i(p, x[idx], y[idx]),
+      grad_i(other, x[idx], y[idx]),
+    )
     sq = sum(jnp.sum(jnp.square(v), 1) for v in jax.tree.leaves(d))
-    dev = sum(jnp.sum(jnp.square(v - v.mean(0)), 1)
-              for v in jax.tree.leaves(d))
+    dev = sum(jnp.sum(jnp.square(v - v.mean(0)), 1) for v in jax.tree.leaves(d))
     return jnp.mean(sq), jnp.sum(dev) / (idx.shape[0] - 1)
 
   steps['per_sample'] = jax.jit(per_sample)
   # ||v_k - grad f(x_k)||^2, x_k being the params of the last update.
-  steps['error'] = jax.jit(lambda state: jnp.square(so.global_norm(
-      jax.tree.map(jnp.subtract, optax.tree_utils.tree_get(state, 'estimate'),
-                   full(so.prev_params(state))[1]))))
+  steps['error'] = jax.jit(
+    lambda state: jnp.square(
+      so.global_norm(
+        jax.tree.map(
+          jnp.subtract,
+          optax.tree_utils.tree_get(state, 'estimate'),
+          full(so.prev_params(state))[1],
+        )
+      )
+    )
+  )
   return steps
 
 
-def stepper(steps: dict[str, Any], setting: dict[str, Any], n: int,
-            s2: int) -> common.Stepper:
+def stepper(
+  steps: dict[str, Any], setting: dict[str, Any], n: int, s2: int
+) -> common.Stepper:
   """The run of ``setting``: its kind ('fixed' or 'auto'), lr, c0, c1, eps,
   q (the period, or the cap under adaptive anchoring) and anchor rule:
   'every_q', 'split' (``so.anchor_due(state, error_budget)``) or 'minibatch'
@@ -219,16 +288,30 @@ def stepper(steps: dict[str, Any], setting: dict[str, Any], n: int,
   hp = {k: jnp.float32(setting[k] or 1.0) for k in ('lr', 'c0', 'c1', 'eps')}
   anchor, recursive = steps[setting['kind']]
   schedule = common.spider_schedule(
-      setting['q'], error_budget=setting['error_budget'],
-      batch_size=s2 if setting['anchor'] == 'minibatch' else None)
+    setting['q'],
+    error_budget=setting['error_budget'],
+    batch_size=s2 if setting['anchor'] == 'minibatch' else None,
+  )
   return common.Stepper(
-      init=_tx(setting['kind'], hp).init,
-      step=functools.partial(recursive, hp), batch_size=s2, cost=2 * s2,
-      anchor=functools.partial(anchor, hp), anchor_cost=n, is_anchor=schedule)
+    init=_tx(setting['kind'], hp).init,
+    step=functools.partial(recursive, hp),
+    batch_size=s2,
+    cost=2 * s2,
+    anchor=functools.partial(anchor, hp),
+    anchor_cost=n,
+    is_anchor=schedule,
+  )
 
 
-def error_check(steps: dict[str, Any], setting: dict[str, Any], params: Any,
-                n: int, s2: int, budget: int, seed: int) -> dict[str, Any]:
+def error_check(
+  steps: dict[str, Any],
+  setting: dict[str, Any],
+  params: Any,
+  n: int,
+  s2: int,
+  budget: int,
+  seed: int,
+) -> dict[str, Any]:
   """What ``so.anchor_due`` estimates against the estimator's true error.
 
   Replays ``setting`` (every-q anchors) and records, outside the budget, the
@@ -252,10 +335,18 @@ def error_check(steps: dict[str, Any], setting: dict[str, Any], params: Any,
     k, since = sums['k'], int(info['since'])  # since the last anchor
     sums['k'] += 1
     if since in probes:
-      rows.append((k, since, float(steps['error'](state)),
-                   float(info['accumulated_error']) / s2, sums['lemma'] / s2,
-                   sums['centred'] / s2, float(info['estimate_norm'])**2,
-                   float(info['accumulated_variance'])))
+      rows.append(
+        (
+          k,
+          since,
+          float(steps['error'](state)),
+          float(info['accumulated_error']) / s2,
+          sums['lemma'] / s2,
+          sums['centred'] / s2,
+          float(info['estimate_norm']) ** 2,
+          float(info['accumulated_variance']),
+        )
+      )
     return params, state, info
 
   def anchor(params, state):
@@ -270,60 +361,109 @@ def error_check(steps: dict[str, Any], setting: dict[str, Any], params: Any,
     return probe(*base.step(params, state, idx))
 
   k = common.run_budgeted(
-      dataclasses.replace(base, anchor=anchor, step=recursive), params,
-      rng=np.random.default_rng(seed), n=n, budget=budget, every=budget + 1,
-      evaluate=lambda p: {}, compile_first=False).steps
-  cols = ('step', 'since_anchor', 'true_error', 'minibatch_estimate',
-          'per_sample_estimate', 'centred_estimate', 'estimate_norm_sq',
-          'split_half_estimate')
+    dataclasses.replace(base, anchor=anchor, step=recursive),
+    params,
+    rng=np.random.default_rng(seed),
+    n=n,
+    budget=budget,
+    every=budget + 1,
+    evaluate=lambda p: {},
+    compile_first=False,
+  ).steps
+  cols = (
+    'step',
+    'since_anchor',
+    'true_error',
+    'minibatch_estimate',
+    'per_sample_estimate',
+    'centred_estimate',
+    'estimate_norm_sq',
+    'split_half_estimate',
+  )
   table = {c: [row[i] for row in rows] for i, c in enumerate(cols)}
   # Medians of the ratios over each third of the run, at period ends.
   ratios = []
   third = max(1, k // 3)
   for part in range(3):
     span = range(part * third, (part + 1) * third)
-    sel = ([r for r in rows if r[1] == q - 1 and r[0] in span]
-           or [r for r in rows if r[0] in span])
+    sel = [r for r in rows if r[1] == q - 1 and r[0] in span] or [
+      r for r in rows if r[0] in span
+    ]
     if not sel:
       continue
     column = {c: np.asarray([r[i] for r in sel]) for i, c in enumerate(cols)}
-    ratios.append(dict(
+    ratios.append(
+      dict(
         steps=[span.start, span.stop],
         **{c: common.median(column[c]) for c in cols[2:]},
-        **{f'true_over_{c.removesuffix("_estimate")}': common.median(
-            column['true_error'] / column[c]) for c in cols
-           if c.endswith('_estimate')}))
-  return dict(setting=setting, seed=seed, minibatch=s2, by_third=ratios,
-              **table)
+        **{
+          f'true_over_{c.removesuffix("_estimate")}': common.median(
+            column['true_error'] / column[c]
+          )
+          for c in cols
+          if c.endswith('_estimate')
+        },
+      )
+    )
+  return dict(
+    setting=setting, seed=seed, minibatch=s2, by_third=ratios, **table
+  )
 
 
-def run(steps: dict[str, Any], setting: dict[str, Any], params: Any, n: int,
-        s2: int, budget: int, every: int, seed: int) -> dict[str, Any]:
+def run(
+  steps: dict[str, Any],
+  setting: dict[str, Any],
+  params: Any,
+  n: int,
+  s2: int,
+  budget: int,
+  every: int,
+  seed: int,
+) -> dict[str, Any]:
   """One run at ``setting`` until the next step's cost would pass ``budget``;
   the training loss at the checkpoints, the loss and gradient norm at the
   end, and the per-step trace of the estimator's diagnostics."""
   r = common.run_budgeted(
-      stepper(steps, setting, n, s2), params, rng=np.random.default_rng(seed),
-      n=n, budget=budget, every=every,
-      evaluate=lambda p: dict(loss=steps['loss'](p)))
+    stepper(steps, setting, n, s2),
+    params,
+    rng=np.random.default_rng(seed),
+    n=n,
+    budget=budget,
+    every=every,
+    evaluate=lambda p: dict(loss=steps['loss'](p)),
+  )
   final_loss, final_grad_norm = steps['final'](r.params)
-  diverged = r.diverged or not (math.isfinite(final_loss)
-                                and math.isfinite(final_grad_norm))
+  diverged = r.diverged or not (
+    math.isfinite(final_loss) and math.isfinite(final_grad_norm)
+  )
   infos = jax.device_get(r.infos)
-  trace = {key: np.asarray([i[key] for i in infos], np.float64)
-           for key in infos[0]} if infos else {}
-  return dict(r.record(), seed=seed, diverged=diverged,
-              final_loss=None if diverged else final_loss,
-              final_grad_norm=None if diverged else final_grad_norm,
-              trace=trace)
+  trace = (
+    {key: np.asarray([i[key] for i in infos], np.float64) for key in infos[0]}
+    if infos
+    else {}
+  )
+  return dict(
+    r.record(),
+    seed=seed,
+    diverged=diverged,
+    final_loss=None if diverged else final_loss,
+    final_grad_norm=None if diverged else final_grad_norm,
+    trace=trace,
+  )
 
 
 # ----------------------------------------------------------------------------
 # Grids, selection and the comparison.
 # ----------------------------------------------------------------------------
 
-def grid(method: str, g: dict[str, Any], hand: dict[str, float], q0: int,
-         best: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+
+def grid(
+  method: str,
+  g: dict[str, Any],
+  hand: dict[str, float],
+  q0: int,
+  best: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
   """The settings of ``method``; ``best`` holds earlier methods' best.
 
   ``fixed`` is tuned coordinate-wise: lr x c_scale at q0 here, then
@@ -331,28 +471,44 @@ def grid(method: str, g: dict[str, Any], hand: dict[str, float], q0: int,
   knobs it is meant to and keeps the best fixed values of the others.
   """
   if method == 'fixed':
-    return [dict(kind='fixed', lr=lr, c0=hand['c0'] * cs, c1=hand['c1'] * cs,
-                 eps=None, q=q0, anchor='every_q', error_budget=None)
-            for lr, cs in itertools.product(g['lr'], g['c_scale'])]
+    return [
+      dict(
+        kind='fixed',
+        lr=lr,
+        c0=hand['c0'] * cs,
+        c1=hand['c1'] * cs,
+        eps=None,
+        q=q0,
+        anchor='every_q',
+        error_budget=None,
+      )
+      for lr, cs in itertools.product(g['lr'], g['c_scale'])
+    ]
   fixed = best['fixed']
   cap = CAP_PERIODS * q0
   if method == 'fixed_q':
-    return [dict(fixed, q=max(1, round(q0 * qs))) for qs in g['q_scale']
-            if qs != 1]
+    return [
+      dict(fixed, q=max(1, round(q0 * qs))) for qs in g['q_scale'] if qs != 1
+    ]
   if method == 'auto_clip':  # (c0, c1) -> eps; they only warm the fit up
-    return [dict(fixed, kind='auto', lr=lr, eps=eps)
-            for lr, eps in itertools.product(g['lr'], g['eps'])]
+    return [
+      dict(fixed, kind='auto', lr=lr, eps=eps)
+      for lr, eps in itertools.product(g['lr'], g['eps'])
+    ]
   if method in ('adaptive_anchor', 'adaptive_minibatch'):  # q -> a budget
     rule = 'split' if method == 'adaptive_anchor' else 'minibatch'
-    return [dict(fixed, lr=lr, q=cap, anchor=rule, eps_a=e,
-                 error_budget=e**2 / 8)
-            for lr, e in itertools.product(g['lr'], g['eps_a'])]
+    return [
+      dict(fixed, lr=lr, q=cap, anchor=rule, eps_a=e, error_budget=e**2 / 8)
+      for lr, e in itertools.product(g['lr'], g['eps_a'])
+    ]
   # auto_both: the best eps; eps_a from the grid and tied to eps (eps_a = eps).
   auto = best['auto_clip']
-  return [dict(auto, lr=lr, q=cap, anchor='split', eps_a=e,
-               error_budget=e**2 / 8)
-          for lr, e in itertools.product(
-              g['lr'], dict.fromkeys(g['eps_a'] + (auto['eps'],)))]
+  return [
+    dict(auto, lr=lr, q=cap, anchor='split', eps_a=e, error_budget=e**2 / 8)
+    for lr, e in itertools.product(
+      g['lr'], dict.fromkeys(g['eps_a'] + (auto['eps'],))
+    )
+  ]
 
 
 def _key(r: dict[str, Any]) -> float:
@@ -379,8 +535,10 @@ def calls_to(curve: dict[str, list], target: float) -> float:
 def _strip(r: dict[str, Any], keep_trace: bool) -> dict[str, Any]:
   out = {k: v for k, v in r.items() if k != 'trace'}
   if keep_trace:
-    out['trace'] = {k: [None if not math.isfinite(x) else x for x in v.tolist()]
-                    for k, v in r['trace'].items()}
+    out['trace'] = {
+      k: [None if not math.isfinite(x) else x for x in v.tolist()]
+      for k, v in r['trace'].items()
+    }
   return out
 
 
@@ -390,18 +548,22 @@ def smoothness_picture(r: dict[str, Any]) -> dict[str, Any]:
   tr = r['trace']
   h = tr['smoothness']
   keep = np.isfinite(h)
-  out: dict[str, Any] = dict(fit_options=FIT,
-                             step=np.flatnonzero(keep).tolist(),
-             smoothness=h[keep].tolist(),
-             smoothness_quantiles=np.quantile(
-                 h[keep], [0.1, 0.5, 0.9]).tolist())
+  out: dict[str, Any] = dict(
+    fit_options=FIT,
+    step=np.flatnonzero(keep).tolist(),
+    smoothness=h[keep].tolist(),
+    smoothness_quantiles=np.quantile(h[keep], [0.1, 0.5, 0.9]).tolist(),
+  )
   for x_key, prefix in (('grad_norm', ''), ('estimate_norm', 'estimate_')):
     x = tr[x_key]
     fit = so.theory.fit_smoothness(x, h, **FIT)
-    fit_all = so.theory.fit_smoothness(x, h, quantile=1.0,
-                                       num_bins=FIT['num_bins'])
-    out.update({
-        f'{prefix}L0': float(fit.L0), f'{prefix}L1': float(fit.L1),
+    fit_all = so.theory.fit_smoothness(
+      x, h, quantile=1.0, num_bins=FIT['num_bins']
+    )
+    out.update(
+      {
+        f'{prefix}L0': float(fit.L0),
+        f'{prefix}L1': float(fit.L1),
         f'{prefix}num_samples': int(fit.num_samples),
         f'{prefix}L0_quantile_1': float(fit_all.L0),
         f'{prefix}L1_quantile_1': float(fit_all.L1),
@@ -410,7 +572,8 @@ def smoothness_picture(r: dict[str, Any]) -> dict[str, Any]:
         # Log-log slope of L_hat against the norm: 0 is L0-smooth, 1 is
         # L_hat proportional to the norm.
         f'{prefix}loglog_slope': common.loglog_slope(x[keep], h[keep]),
-    })
+      }
+    )
   return out
 
 
@@ -428,16 +591,24 @@ def run_task(name: str, mode: str, bar: tqdm.tqdm) -> dict[str, Any]:
   params.update({s: build_task(name, mode, s).params for s in seeds[1:]})
 
   def go(setting, seed):
-    bar.set_postfix_str(f'{name}/{setting["kind"]} lr={setting["lr"]:g} '
-                        f'seed={seed}')
+    bar.set_postfix_str(
+      f'{name}/{setting["kind"]} lr={setting["lr"]:g} seed={seed}'
+    )
     r = run(steps, setting, params[seed], n, s2, budget, every, seed)
     bar.update(1)
     return r
 
   methods, best = {}, {}
-  hand_setting = dict(kind='fixed', lr=hand['lr'], c0=hand['c0'],
-                      c1=hand['c1'], eps=None, q=q0, anchor='every_q',
-                      error_budget=None)
+  hand_setting = dict(
+    kind='fixed',
+    lr=hand['lr'],
+    c0=hand['c0'],
+    c1=hand['c1'],
+    eps=None,
+    q=q0,
+    anchor='every_q',
+    error_budget=None,
+  )
   picture = None
   for method in METHODS:
     settings = grid(method, g, hand, q0, best)
@@ -457,20 +628,26 @@ def run_task(name: str, mode: str, bar: tqdm.tqdm) -> dict[str, Any]:
     best[method] = settings[i]
     seed_runs = [runs[i]] + [go(settings[i], s) for s in seeds[1:]]
     methods[method] = dict(
-        grid_size=len(settings), best=settings[i],
-        grid=[dict(setting=s, final_loss=r['final_loss'],
-                   diverged=r['diverged']) for s, r in zip(settings, runs)],
-        # Per-step traces of seed 0 only (the plots' run), to keep the JSON
-        # small.
-        seeds=[_strip(r, keep_trace=i == 0) for i, r in enumerate(seed_runs)],
-        diverged_settings=sum(r['diverged'] for r in runs))
+      grid_size=len(settings),
+      best=settings[i],
+      grid=[
+        dict(setting=s, final_loss=r['final_loss'], diverged=r['diverged'])
+        for s, r in zip(settings, runs)
+      ],
+      # Per-step traces of seed 0 only (the plots' run), to keep the JSON
+      # small.
+      seeds=[_strip(r, keep_trace=i == 0) for i, r in enumerate(seed_runs)],
+      diverged_settings=sum(r['diverged'] for r in runs),
+    )
     if method == 'fixed':
       methods[method]['hand_tuned_run'] = _strip(hand_run, keep_trace=False)
 
   # Targets that every seed of the best fixed setting reaches (worst seed).
   ref = [r for r in methods['fixed']['seeds'] if not r['diverged']]
-  target_a = max(_log_interp(budget / 2, r['curves']['oracle_calls'],
-                             r['curves']['loss']) for r in ref)
+  target_a = max(
+    _log_interp(budget / 2, r['curves']['oracle_calls'], r['curves']['loss'])
+    for r in ref
+  )
   target_b = max(r['final_loss'] for r in ref)
   for m in methods.values():
     # Medians over the seeds; a diverged seed, or one that never reaches a
@@ -478,21 +655,35 @@ def run_task(name: str, mode: str, bar: tqdm.tqdm) -> dict[str, Any]:
     med = lambda values: common.finite_or_none(common.median(values))
     rs = m['seeds']
     m.update(
-        final_loss=med(r['final_loss'] for r in rs),
-        final_grad_norm=med(r['final_grad_norm'] for r in rs),
-        wall_time_s=med(r['wall_time_s'] for r in rs),
-        anchors=med(len(r['anchors']) for r in rs),
-        calls_to_target_a=med(calls_to(r['curves'], target_a) for r in rs),
-        calls_to_target_b=med(calls_to(r['curves'], target_b) for r in rs))
-  return dict(description=task.description, n=n, q0=q0, minibatch=s2,
-              anchor_batch=n, budget=budget, budget_passes=g['budget_passes'],
-              eval_every=every, seeds=seeds, grids=g, hand_tuned=hand,
-              smoothness=picture, error_check=check,
-              targets=dict(a=target_a, b=target_b,
-                           a_is='best fixed: worst seed\'s loss at half the '
-                           'budget',
-                           b_is='best fixed: worst seed\'s final loss'),
-              methods=methods)
+      final_loss=med(r['final_loss'] for r in rs),
+      final_grad_norm=med(r['final_grad_norm'] for r in rs),
+      wall_time_s=med(r['wall_time_s'] for r in rs),
+      anchors=med(len(r['anchors']) for r in rs),
+      calls_to_target_a=med(calls_to(r['curves'], target_a) for r in rs),
+      calls_to_target_b=med(calls_to(r['curves'], target_b) for r in rs),
+    )
+  return dict(
+    description=task.description,
+    n=n,
+    q0=q0,
+    minibatch=s2,
+    anchor_batch=n,
+    budget=budget,
+    budget_passes=g['budget_passes'],
+    eval_every=every,
+    seeds=seeds,
+    grids=g,
+    hand_tuned=hand,
+    smoothness=picture,
+    error_check=check,
+    targets=dict(
+      a=target_a,
+      b=target_b,
+      a_is="best fixed: worst seed's loss at half the budget",
+      b_is="best fixed: worst seed's final loss",
+    ),
+    methods=methods,
+  )
 
 
 def _or_nan(x: float | None) -> float:
@@ -513,8 +704,10 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     n, ref = t['n'], t['methods']['fixed']
     for method in METHODS[1:]:
       m = t['methods'][method]
-      for key, label in (('calls_to_target_a', 'target A'),
-                         ('calls_to_target_b', 'target B')):
+      for key, label in (
+        ('calls_to_target_a', 'target A'),
+        ('calls_to_target_b', 'target B'),
+      ):
         a, b = m[key], ref[key]
         if a is None and b is None:
           continue
@@ -526,12 +719,16 @@ def verdicts(results: dict[str, Any]) -> list[str]:
         else:
           word = 'wins'
         ratio = '' if a is None or b is None else f', {b / a:.2f}x'
-        out.append(f'{name}: {method} {word} on {label} '
-                   f'({_fmt_calls(a, n)} vs {_fmt_calls(b, n)} passes{ratio})')
+        out.append(
+          f'{name}: {method} {word} on {label} '
+          f'({_fmt_calls(a, n)} vs {_fmt_calls(b, n)} passes{ratio})'
+        )
       if m['final_loss'] is not None and ref['final_loss'] is not None:
         word = 'wins' if m['final_loss'] < ref['final_loss'] else 'LOSES'
-        out.append(f'{name}: {method} {word} on final loss '
-                   f'({m["final_loss"]:.4g} vs {ref["final_loss"]:.4g})')
+        out.append(
+          f'{name}: {method} {word} on final loss '
+          f'({m["final_loss"]:.4g} vs {ref["final_loss"]:.4g})'
+        )
   return out
 
 
@@ -540,26 +737,33 @@ def format_summary(results: dict[str, Any], lines_wl: list[str]) -> str:
   for name, t in results.items():
     s = t['smoothness']
     lines.append(
-        f'{name}: n={t["n"]}, budget {t["budget_passes"]} passes, q0=S2='
-        f'{t["q0"]}; targets A={t["targets"]["a"]:.4g} '
-        f'B={t["targets"]["b"]:.4g}')
+      f'{name}: n={t["n"]}, budget {t["budget_passes"]} passes, q0=S2='
+      f'{t["q0"]}; targets A={t["targets"]["a"]:.4g} '
+      f'B={t["targets"]["b"]:.4g}'
+    )
     for prefix, label in (('', '||g_k||'), ('estimate_', '||v_k||')):
       lines.append(
-          f'  L_hat vs {label}: fitted (L0, L1) = ({s[prefix + "L0"]:.3g}, '
-          f'{s[prefix + "L1"]:.3g}) from {s[prefix + "num_samples"]} steps '
-          f'(quantile 1: ({s[prefix + "L0_quantile_1"]:.3g}, '
-          f'{s[prefix + "L1_quantile_1"]:.3g})); log-log slope '
-          f'{_or_nan(s[prefix + "loglog_slope"]):.2f}')
+        f'  L_hat vs {label}: fitted (L0, L1) = ({s[prefix + "L0"]:.3g}, '
+        f'{s[prefix + "L1"]:.3g}) from {s[prefix + "num_samples"]} steps '
+        f'(quantile 1: ({s[prefix + "L0_quantile_1"]:.3g}, '
+        f'{s[prefix + "L1_quantile_1"]:.3g})); log-log slope '
+        f'{_or_nan(s[prefix + "loglog_slope"]):.2f}'
+      )
     thirds = t['error_check']['by_third']
-    for key, label in (('split_half', 'split-half (anchor_due)'),
-                       ('minibatch', 'minibatch-mean (anchor_due, S2)'),
-                       ('centred', 'per-sample centred')):
+    for key, label in (
+      ('split_half', 'split-half (anchor_due)'),
+      ('minibatch', 'minibatch-mean (anchor_due, S2)'),
+      ('centred', 'per-sample centred'),
+    ):
       ratios = ', '.join(f'{r["true_over_" + key]:.3g}' for r in thirds)
-      lines.append(f'  true error / {label} estimate, by third of the '
-                   f'run: {ratios}')
-    header = (f'  {"method":<17} {"grid":>4} {"best setting":<40} '
-              f'{"to A":>11} {"to B":>11} {"final loss":>10} {"|grad f|":>9} '
-              f'{"anchors":>7}')
+      lines.append(
+        f'  true error / {label} estimate, by third of the run: {ratios}'
+      )
+    header = (
+      f'  {"method":<17} {"grid":>4} {"best setting":<40} '
+      f'{"to A":>11} {"to B":>11} {"final loss":>10} {"|grad f|":>9} '
+      f'{"anchors":>7}'
+    )
     lines += [header, '  ' + '-' * (len(header) - 2)]
     for method, m in t['methods'].items():
       b = m['best']
@@ -573,13 +777,15 @@ def format_summary(results: dict[str, Any], lines_wl: list[str]) -> str:
       else:
         desc += f' eps_a={b["eps_a"]:g} cap={b["q"]}'
       fl = '-' if m['final_loss'] is None else f'{m["final_loss"]:.4g}'
-      fg = ('-' if m['final_grad_norm'] is None
-            else f'{m["final_grad_norm"]:.3g}')
+      fg = (
+        '-' if m['final_grad_norm'] is None else f'{m["final_grad_norm"]:.3g}'
+      )
       lines.append(
-          f'  {method:<17} {m["grid_size"]:>4} {desc:<40} '
-          f'{_fmt_calls(m["calls_to_target_a"], t["n"]):>11} '
-          f'{_fmt_calls(m["calls_to_target_b"], t["n"]):>11} {fl:>10} '
-          f'{fg:>9} {m["anchors"]:>7g}')
+        f'  {method:<17} {m["grid_size"]:>4} {desc:<40} '
+        f'{_fmt_calls(m["calls_to_target_a"], t["n"]):>11} '
+        f'{_fmt_calls(m["calls_to_target_b"], t["n"]):>11} {fl:>10} '
+        f'{fg:>9} {m["anchors"]:>7g}'
+      )
     lines.append('')
   lines.append('Calls to targets in passes (units of n), medians over seeds.')
   lines.append('Against the best fixed setting:')
@@ -591,6 +797,7 @@ def format_summary(results: dict[str, Any], lines_wl: list[str]) -> str:
 # Plots.
 # ----------------------------------------------------------------------------
 
+
 def plots(results: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
   plt, by_task = common.pyplot(), results['tasks']
   rows = len(by_task)
@@ -598,8 +805,13 @@ def plots(results: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
   # 1. L_hat vs ||g|| and vs ||v|| with the envelope; auto clip's running fit.
   fig, axes = plt.subplots(rows, 3, figsize=(19, 4.6 * rows), squeeze=False)
   for (name, t), row in zip(by_task.items(), axes):
-    sc = [_fit_panel(ax, name, t, x_key, prefix) for ax, x_key, prefix in (
-        (row[0], 'grad_norm', ''), (row[1], 'estimate_norm', 'estimate_'))]
+    sc = [
+      _fit_panel(ax, name, t, x_key, prefix)
+      for ax, x_key, prefix in (
+        (row[0], 'grad_norm', ''),
+        (row[1], 'estimate_norm', 'estimate_'),
+      )
+    ]
     fig.colorbar(sc[-1], ax=row[1], label='step')
     _running_fit_panel(row[2], name, t)
   paths['fit'] = common.save_plot(fig, plot_dir, 'smoothness_fit.png')
@@ -610,16 +822,29 @@ def plots(results: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
     for method, m in t['methods'].items():
       for i, r in enumerate(m['seeds']):
         c = r['curves']
-        ax.plot(np.asarray(c['oracle_calls']) / t['n'], c['loss'],
-                color=COLORS[method], alpha=1.0 if i == 0 else 0.35,
-                lw=1.5 if i == 0 else 0.8,
-                label=LABELS[method] if i == 0 else None)
+        ax.plot(
+          np.asarray(c['oracle_calls']) / t['n'],
+          c['loss'],
+          color=COLORS[method],
+          alpha=1.0 if i == 0 else 0.35,
+          lw=1.5 if i == 0 else 0.8,
+          label=LABELS[method] if i == 0 else None,
+        )
     for key, ls in (('a', ':'), ('b', '--')):
-      ax.axhline(t['targets'][key], color='k', ls=ls, lw=0.8,
-                 label=f'target {key.upper()}')
-    common.label_axes(ax, 'stochastic gradients / n', 'full training loss',
-                      f'{name}: best setting of each method (seed 0 bold, '
-                      'other seeds light)', yscale='log')
+      ax.axhline(
+        t['targets'][key],
+        color='k',
+        ls=ls,
+        lw=0.8,
+        label=f'target {key.upper()}',
+      )
+    common.label_axes(
+      ax,
+      'stochastic gradients / n',
+      'full training loss',
+      f'{name}: best setting of each method (seed 0 bold, other seeds light)',
+      yscale='log',
+    )
   paths['loss'] = common.save_plot(fig, plot_dir, 'smoothness_loss.png')
 
   # 3. Where anchors happen: period vs progress, a histogram, and what the
@@ -632,28 +857,41 @@ def plots(results: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
   return paths
 
 
-def _fit_panel(ax: Any, name: str, t: dict[str, Any], x_key: str,
-               prefix: str) -> Any:
+def _fit_panel(
+  ax: Any, name: str, t: dict[str, Any], x_key: str, prefix: str
+) -> Any:
   """L_hat against ``x_key`` with the fitted envelopes; the scatter."""
   s, hand = t['smoothness'], t['hand_tuned']
   x = np.asarray(s[x_key])
-  sc = ax.scatter(x, s['smoothness'], c=s['step'], s=6, cmap='viridis',
-                  alpha=0.7)
+  sc = ax.scatter(
+    x, s['smoothness'], c=s['step'], s=6, cmap='viridis', alpha=0.7
+  )
   xs = np.geomspace(x.min(), x.max(), 100)
-  for q, suffix, style, lw in (('0.9', '', 'r-', 2),
-                               ('1', '_quantile_1', 'r--', 1)):
+  for q, suffix, style, lw in (
+    ('0.9', '', 'r-', 2),
+    ('1', '_quantile_1', 'r--', 1),
+  ):
     L0, L1 = s[f'{prefix}L0{suffix}'], s[f'{prefix}L1{suffix}']
-    ax.plot(xs, L0 + L1 * xs, style, lw=lw,
-            label=f'fit q={q}: L0={L0:.3g}, L1={L1:.3g}')
+    ax.plot(
+      xs,
+      L0 + L1 * xs,
+      style,
+      lw=lw,
+      label=f'fit q={q}: L0={L0:.3g}, L1={L1:.3g}',
+    )
   slope = s[prefix + 'loglog_slope']
   common.label_axes(
-      ax, 'minibatch gradient norm ||g_k|| (fitted by the package)'
-      if x_key == 'grad_norm' else 'estimator norm ||v_k||',
-      'local smoothness L_hat_k',
-      f'{name}: hand-tuned SPIDER (lr={hand["lr"]:g}, c0={hand["c0"]:g}, '
-      f'c1={hand["c1"]:g}, q={t["q0"]})'
-      + ('' if slope is None else f', log-log slope {slope:.2f}'),
-      xscale='log', yscale='log')
+    ax,
+    'minibatch gradient norm ||g_k|| (fitted by the package)'
+    if x_key == 'grad_norm'
+    else 'estimator norm ||v_k||',
+    'local smoothness L_hat_k',
+    f'{name}: hand-tuned SPIDER (lr={hand["lr"]:g}, c0={hand["c0"]:g}, '
+    f'c1={hand["c1"]:g}, q={t["q0"]})'
+    + ('' if slope is None else f', log-log slope {slope:.2f}'),
+    xscale='log',
+    yscale='log',
+  )
   return sc
 
 
@@ -664,55 +902,84 @@ def _running_fit_panel(ax: Any, name: str, t: dict[str, Any]) -> None:
   for key, style in (('L0', '-'), ('L1', '--')):
     y = np.asarray([np.nan if v is None else v for v in r['trace'][key]])
     ax.plot(calls, y, 'C1' + style, label=f'running {key} (auto_clip)')
-    ax.axhline(t['smoothness'][key], color='r', ls=style, lw=1,
-               label=f'{key} of the hand-tuned run')
+    ax.axhline(
+      t['smoothness'][key],
+      color='r',
+      ls=style,
+      lw=1,
+      label=f'{key} of the hand-tuned run',
+    )
   b = t['methods']['auto_clip']['best']
-  common.label_axes(ax, 'stochastic gradients / n',
-                    'fitted constant (0 not shown)',
-                    f'{name}: automatic clipping, lr={b["lr"]:g}, '
-                    f'eps={b["eps"]:g} (seed 0): its fit over the last 256 '
-                    'steps', yscale='log')
+  common.label_axes(
+    ax,
+    'stochastic gradients / n',
+    'fitted constant (0 not shown)',
+    f'{name}: automatic clipping, lr={b["lr"]:g}, '
+    f'eps={b["eps"]:g} (seed 0): its fit over the last 256 '
+    'steps',
+    yscale='log',
+  )
 
 
 def _anchor_panels(ax: Any, ax2: Any, name: str, t: dict[str, Any]) -> None:
   """The periods between anchors along the run, and their histogram."""
   n, cap = t['n'], CAP_PERIODS * t['q0']
-  for method in ('fixed', 'adaptive_anchor', 'adaptive_minibatch',
-                 'auto_both'):
+  for method in ('fixed', 'adaptive_anchor', 'adaptive_minibatch', 'auto_both'):
     r = t['methods'][method]['seeds'][0]
     a = np.asarray(r['anchors'])
     if len(a) < 2:
       continue
     periods = np.diff(a)
-    ax.plot(_step_calls(r, n, t['minibatch'])[a[1:]] / n, periods, 'o-',
-            ms=3, color=COLORS[method], label=LABELS[method])
+    ax.plot(
+      _step_calls(r, n, t['minibatch'])[a[1:]] / n,
+      periods,
+      'o-',
+      ms=3,
+      color=COLORS[method],
+      label=LABELS[method],
+    )
     width = max(1, cap // 40)
-    ax2.hist(periods, bins=np.arange(0, periods.max() + 2 * width, width),
-             color=COLORS[method], alpha=0.5, label=LABELS[method])
+    ax2.hist(
+      periods,
+      bins=np.arange(0, periods.max() + 2 * width, width),
+      color=COLORS[method],
+      alpha=0.5,
+      label=LABELS[method],
+    )
   ax.axhline(cap, color='k', ls='--', lw=0.8, label=f'cap {CAP_PERIODS} q0')
-  common.label_axes(ax, 'stochastic gradients / n (at the anchor)',
-                    'steps since the previous anchor',
-                    f'{name}: anchor periods (seed 0, best settings)')
-  common.label_axes(ax2, 'period (steps)', 'count',
-                    f'{name}: period histogram')
+  common.label_axes(
+    ax,
+    'stochastic gradients / n (at the anchor)',
+    'steps since the previous anchor',
+    f'{name}: anchor periods (seed 0, best settings)',
+  )
+  common.label_axes(ax2, 'period (steps)', 'count', f'{name}: period histogram')
 
 
 def _error_panel(ax: Any, name: str, t: dict[str, Any]) -> None:
   """The error check: the true error against its estimates."""
   e = t['error_check']
   for key, style, label in (
-      ('true_error', 'k-', 'true ||v_k - grad f(x_k)||^2'),
-      ('split_half_estimate', 'C2-',
-       'summed split-half estimates (anchor_due)'),
-      ('minibatch_estimate', 'C4-',
-       'accumulated_error / S2 (anchor_due with S2)'),
-      ('per_sample_estimate', 'C5--', 'per-sample Lemma 1 bound'),
-      ('centred_estimate', 'C1--', 'per-sample, centred (variance)'),
-      ('estimate_norm_sq', 'C7:', '||v_k||^2')):
+    ('true_error', 'k-', 'true ||v_k - grad f(x_k)||^2'),
+    ('split_half_estimate', 'C2-', 'summed split-half estimates (anchor_due)'),
+    (
+      'minibatch_estimate',
+      'C4-',
+      'accumulated_error / S2 (anchor_due with S2)',
+    ),
+    ('per_sample_estimate', 'C5--', 'per-sample Lemma 1 bound'),
+    ('centred_estimate', 'C1--', 'per-sample, centred (variance)'),
+    ('estimate_norm_sq', 'C7:', '||v_k||^2'),
+  ):
     ax.plot(e['step'], e[key], style, lw=1, label=label)
-  common.label_axes(ax, 'step', 'squared norm',
-                    f'{name}: estimator error along the hand-tuned run '
-                    f'(q={t["q0"]}, 5 probes per period)', yscale='log')
+  common.label_axes(
+    ax,
+    'step',
+    'squared norm',
+    f'{name}: estimator error along the hand-tuned run '
+    f'(q={t["q0"]}, 5 probes per period)',
+    yscale='log',
+  )
 
 
 def _step_calls(r: dict[str, Any], n: int, s2: int) -> np.ndarray:
@@ -722,33 +989,46 @@ def _step_calls(r: dict[str, Any], n: int, s2: int) -> np.ndarray:
   return np.cumsum(cost)
 
 
-
-
 def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   mode = 'quick' if args.quick else 'full'
 
   def n_runs(g):
-    return (len(g['lr']) * (len(g['c_scale']) + len(g['eps'])
-                            + 3 * len(g['eps_a']) + 1)
-            + len(g['q_scale']) - 1 + len(METHODS) * (g['seeds'] - 1))
+    return (
+      len(g['lr'])
+      * (len(g['c_scale']) + len(g['eps']) + 3 * len(g['eps_a']) + 1)
+      + len(g['q_scale'])
+      - 1
+      + len(METHODS) * (g['seeds'] - 1)
+    )
 
   bar.reset(total=sum(n_runs(TASKS[t][mode]) for t in args.tasks))
   results = {name: run_task(name, mode, bar) for name in args.tasks}
   wl = verdicts(results)
   return dict(
-      config=dict(methods=METHODS, cap_periods=CAP_PERIODS,
-                  eval_every_passes=EVAL_EVERY_PASSES, fit=FIT,
-                  tasks={k: TASKS[k] for k in args.tasks},
-                  oracle_accounting='anchor n (full gradient); recursive '
-                  'step 2*S2, S2 = ceil(sqrt(n))'),
-      tasks=results, verdicts=wl, summary=format_summary(results, wl))
+    config=dict(
+      methods=METHODS,
+      cap_periods=CAP_PERIODS,
+      eval_every_passes=EVAL_EVERY_PASSES,
+      fit=FIT,
+      tasks={k: TASKS[k] for k in args.tasks},
+      oracle_accounting='anchor n (full gradient); recursive '
+      'step 2*S2, S2 = ceil(sqrt(n))',
+    ),
+    tasks=results,
+    verdicts=wl,
+    summary=format_summary(results, wl),
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs every task and method, prints the summary, writes JSON and PNGs."""
-  return common.main(common.parser('smoothness', __doc__, tasks=list(TASKS)),
-                     argv, experiment, report=lambda r: r['summary'],
-                     plots=plots)
+  return common.main(
+    common.parser('smoothness', __doc__, tasks=list(TASKS)),
+    argv,
+    experiment,
+    report=lambda r: r['summary'],
+    plots=plots,
+  )
 
 
 if __name__ == '__main__':

@@ -90,13 +90,39 @@ SGD_BATCH = 32
 # same number of configurations in full mode (9: 3 lrs x 3 clip scales, or 9
 # lrs).
 LADDER = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-FINE_LADDER = (0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0,
-               10.0, 15.0, 20.0, 30.0, 50.0, 70.0, 100.0)
+FINE_LADDER = (
+  0.1,
+  0.15,
+  0.2,
+  0.3,
+  0.5,
+  0.7,
+  1.0,
+  1.5,
+  2.0,
+  3.0,
+  5.0,
+  7.0,
+  10.0,
+  15.0,
+  20.0,
+  30.0,
+  50.0,
+  70.0,
+  100.0,
+)
 ADAM_LADDER = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 QUICK: dict[str, Any] = dict(  # the quick mode of every task
-    lr_grid=dict(spider=(0.3, 1.0), sarah=(0.3, 1.0), svrg=(0.3, 1.0),
-                 clipped_sgd=(0.3, 1.0), clipped_adam=(3e-3, 1e-2)),
-    clip_scale_grid=(1.0,), eval_every_passes=1)
+  lr_grid=dict(
+    spider=(0.3, 1.0),
+    sarah=(0.3, 1.0),
+    svrg=(0.3, 1.0),
+    clipped_sgd=(0.3, 1.0),
+    clipped_adam=(3e-3, 1e-2),
+  ),
+  clip_scale_grid=(1.0,),
+  eval_every_passes=1,
+)
 
 # Per-task settings. ``budget`` and ``eval_every`` are in passes (units of n).
 # Per mode, ``lr_grid`` maps each method to its learning rates and
@@ -108,32 +134,49 @@ QUICK: dict[str, Any] = dict(  # the quick mode of every task
 # every method's best config is interior in full mode (``edge`` in the output
 # says when it is not).
 TASKS: dict[str, dict[str, Any]] = dict(
-    digits=dict(
-        full=dict(budget_passes=60, eval_every_passes=2,
-                  lr_grid=dict(spider=(0.3, 1.0, 3.0),
-                               sarah=FINE_LADDER[:9], svrg=FINE_LADDER[:9],
-                               clipped_sgd=(1.0, 3.0, 10.0),
-                               clipped_adam=(1e-3, 3e-3, 1e-2)),
-                  clip_scale_grid=(0.3, 1.0, 3.0)),
-        quick=dict(QUICK, budget_passes=8),
-        # Base thresholds: quickstart.py's tuned values for this model (Adam:
-        # a lower one, which a wider sweep found slightly better).
-        spider=dict(c0=0.1, c1=0.05), clip_norm=0.25, adam_clip_norm=0.3,
+  digits=dict(
+    full=dict(
+      budget_passes=60,
+      eval_every_passes=2,
+      lr_grid=dict(
+        spider=(0.3, 1.0, 3.0),
+        sarah=FINE_LADDER[:9],
+        svrg=FINE_LADDER[:9],
+        clipped_sgd=(1.0, 3.0, 10.0),
+        clipped_adam=(1e-3, 3e-3, 1e-2),
+      ),
+      clip_scale_grid=(0.3, 1.0, 3.0),
     ),
-    charlm=dict(
-        full=dict(n=1024, budget_passes=24, eval_every_passes=2,
-                  lr_grid=dict(spider=(1.0, 3.0, 10.0),
-                               sarah=FINE_LADDER[5:14], svrg=FINE_LADDER[5:14],
-                               clipped_sgd=(10.0, 30.0, 100.0),
-                               clipped_adam=(1e-2, 3e-2, 1e-1)),
-                  clip_scale_grid=(0.3, 1.0, 3.0)),
-        quick=dict(QUICK, n=256, budget_passes=6),
-        # Base thresholds: the centres of the grids, placed by a coarse sweep
-        # (lr x threshold) with seed 0. Clipped SGD's best lies on a ridge
-        # lr * c ~ 3 (the step length of nearly normalised SGD), hence its
-        # high lrs and low threshold.
-        spider=dict(c0=0.9, c1=0.9), clip_norm=0.1, adam_clip_norm=1.0,
+    quick=dict(QUICK, budget_passes=8),
+    # Base thresholds: quickstart.py's tuned values for this model (Adam:
+    # a lower one, which a wider sweep found slightly better).
+    spider=dict(c0=0.1, c1=0.05),
+    clip_norm=0.25,
+    adam_clip_norm=0.3,
+  ),
+  charlm=dict(
+    full=dict(
+      n=1024,
+      budget_passes=24,
+      eval_every_passes=2,
+      lr_grid=dict(
+        spider=(1.0, 3.0, 10.0),
+        sarah=FINE_LADDER[5:14],
+        svrg=FINE_LADDER[5:14],
+        clipped_sgd=(10.0, 30.0, 100.0),
+        clipped_adam=(1e-2, 3e-2, 1e-1),
+      ),
+      clip_scale_grid=(0.3, 1.0, 3.0),
     ),
+    quick=dict(QUICK, n=256, budget_passes=6),
+    # Base thresholds: the centres of the grids, placed by a coarse sweep
+    # (lr x threshold) with seed 0. Clipped SGD's best lies on a ridge
+    # lr * c ~ 3 (the step length of nearly normalised SGD), hence its
+    # high lrs and low threshold.
+    spider=dict(c0=0.9, c1=0.9),
+    clip_norm=0.1,
+    adam_clip_norm=1.0,
+  ),
 )
 
 
@@ -145,8 +188,10 @@ def build_task(name: str, mode: str, seed: int) -> tasks.Task:
 
 # ------------------------------------------------------------------ steps ---
 
+
 class SvrgState(NamedTuple):
   """The snapshot x_snap and mu, the full gradient there."""
+
   snapshot: optax.Params
   mu: optax.Updates
 
@@ -163,13 +208,20 @@ def svrg() -> optax.GradientTransformationExtraArgs:
   def init(params):
     return SvrgState(params, jax.tree.map(jnp.zeros_like, params))
 
-  def update(updates: Any, state: Any, params: Any = None, *,
-             prev_grads: Any = None, **extra: Any) -> tuple[Any, SvrgState]:
+  def update(
+    updates: Any,
+    state: Any,
+    params: Any = None,
+    *,
+    prev_grads: Any = None,
+    **extra: Any,
+  ) -> tuple[Any, SvrgState]:
     del extra
     if prev_grads is None:
       return updates, SvrgState(params, updates)
-    return jax.tree.map(lambda g, p, m: g - p + m, updates, prev_grads,
-                        state.mu), state
+    return jax.tree.map(
+      lambda g, p, m: g - p + m, updates, prev_grads, state.mu
+    ), state
 
   return optax.GradientTransformationExtraArgs(init, update)
 
@@ -178,8 +230,9 @@ def snapshot(state: Any) -> optax.Params:
   return optax.tree_utils.tree_get(state, 'snapshot')
 
 
-def unit_tx(method: str, clip: dict[str, float] | None
-            ) -> optax.GradientTransformation:
+def unit_tx(
+  method: str, clip: dict[str, float] | None
+) -> optax.GradientTransformation:
   """``method`` at learning rate 1 (its step then scales by the lr)."""
   if method in ('spider', 'sarah'):
     clip = clip or {}
@@ -203,17 +256,25 @@ def shared_grads(task: tasks.Task) -> dict[str, Callable[..., Any]]:
   minibatch gradient.
   """
   x, y = task.data
-  paired = lambda other: jax.jit(lambda p, state, idx: so.paired_grad(
-      task.loss_fn)(p, other(state), x[idx], y[idx]))
+  paired = lambda other: jax.jit(
+    lambda p, state, idx: so.paired_grad(task.loss_fn)(
+      p, other(state), x[idx], y[idx]
+    )
+  )
   return dict(
-      full=jax.jit(lambda p: jax.value_and_grad(task.loss_fn)(p, x, y)),
-      paired=paired(so.prev_params), svrg_paired=paired(snapshot),
-      batch=jax.jit(lambda p, idx: jax.grad(task.loss_fn)(p, x[idx], y[idx])))
+    full=jax.jit(lambda p: jax.value_and_grad(task.loss_fn)(p, x, y)),
+    paired=paired(so.prev_params),
+    svrg_paired=paired(snapshot),
+    batch=jax.jit(lambda p, idx: jax.grad(task.loss_fn)(p, x[idx], y[idx])),
+  )
 
 
-def method_steppers(method: str, n: int, clip: dict[str, float] | None,
-                    fns: dict[str, Callable[..., Any]]
-                    ) -> tuple[Callable[[float], common.Stepper], dict]:
+def method_steppers(
+  method: str,
+  n: int,
+  clip: dict[str, float] | None,
+  fns: dict[str, Callable[..., Any]],
+) -> tuple[Callable[[float], common.Stepper], dict]:
   """(lr -> the Stepper of ``method`` at thresholds ``clip``, its config).
 
   The updates are jitted here, once; the learning rate is traced.
@@ -221,15 +282,20 @@ def method_steppers(method: str, n: int, clip: dict[str, float] | None,
   tx = unit_tx(method, clip)
   make_tx = lambda lr: optax.chain(tx, optax.scale(lr))
   other = snapshot if method == 'svrg' else so.prev_params
-  anchor, recursive = (jax.jit(f) for f in common.step_pair(
-      make_tx, *common.GIVEN, other_point=other))
+  anchor, recursive = (
+    jax.jit(f)
+    for f in common.step_pair(make_tx, *common.GIVEN, other_point=other)
+  )
   init = make_tx(1.0).init
   if method in ('clipped_sgd', 'clipped_adam'):
 
     def minibatch_stepper(lr):
       return common.Stepper(
-          init=init, batch_size=SGD_BATCH, cost=SGD_BATCH,
-          step=lambda p, s, idx: anchor(lr, p, s, fns['batch'](p, idx)))
+        init=init,
+        batch_size=SGD_BATCH,
+        cost=SGD_BATCH,
+        step=lambda p, s, idx: anchor(lr, p, s, fns['batch'](p, idx)),
+      )
 
     return minibatch_stepper, dict(clip or {}, batch=SGD_BATCH)
   s2 = common.ceil_sqrt(n)  # q = S2 (SVRG's b), as theory.finite_sum
@@ -238,22 +304,33 @@ def method_steppers(method: str, n: int, clip: dict[str, float] | None,
 
   def stepper(lr):
     return common.Stepper(
-        init=init, batch_size=s2, cost=2 * s2, anchor_cost=n,
-        step=lambda p, s, idx: recursive(lr, p, s, *paired(p, s, idx)),
-        anchor=lambda p, s: anchor(lr, p, s, fns['full'](p)[1]),
-        is_anchor=(lambda s, k: k % m == 0) if method == 'svrg'
-        else common.spider_schedule(s2))
+      init=init,
+      batch_size=s2,
+      cost=2 * s2,
+      anchor_cost=n,
+      step=lambda p, s, idx: recursive(lr, p, s, *paired(p, s, idx)),
+      anchor=lambda p, s: anchor(lr, p, s, fns['full'](p)[1]),
+      is_anchor=(lambda s, k: k % m == 0)
+      if method == 'svrg'
+      else common.spider_schedule(s2),
+    )
 
   if method == 'svrg':
     return stepper, dict(epoch_length=m, snapshot_batch=n, minibatch=s2)
-  return stepper, dict(clip or dict(c0=None, c1=None), anchor_period=s2,
-                       anchor_batch=n, minibatch=s2)
+  return stepper, dict(
+    clip or dict(c0=None, c1=None),
+    anchor_period=s2,
+    anchor_batch=n,
+    minibatch=s2,
+  )
 
 
 # ----------------------------------------------------------------- grids ---
 
-def clip_thresholds(method: str, settings: dict[str, Any],
-                    scale: float | None) -> dict[str, float] | None:
+
+def clip_thresholds(
+  method: str, settings: dict[str, Any], scale: float | None
+) -> dict[str, float] | None:
   """The thresholds of ``method`` at ``scale`` times its base (None: none)."""
   if method not in CLIPPED or scale is None:
     return None
@@ -264,8 +341,9 @@ def clip_thresholds(method: str, settings: dict[str, Any],
   return dict(clip_norm=r(settings[key]))
 
 
-def method_grid(method: str, mode_settings: dict[str, Any]
-                ) -> tuple[tuple[float, ...], tuple[float | None, ...]]:
+def method_grid(
+  method: str, mode_settings: dict[str, Any]
+) -> tuple[tuple[float, ...], tuple[float | None, ...]]:
   """(lr grid, clip-scale grid) of ``method``; the scale grid is (None,)."""
   scales = mode_settings['clip_scale_grid'] if method in CLIPPED else (None,)
   return tuple(mode_settings['lr_grid'][method]), tuple(scales)
@@ -273,8 +351,9 @@ def method_grid(method: str, mode_settings: dict[str, Any]
 
 def run_key(lr: float, clip: dict[str, float] | None) -> str:
   """'lr=1' or 'lr=1,c0=0.1,c1=0.05': the key of a run in the JSON."""
-  parts = [f'lr={lr:g}'] + [f'{k}={v:g}' for k, v in (clip or {}).items()
-                            if v is not None]
+  parts = [f'lr={lr:g}'] + [
+    f'{k}={v:g}' for k, v in (clip or {}).items() if v is not None
+  ]
   return ','.join(parts)
 
 
@@ -288,8 +367,8 @@ def at_edge(value: Any, grid: Sequence[Any]) -> bool:
 
 # ------------------------------------------------------------------- runs ---
 
-def run_task(name: str, mode: str, seed: int, bar: tqdm.tqdm
-             ) -> dict[str, Any]:
+
+def run_task(name: str, mode: str, seed: int, bar: tqdm.tqdm) -> dict[str, Any]:
   settings, task = TASKS[name], build_task(name, mode, seed)
   n, mode_settings = task.n, settings[mode]
   budget = mode_settings['budget_passes'] * n
@@ -301,8 +380,14 @@ def run_task(name: str, mode: str, seed: int, bar: tqdm.tqdm
     loss, grads = fns['full'](params)
     return dict(loss=loss, grad_norm=norm(grads))
 
-  result = dict(description=task.description, n=n, budget=budget,
-                budget_passes=budget / n, eval_every=every, methods={})
+  result = dict(
+    description=task.description,
+    n=n,
+    budget=budget,
+    budget_passes=budget / n,
+    eval_every=every,
+    methods={},
+  )
   for method in METHODS:
     lrs, scales = method_grid(method, mode_settings)
     runs, config = {}, {}
@@ -313,33 +398,57 @@ def run_task(name: str, mode: str, seed: int, bar: tqdm.tqdm
         key = run_key(lr, clip)
         bar.set_postfix_str(f'{name}/{method} {key}')
         run = common.run_budgeted(
-            stepper(jnp.float32(lr)), task.params,
-            rng=np.random.default_rng(seed), n=n, budget=budget, every=every,
-            evaluate=evaluate).record()
-        final = {f'final_{k}': None if run['diverged'] else run['curves'][k][-1]
-                 for k in ('loss', 'grad_norm')}
-        runs[key] = dict(learning_rate=lr, clip_scale=scale, clip=clip,
-                         **run, **final)
+          stepper(jnp.float32(lr)),
+          task.params,
+          rng=np.random.default_rng(seed),
+          n=n,
+          budget=budget,
+          every=every,
+          evaluate=evaluate,
+        ).record()
+        final = {
+          f'final_{k}': None if run['diverged'] else run['curves'][k][-1]
+          for k in ('loss', 'grad_norm')
+        }
+        runs[key] = dict(
+          learning_rate=lr, clip_scale=scale, clip=clip, **run, **final
+        )
         bar.update(1)
-    result['methods'][method] = best_of(method, runs, lrs, scales, config,
-                                        settings)
+    result['methods'][method] = best_of(
+      method, runs, lrs, scales, config, settings
+    )
   return result
 
 
-def best_of(method: str, runs: dict[str, Any], lrs: Sequence[float],
-            scales: Sequence[float | None], config: dict[str, Any],
-            settings: dict[str, Any]) -> dict[str, Any]:
+def best_of(
+  method: str,
+  runs: dict[str, Any],
+  lrs: Sequence[float],
+  scales: Sequence[float | None],
+  config: dict[str, Any],
+  settings: dict[str, Any],
+) -> dict[str, Any]:
   """The method's entry: its grid, every run, and the best run's results."""
   clipped = method in CLIPPED
   entry = dict(
-      config=config, lr_grid=list(lrs),
-      clip_scale_grid=list(scales) if clipped else None,
-      clip_grid=[clip_thresholds(method, settings, s) for s in scales]
-      if clipped else None,
-      n_configs=len(runs), best_lr=None, best_clip=None, best_clip_scale=None,
-      edge=None, edge_lr=None, edge_clip=None, final_loss=None,
-      final_grad_norm=None, runs=runs,
-      best_picked_by='lowest final full training loss')
+    config=config,
+    lr_grid=list(lrs),
+    clip_scale_grid=list(scales) if clipped else None,
+    clip_grid=[clip_thresholds(method, settings, s) for s in scales]
+    if clipped
+    else None,
+    n_configs=len(runs),
+    best_lr=None,
+    best_clip=None,
+    best_clip_scale=None,
+    edge=None,
+    edge_lr=None,
+    edge_clip=None,
+    final_loss=None,
+    final_grad_norm=None,
+    runs=runs,
+    best_picked_by='lowest final full training loss',
+  )
   finite = [r for r in runs.values() if not r['diverged']]
   if not finite:
     return entry
@@ -348,30 +457,55 @@ def best_of(method: str, runs: dict[str, Any], lrs: Sequence[float],
   edge_clip = clipped and at_edge(best['clip_scale'], scales)
   # The config of the best run: its thresholds, not the last built.
   entry.update(
-      config=dict(config, **(best['clip'] or {})),
-      best_lr=best['learning_rate'], best_clip=best['clip'],
-      best_clip_scale=best['clip_scale'], edge=edge_lr or edge_clip,
-      edge_lr=edge_lr, edge_clip=edge_clip,
-      **{k: best[k] for k in ('final_loss', 'final_grad_norm', 'wall_time_s',
-                              'steps', 'oracle_calls', 'curves')})
+    config=dict(config, **(best['clip'] or {})),
+    best_lr=best['learning_rate'],
+    best_clip=best['clip'],
+    best_clip_scale=best['clip_scale'],
+    edge=edge_lr or edge_clip,
+    edge_lr=edge_lr,
+    edge_clip=edge_clip,
+    **{
+      k: best[k]
+      for k in (
+        'final_loss',
+        'final_grad_norm',
+        'wall_time_s',
+        'steps',
+        'oracle_calls',
+        'curves',
+      )
+    },
+  )
   return entry
 
 
 def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   mode = 'quick' if args.quick else 'full'
-  bar.reset(total=sum(math.prod(len(g) for g in method_grid(
-      m, TASKS[t][mode])) for t in args.tasks for m in METHODS))
+  bar.reset(
+    total=sum(
+      math.prod(len(g) for g in method_grid(m, TASKS[t][mode]))
+      for t in args.tasks
+      for m in METHODS
+    )
+  )
   results = {name: run_task(name, mode, args.seed, bar) for name in args.tasks}
   losses = spider_losses(results)
   return dict(
-      config=dict(seed=args.seed, tasks={k: TASKS[k] for k in args.tasks},
-                  oracle_accounting='anchor/snapshot n; spider/sarah/svrg '
-                  'inner step 2*S2; sgd/adam batch size'),
-      tasks=results, spider_loses=losses, edges=edge_warnings(results),
-      summary=format_summary(results, losses))
+    config=dict(
+      seed=args.seed,
+      tasks={k: TASKS[k] for k in args.tasks},
+      oracle_accounting='anchor/snapshot n; spider/sarah/svrg '
+      'inner step 2*S2; sgd/adam batch size',
+    ),
+    tasks=results,
+    spider_loses=losses,
+    edges=edge_warnings(results),
+    summary=format_summary(results, losses),
+  )
 
 
 # ---------------------------------------------------------------- reports ---
+
 
 def spider_losses(results: dict[str, Any]) -> list[str]:
   """Plain statements of every metric where SPIDER is beaten.
@@ -389,14 +523,18 @@ def spider_losses(results: dict[str, Any]) -> list[str]:
     for method, r in task['methods'].items():
       if method == 'spider' or r['final_loss'] is None:
         continue
-      for key, label in (('final_loss', 'final training loss'),
-                         ('final_grad_norm', 'final full-gradient norm'),
-                         ('wall_time_s', 'wall time')):
+      for key, label in (
+        ('final_loss', 'final training loss'),
+        ('final_grad_norm', 'final full-gradient norm'),
+        ('wall_time_s', 'wall time'),
+      ):
         # Wall times within 10% are noise on a shared CPU: not listed.
         margin = 0.9 if key == 'wall_time_s' else 1.0
         if r[key] < margin * sp[key]:
-          out.append(f'{name}: {method} beats SPIDER on {label} '
-                     f'({r[key]:.4g} vs {sp[key]:.4g}).')
+          out.append(
+            f'{name}: {method} beats SPIDER on {label} '
+            f'({r[key]:.4g} vs {sp[key]:.4g}).'
+          )
   return out
 
 
@@ -404,8 +542,11 @@ def format_clip(clip: dict[str, float] | None) -> str:
   """'c0=0.1,c1=0.05', 'c=0.25' or '-' (no threshold)."""
   if not clip:
     return '-'
-  return ','.join(f'{"c" if k == "clip_norm" else k}={v:g}'
-                  for k, v in clip.items() if v is not None)
+  return ','.join(
+    f'{"c" if k == "clip_norm" else k}={v:g}'
+    for k, v in clip.items()
+    if v is not None
+  )
 
 
 def edge_warnings(results: dict[str, Any]) -> list[str]:
@@ -417,8 +558,9 @@ def edge_warnings(results: dict[str, Any]) -> list[str]:
         continue
       where = []
       for flag, label, best, grid in (
-          ('edge_lr', 'lr', 'best_lr', 'lr_grid'),
-          ('edge_clip', 'clip scale', 'best_clip_scale', 'clip_scale_grid')):
+        ('edge_lr', 'lr', 'best_lr', 'lr_grid'),
+        ('edge_clip', 'clip scale', 'best_clip_scale', 'clip_scale_grid'),
+      ):
         if r[flag]:
           values = ', '.join(f'{v:g}' for v in r[grid])
           where.append(f'{label} {r[best]:g} of {{{values}}}')
@@ -427,9 +569,11 @@ def edge_warnings(results: dict[str, Any]) -> list[str]:
 
 
 def format_summary(results: dict[str, Any], losses: list[str]) -> str:
-  header = (f'{"task":<7} {"method":<13} {"best lr":>8} {"clip":<16} '
-            f'{"edge":<4} {"cfgs":>4} {"steps":>6} {"oracle calls":>12} '
-            f'{"final loss":>11} {"|grad f|":>10} {"wall s":>7}')
+  header = (
+    f'{"task":<7} {"method":<13} {"best lr":>8} {"clip":<16} '
+    f'{"edge":<4} {"cfgs":>4} {"steps":>6} {"oracle calls":>12} '
+    f'{"final loss":>11} {"|grad f|":>10} {"wall s":>7}'
+  )
   lines, diverged = [header, '-' * len(header)], []
   for name, task in results.items():
     for method, r in task['methods'].items():
@@ -440,23 +584,30 @@ def format_summary(results: dict[str, Any], losses: list[str]) -> str:
         lines.append(f'{name:<7} {method:<13} diverged at every config')
         continue
       lines.append(
-          f'{name:<7} {method:<13} {r["best_lr"]:>8g} '
-          f'{format_clip(r["best_clip"]):<16} '
-          f'{"yes" if r["edge"] else "no":<4} {r["n_configs"]:>4} '
-          f'{r["steps"]:>6} {r["oracle_calls"]:>12} {r["final_loss"]:>11.5f} '
-          f'{r["final_grad_norm"]:>10.5f} {r["wall_time_s"]:>7.2f}')
+        f'{name:<7} {method:<13} {r["best_lr"]:>8g} '
+        f'{format_clip(r["best_clip"]):<16} '
+        f'{"yes" if r["edge"] else "no":<4} {r["n_configs"]:>4} '
+        f'{r["steps"]:>6} {r["oracle_calls"]:>12} {r["final_loss"]:>11.5f} '
+        f'{r["final_grad_norm"]:>10.5f} {r["wall_time_s"]:>7.2f}'
+      )
   edges = edge_warnings(results)
-  lines += ['', 'Each method at its best config of its grid (lowest final '
-            'full training loss); wall time excludes compilation and '
-            'evaluation. clip: c0,c1 of SPIDER, c of clip_by_global_norm. '
-            'edge: the best lr or clip scale is the smallest or largest of '
-            'its grid.', *diverged, '',
-            'WARNING, best at a grid edge (extend the grid):' if edges else
-            'Every best config is interior to its grid.',
-            *(f'  - {s}' for s in edges), '',
-            'Where SPIDER loses:' if losses else
-            'SPIDER loses nowhere in this run.',
-            *(f'  - {s}' for s in losses)]
+  lines += [
+    '',
+    'Each method at its best config of its grid (lowest final '
+    'full training loss); wall time excludes compilation and '
+    'evaluation. clip: c0,c1 of SPIDER, c of clip_by_global_norm. '
+    'edge: the best lr or clip scale is the smallest or largest of '
+    'its grid.',
+    *diverged,
+    '',
+    'WARNING, best at a grid edge (extend the grid):'
+    if edges
+    else 'Every best config is interior to its grid.',
+    *(f'  - {s}' for s in edges),
+    '',
+    'Where SPIDER loses:' if losses else 'SPIDER loses nowhere in this run.',
+    *(f'  - {s}' for s in losses),
+  ]
   return '\n'.join(lines)
 
 
@@ -467,21 +618,31 @@ def plots(results: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
     for method, r in task['methods'].items():
       if r['final_loss'] is not None:
         clip = format_clip(r['best_clip'])
-        runs[f'{method} (lr={r["best_lr"]:g}'
-             f'{"" if clip == "-" else ", " + clip})'] = r['curves']
-    out[name] = common.curves_plot(runs, task['n'],
-                                   f'{name}: {task["description"]}',
-                                   plot_dir, f'train_{name}.png')
+        runs[
+          f'{method} (lr={r["best_lr"]:g}{"" if clip == "-" else ", " + clip})'
+        ] = r['curves']
+    out[name] = common.curves_plot(
+      runs,
+      task['n'],
+      f'{name}: {task["description"]}',
+      plot_dir,
+      f'train_{name}.png',
+    )
   return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs every task and method, prints the summary, writes JSON and PNGs."""
   cli = common.parser('train', __doc__, tasks=list(TASKS))
-  cli.add_argument('--seed', type=int, default=0,
-                   help='seed of the init and the minibatches (default 0)')
-  return common.main(cli, argv, experiment, report=lambda r: r['summary'],
-                     plots=plots)
+  cli.add_argument(
+    '--seed',
+    type=int,
+    default=0,
+    help='seed of the init and the minibatches (default 0)',
+  )
+  return common.main(
+    cli, argv, experiment, report=lambda r: r['summary'], plots=plots
+  )
 
 
 if __name__ == '__main__':

@@ -1,14 +1,12 @@
-"""XLA buffer helpers: zeros sharded like their params, and in-place overwrites."""
+"""XLA buffer helpers: zeros sharded like params, and in-place overwrites."""
 
-from typing import Optional
-
-import chex
 import jax
 import jax.numpy as jnp
 from jax.experimental import shard_alike
+from jax.typing import DTypeLike
 
 
-def zeros_like(x: jax.Array, dtype: Optional[chex.ArrayDType] = None) -> jax.Array:
+def zeros_like(x: jax.Array, dtype: DTypeLike | None = None) -> jax.Array:
   """Zeros shaped and sharded like ``x``, also when traced under ``jax.jit``.
 
   Under jit on a mesh with Auto axes, ``jnp.zeros_like`` is a constant with no
@@ -28,4 +26,6 @@ def overwrite(old: jax.Array, new: jax.Array) -> jax.Array:
   CPU (fresh pages for every array over glibc's 32 MB mmap threshold) made the
   update 2x slower at 1e7 params.
   """
-  return jax.lax.dynamic_update_slice(old, new.astype(old.dtype), (0,) * old.ndim)
+  return jax.lax.dynamic_update_slice(
+    old, new.astype(old.dtype), (0,) * old.ndim
+  )

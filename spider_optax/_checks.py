@@ -1,9 +1,10 @@
-"""Argument checks shared by the public API: clear errors that say what to do."""
+"""Argument checks of the public API: clear errors that say what to do."""
 
 import numbers
 from typing import Any
 
 import jax
+import jax.core
 import numpy as np
 
 
@@ -13,7 +14,7 @@ def is_concrete(value: Any) -> bool:
 
 
 def check_positive(
-    name: str, value: Any, *, allow_none: bool = False, finite: bool = False
+  name: str, value: Any, *, allow_none: bool = False, finite: bool = False
 ) -> None:
   """Raises ValueError unless ``value`` is > 0 (checked only when concrete).
 
@@ -39,13 +40,13 @@ def check_positive(
 
 
 def check_trees_match(
-    reference_name: str,
-    reference: Any,
-    name: str,
-    tree: Any,
-    *,
-    check_dtypes: bool = True,
-    hint: str = '',
+  reference_name: str,
+  reference: Any,
+  name: str,
+  tree: Any,
+  *,
+  check_dtypes: bool = True,
+  hint: str = '',
 ) -> None:
   """Raises if ``tree`` differs from ``reference`` in structure, shape or dtype.
 
@@ -63,25 +64,34 @@ def check_trees_match(
     missing = sorted(ref_paths - paths)
     extra = sorted(paths - ref_paths)
     if missing:
-      detail = f'{name} has no leaf {name}{missing[0]} that {reference_name} has'
+      detail = (
+        f'{name} has no leaf {name}{missing[0]} that {reference_name} has'
+      )
     elif extra:
       detail = f'{name} has a leaf {name}{extra[0]} that {reference_name} lacks'
     else:
-      detail = (f'{name} has tree structure {tree_def} but {reference_name} '
-                f'has {ref_def}')
+      detail = (
+        f'{name} has tree structure {tree_def} but {reference_name} '
+        f'has {ref_def}'
+      )
     raise ValueError(f'{detail}.{suffix}')
   for (path, ref_leaf), (_, leaf) in zip(ref_leaves, leaves):
     key = jax.tree_util.keystr(path)
     ref_shape, shape = np.shape(ref_leaf), np.shape(leaf)
     if ref_shape != shape:
       raise ValueError(
-          f'{name}{key} has shape {shape} but {reference_name}{key} has shape '
-          f'{ref_shape}.{suffix}')
-    ref_dtype, dtype = jax.numpy.result_type(ref_leaf), jax.numpy.result_type(leaf)
+        f'{name}{key} has shape {shape} but {reference_name}{key} has shape '
+        f'{ref_shape}.{suffix}'
+      )
+    ref_dtype, dtype = (
+      jax.numpy.result_type(ref_leaf),
+      jax.numpy.result_type(leaf),
+    )
     if check_dtypes and ref_dtype != dtype:
       raise TypeError(
-          f'{name}{key} has dtype {dtype} but {reference_name}{key} has dtype '
-          f'{ref_dtype}.{suffix}')
+        f'{name}{key} has dtype {dtype} but {reference_name}{key} has dtype '
+        f'{ref_dtype}.{suffix}'
+      )
 
 
 def error_if(pred: Any, message: str) -> None:
@@ -141,21 +151,26 @@ def as_dtype(name: str, value: Any) -> Any:
   if value is None:
     return None
   dtype = getattr(value, 'dtype', None)
-  if dtype is not None and np.ndim(value) == 0 and jax.numpy.issubdtype(
-      dtype, jax.numpy.floating):
+  if (
+    dtype is not None
+    and np.ndim(value) == 0
+    and jax.numpy.issubdtype(dtype, jax.numpy.floating)
+  ):
     return jax.dtypes.canonicalize_dtype(dtype)
   try:
     return jax.dtypes.canonicalize_dtype(value)
   except TypeError:
     raise TypeError(
-        f'{name} must be a floating-point dtype such as jnp.float32 or '
-        f"'float32', got {value!r}.") from None
+      f'{name} must be a floating-point dtype such as jnp.float32 or '
+      f"'float32', got {value!r}."
+    ) from None
 
 
 RESTORE_HINT = (
-    'A state restored from a checkpoint without a target is plain dicts and '
-    'lists: restore it onto a target built from tx.init, e.g. jax.tree.map('
-    'orbax.checkpoint.utils.to_shape_dtype_struct, fresh_state).')
+  'A state restored from a checkpoint without a target is plain dicts and '
+  'lists: restore it onto a target built from tx.init, e.g. jax.tree.map('
+  'orbax.checkpoint.utils.to_shape_dtype_struct, fresh_state).'
+)
 
 
 def check_state(state: Any, kind: type, what: str) -> None:
@@ -166,12 +181,17 @@ def check_state(state: Any, kind: type, what: str) -> None:
   """
   if not isinstance(state, kind):
     raise TypeError(
-        f'{what} got a state of type {type(state).__name__} where it needs '
-        f'the {kind.__name__} that its init returned. {RESTORE_HINT}')
+      f'{what} got a state of type {type(state).__name__} where it needs '
+      f'the {kind.__name__} that its init returned. {RESTORE_HINT}'
+    )
 
 
 def check_state_matches(
-    state_name: str, state_tree: Any, params: Any, *, check_dtypes: bool,
+  state_name: str,
+  state_tree: Any,
+  params: Any,
+  *,
+  check_dtypes: bool,
 ) -> None:
   """Raises if a parameter-shaped part of a state differs from ``params``.
 
@@ -179,13 +199,21 @@ def check_state_matches(
   fail with a raw ``lax`` error or, for larger shapes, broadcast silently.
   """
   check_trees_match(
-      'params', params, state_name, state_tree, check_dtypes=check_dtypes,
-      hint='The optimizer state was built for other params: rebuild the state '
-      'with tx.init(params).')
+    'params',
+    params,
+    state_name,
+    state_tree,
+    check_dtypes=check_dtypes,
+    hint='The optimizer state was built for other params: rebuild the state '
+    'with tx.init(params).',
+  )
 
 
 def check_count(name: str, value: Any) -> None:
   """Raises ValueError unless ``value`` is a positive int (NumPy ints too)."""
-  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-      or value <= 0):
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, numbers.Integral)
+    or value <= 0
+  ):
     raise ValueError(f'{name} must be a positive int, got {value!r}.')

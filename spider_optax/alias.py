@@ -1,12 +1,15 @@
-"""The optimizers as optax aliases: SPIDER, STORM and MARS, each a chain of
-small pieces."""
+"""The optimizers as optax aliases: SPIDER, STORM and MARS.
+
+Each is a chain of small pieces.
+"""
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import chex
 import jax
 import optax
+from jax.typing import DTypeLike
 
 from spider_optax import _checks
 from spider_optax.autoclip import auto_clip_spider
@@ -17,14 +20,14 @@ from spider_optax.estimator import spider_estimator
 
 
 def spider(
-    learning_rate: optax.ScalarOrSchedule,
-    c0: Optional[chex.Numeric] = None,
-    c1: Optional[chex.Numeric] = None,
-    *,
-    estimator_dtype: Optional[chex.ArrayDType] = None,
-    diagnostics: Optional[bool] = None,
-    epsilon: Optional[float] = None,
-    fit_learning_rate: bool = False,
+  learning_rate: optax.ScalarOrSchedule,
+  c0: chex.Numeric | None = None,
+  c1: chex.Numeric | None = None,
+  *,
+  estimator_dtype: DTypeLike | None = None,
+  diagnostics: bool | None = None,
+  epsilon: float | None = None,
+  fit_learning_rate: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SPIDER with the (L0, L1) clipped learning rate (Reisizadeh et al., 2023).
 
@@ -49,16 +52,17 @@ def spider(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, spider_optax as so
-    >>> def loss_fn(params, batch):  # least squares, minimum 0 at w = [1 2 3]
-    ...   return jnp.mean((batch @ (params['w'] - jnp.array([1., 2., 3.]))) ** 2)
+    >>> w_min = jnp.array([1.0, 2.0, 3.0])
+    >>> def loss_fn(params, batch):  # least squares, minimum 0 at w_min
+    ...   return jnp.mean((batch @ (params['w'] - w_min)) ** 2)
     >>> batches = jax.random.normal(jax.random.key(0), (100, 8, 3))
     >>> params = {'w': jnp.zeros(3)}
     >>> tx = so.spider(learning_rate=0.2, c0=1.0, c1=10.0)
     >>> state = tx.init(params)
     >>> for k, batch in enumerate(batches):
     ...   if k % 10 == 0:  # anchor: a big batch or the full gradient
-    ...     updates, state = tx.update(
-    ...         jax.grad(loss_fn)(params, batches.reshape(-1, 3)), state, params)
+    ...     grads = jax.grad(loss_fn)(params, batches.reshape(-1, 3))
+    ...     updates, state = tx.update(grads, state, params)
     ...   else:  # recursive: one minibatch at both points
     ...     grads, prev_grads = so.paired_grad(loss_fn)(
     ...         params, so.prev_params(state), batch)
@@ -110,39 +114,46 @@ def spider(
   """
   if epsilon is None and fit_learning_rate:
     raise ValueError(
-        'fit_learning_rate=True sets the learning rate from the (L0, L1) fit '
-        'of automatic clipping: pass epsilon= (the target gradient norm) too.')
+      'fit_learning_rate=True sets the learning rate from the (L0, L1) fit '
+      'of automatic clipping: pass epsilon= (the target gradient norm) too.'
+    )
   if epsilon is not None:
     if diagnostics is False:
       raise ValueError(
-          'epsilon= (automatic clipping) fits the thresholds to the '
-          'diagnostics the estimator measures: drop diagnostics=False.')
+        'epsilon= (automatic clipping) fits the thresholds to the '
+        'diagnostics the estimator measures: drop diagnostics=False.'
+      )
     return auto_clip_spider(
-        learning_rate, epsilon, c0=c0, c1=c1,
-        fit_learning_rate=fit_learning_rate, estimator_dtype=estimator_dtype)
+      learning_rate,
+      epsilon,
+      c0=c0,
+      c1=c1,
+      fit_learning_rate=fit_learning_rate,
+      estimator_dtype=estimator_dtype,
+    )
   _checks.check_nonnegative('learning_rate', learning_rate)
   return optax.chain(
-      spider_estimator(estimator_dtype, diagnostics=bool(diagnostics)),
-      relaxed_clip(c0, c1),
-      optax.scale_by_learning_rate(learning_rate),
+    spider_estimator(estimator_dtype, diagnostics=bool(diagnostics)),
+    relaxed_clip(c0, c1),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def mars_adamw(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    b1: chex.Numeric = 0.95,
-    b2: chex.Numeric = 0.99,
-    gamma: chex.Numeric = 0.025,
-    eps: chex.Numeric = 1e-8,
-    weight_decay: chex.Numeric = 0.0,
-    mask: Any | Callable[[optax.Params], Any] | None = None,
-    max_norm: chex.Numeric = 1.0,
-    approx: bool = True,
-    per_tensor_clip: bool = False,
-    adamw_1d: bool = False,
-    betas_1d: tuple[float, float] = (0.9, 0.95),
-    mu_dtype: chex.ArrayDType | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  b1: chex.Numeric = 0.95,
+  b2: chex.Numeric = 0.99,
+  gamma: chex.Numeric = 0.025,
+  eps: chex.Numeric = 1e-8,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+  max_norm: chex.Numeric = 1.0,
+  approx: bool = True,
+  per_tensor_clip: bool = False,
+  adamw_1d: bool = False,
+  betas_1d: tuple[float, float] = (0.9, 0.95),
+  mu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""MARS-AdamW: AdamW on a clipped, variance-reduced gradient (Yuan et al.).
 
@@ -246,36 +257,45 @@ def mars_adamw(
     _checks.check_decay('betas_1d[0]', betas_1d[0])
     _checks.check_decay('betas_1d[1]', betas_1d[1])
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
-  clip = (clip_by_leaf_norm(max_norm) if per_tensor_clip
-          else optax.clip_by_global_norm(max_norm))
-  direction = optax.chain(clip, optax.scale_by_adam(b1, b2, eps,
-                                                    mu_dtype=mu_dtype))
+  clip = (
+    clip_by_leaf_norm(max_norm)
+    if per_tensor_clip
+    else optax.clip_by_global_norm(max_norm)
+  )
+  direction = optax.chain(
+    clip, optax.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype)
+  )
   matrices = None
   if adamw_1d:  # Leaves of >= 2 dimensions get MARS, the rest plain AdamW.
     matrices = lambda tree: jax.tree.map(lambda x: x.ndim >= 2, tree)
-    labels = lambda tree: jax.tree.map(lambda x: 'mars' if x.ndim >= 2
-                                       else 'adamw', tree)
+    labels = lambda tree: jax.tree.map(
+      lambda x: 'mars' if x.ndim >= 2 else 'adamw', tree
+    )
     direction = optax.partition(
-        {'mars': direction,
-         'adamw': optax.scale_by_adam(*betas_1d, eps, mu_dtype=mu_dtype)},
-        labels)
+      {
+        'mars': direction,
+        'adamw': optax.scale_by_adam(*betas_1d, eps, mu_dtype=mu_dtype),
+      },
+      labels,
+    )
   return optax.chain(
-      recursive_correction(b1, gamma, approx=approx, mask=matrices,
-                           state_dtype=mu_dtype),
-      direction,
-      optax.add_decayed_weights(weight_decay, mask),
-      optax.scale_by_learning_rate(learning_rate),
+    recursive_correction(
+      b1, gamma, approx=approx, mask=matrices, state_dtype=mu_dtype
+    ),
+    direction,
+    optax.add_decayed_weights(weight_decay, mask),
+    optax.scale_by_learning_rate(learning_rate),
   )
 
 
 def storm(
-    learning_rate: optax.ScalarOrSchedule,
-    beta: chex.Numeric,
-    c0: chex.Numeric | None = None,
-    c1: chex.Numeric | None = None,
-    *,
-    approx: bool = False,
-    mu_dtype: chex.ArrayDType | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  beta: chex.Numeric,
+  c0: chex.Numeric | None = None,
+  c1: chex.Numeric | None = None,
+  *,
+  approx: bool = False,
+  mu_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""STORM's recursive momentum (Cutkosky & Orabona) with a clipped step.
 
@@ -343,8 +363,8 @@ def storm(
   _checks.check_decay('beta', beta)
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
   return optax.chain(
-      recursive_correction(beta, 1.0, approx=approx, state_dtype=mu_dtype),
-      optax.ema(beta, debias=False, accumulator_dtype=mu_dtype),
-      relaxed_clip(c0, c1),
-      optax.scale_by_learning_rate(learning_rate),
+    recursive_correction(beta, 1.0, approx=approx, state_dtype=mu_dtype),
+    optax.ema(beta, debias=False, accumulator_dtype=mu_dtype),
+    relaxed_clip(c0, c1),
+    optax.scale_by_learning_rate(learning_rate),
   )

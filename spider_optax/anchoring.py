@@ -7,7 +7,7 @@ criterion. Both read the estimator's own counters from the optimizer state, so
 a resumed run continues the schedule where the state left off.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import chex
 import jax
@@ -17,15 +17,18 @@ from spider_optax import _checks
 from spider_optax import lookup
 
 _MISSING_VARIANCE = (
-    'Adaptive anchoring without batch_size sums the grad_diff_variance '
-    'estimates of the recursive steps since the last anchor, but one of them '
-    'brought none: pass grad_diff_variance= to every recursive tx.update (from '
-    'so.paired_grad(loss_fn, split_batch=True)), or pass batch_size= for the '
-    'minibatch-mean heuristic.')
+  'Adaptive anchoring without batch_size sums the grad_diff_variance '
+  'estimates of the recursive steps since the last anchor, but one of them '
+  'brought none: pass grad_diff_variance= to every recursive tx.update (from '
+  'so.paired_grad(loss_fn, split_batch=True)), or pass batch_size= for the '
+  'minibatch-mean heuristic.'
+)
 
 
 def anchor_due(
-    state: Any, error_budget: chex.Numeric, batch_size: Optional[int] = None,
+  state: Any,
+  error_budget: chex.Numeric,
+  batch_size: int | None = None,
 ) -> chex.Array:
   r"""Whether the next step should be an anchor (adaptive anchoring).
 
@@ -102,11 +105,11 @@ def anchor_due(
 
 
 def is_anchor_step(
-    state: Any,
-    anchor_period: int,
-    *,
-    error_budget: Optional[chex.Numeric] = None,
-    batch_size: Optional[int] = None,
+  state: Any,
+  anchor_period: int,
+  *,
+  error_budget: chex.Numeric | None = None,
+  batch_size: int | None = None,
 ) -> bool:
   r"""Whether the next update should be an anchor step (host-side policy).
 
@@ -151,14 +154,20 @@ def is_anchor_step(
   """
   check_anchor_period(anchor_period)
   estimator = lookup.estimator_state(state)
-  due = (False if error_budget is None
-         else anchor_due(state, error_budget, batch_size))
+  due = (
+    False
+    if error_budget is None
+    else anchor_due(state, error_budget, batch_size)
+  )
   count, since, due = jax.device_get(
-      (estimator.count, estimator.steps_since_anchor, due))
+    (estimator.count, estimator.steps_since_anchor, due)
+  )
   return period_rule(count, since, anchor_period) or bool(due)
 
 
-def period_rule(count: int, steps_since_anchor: int, anchor_period: int) -> bool:
+def period_rule(
+  count: int, steps_since_anchor: int, anchor_period: int
+) -> bool:
   """The first update, or ``anchor_period`` updates since the last anchor."""
   return bool(count == 0 or steps_since_anchor + 1 >= anchor_period)
 

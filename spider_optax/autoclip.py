@@ -1,18 +1,24 @@
-r"""Automatic clipping: ``so.spider``'s chain with thresholds from a running
-(L0, L1) fit of the smoothness the estimator measures along its own steps."""
+r"""Automatic clipping: ``so.spider`` with thresholds from an (L0, L1) fit.
 
-from typing import NamedTuple, Optional
+The thresholds follow a running fit of the smoothness the estimator measures
+along its own steps.
+"""
+
+import typing
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import DTypeLike
 
 from spider_optax import _checks
 from spider_optax.clipping import relaxed_clip
 from spider_optax.estimator import spider_estimator
-from spider_optax.smoothness_fit import SmoothnessFit
+from spider_optax.estimator import SpiderEstimatorState
 from spider_optax.smoothness_fit import fit_smoothness
+from spider_optax.smoothness_fit import SmoothnessFit
 
 
 class AutoClipState(NamedTuple):
@@ -33,7 +39,8 @@ class AutoClipState(NamedTuple):
     c1: the squared-norm threshold of the last update (likewise).
     learning_rate: the learning rate of the last update (float32).
   """
-  inner_state: tuple[optax.OptState, ...]
+
+  inner_state: optax.OptState
   grad_norms: chex.Array
   smoothness: chex.Array
   num_samples: chex.Array
@@ -44,16 +51,16 @@ class AutoClipState(NamedTuple):
 
 
 def auto_clip_spider(
-    learning_rate: optax.ScalarOrSchedule,
-    epsilon: float,
-    *,
-    c0: Optional[float] = None,
-    c1: Optional[float] = None,
-    fit_learning_rate: bool = False,
-    window: int = 256,
-    quantile: float = 0.9,
-    num_bins: int = 8,
-    estimator_dtype: Optional[chex.ArrayDType] = None,
+  learning_rate: optax.ScalarOrSchedule,
+  epsilon: float,
+  *,
+  c0: chex.Numeric | None = None,
+  c1: chex.Numeric | None = None,
+  fit_learning_rate: bool = False,
+  window: int = 256,
+  quantile: float = 0.9,
+  num_bins: int = 8,
+  estimator_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SPIDER whose clipping thresholds follow a running (L0, L1) fit.
 
@@ -105,35 +112,43 @@ def auto_clip_spider(
   _checks.check_positive('epsilon', epsilon, finite=True)
   _checks.check_positive('c0', c0, allow_none=True)
   _checks.check_positive('c1', c1, allow_none=True)
-  if isinstance(window, bool) or not isinstance(window, int) or window < num_bins:
+  if (
+    isinstance(window, bool) or not isinstance(window, int) or window < num_bins
+  ):
     raise ValueError(
-        f'window must be an int >= num_bins ({num_bins}), got {window!r}.')
+      f'window must be an int >= num_bins ({num_bins}), got {window!r}.'
+    )
   estimator = spider_estimator(estimator_dtype, diagnostics=True)
   scale = optax.scale_by_learning_rate(learning_rate)
   inner = optax.chain(estimator, relaxed_clip(c0, c1), scale)
   as_threshold = lambda c: jnp.asarray(jnp.inf if c is None else c, jnp.float32)
-  fit_of = lambda g, h: fit_smoothness(g, h, quantile=quantile,
-                                       num_bins=num_bins)
+  fit_of = lambda g, h: fit_smoothness(
+    g, h, quantile=quantile, num_bins=num_bins
+  )
 
   def init_fn(params):
     nan = jnp.full([window], jnp.nan, jnp.float32)
     return AutoClipState(
-        inner_state=inner.init(params),
-        grad_norms=nan,
-        smoothness=nan,
-        num_samples=jnp.zeros([], jnp.int32),
-        fit=fit_of(nan, nan),
-        c0=as_threshold(c0),
-        c1=as_threshold(c1),
-        learning_rate=jnp.zeros([], jnp.float32),
+      inner_state=inner.init(params),
+      grad_norms=nan,
+      smoothness=nan,
+      num_samples=jnp.zeros([], jnp.int32),
+      fit=fit_of(nan, nan),
+      c0=as_threshold(c0),
+      c1=as_threshold(c1),
+      learning_rate=jnp.zeros([], jnp.float32),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     _checks.check_state(state, AutoClipState, 'so.spider(..., epsilon=...)')
-    est_state, clip_state, scale_state = state.inner_state
-    estimate, est_state = estimator.update(updates, est_state, params,
-                                           **extra_args)
-    d = est_state.diagnostics
+    est_state, clip_state, scale_state = typing.cast(
+      tuple[Any, Any, Any], state.inner_state
+    )
+    estimate, est_state = estimator.update(
+      updates, est_state, params, **extra_args
+    )
+    d = typing.cast(SpiderEstimatorState, est_state).diagnostics
+    assert d is not None  # built with diagnostics=True
     # Push (||g||, L_hat) where a pair was measured (not on anchor steps).
     measured = jnp.isfinite(d.smoothness)
     slot = state.num_samples % window
@@ -160,14 +175,14 @@ def auto_clip_spider(
     if fit_learning_rate:
       updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), clipped)
     return updates, AutoClipState(
-        inner_state=(est_state, clip_state, scale_state),
-        grad_norms=grad_norms,
-        smoothness=smoothness,
-        num_samples=state.num_samples + measured.astype(jnp.int32),
-        fit=fit,
-        c0=c0_k,
-        c1=c1_k,
-        learning_rate=lr,
+      inner_state=(est_state, clip_state, scale_state),
+      grad_norms=grad_norms,
+      smoothness=smoothness,
+      num_samples=state.num_samples + measured.astype(jnp.int32),
+      fit=fit,
+      c0=c0_k,
+      c1=c1_k,
+      learning_rate=lr,
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

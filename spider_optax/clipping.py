@@ -1,6 +1,6 @@
 """Relaxed (L0, L1) clipping of the step."""
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import chex
 import jax
@@ -11,18 +11,18 @@ from spider_optax import _checks
 
 
 def global_norm(tree: optax.Updates) -> chex.Array:
-  """The L2 norm of all leaves of ``tree`` together, accumulated in >= float32."""
+  """The L2 norm of all leaves of ``tree`` together, summed in >= float32."""
   squares = [
-      jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
-      for x in jax.tree.leaves(tree)
+    jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
+    for x in jax.tree.leaves(tree)
   ]
   return jnp.sqrt(sum(squares, start=jnp.zeros([], jnp.float32)))
 
 
 def relaxed_clip_factor(
-    norm: chex.Array,
-    c0: Optional[chex.Numeric] = None,
-    c1: Optional[chex.Numeric] = None,
+  norm: chex.Array,
+  c0: chex.Numeric | None = None,
+  c1: chex.Numeric | None = None,
 ) -> chex.Array:
   """min(1, c0 / norm, c1 / norm**2), with None dropping a term; 1 at norm 0."""
   factor = jnp.ones_like(norm)
@@ -41,12 +41,13 @@ class RelaxedClipState(NamedTuple):
     clip_factor: the factor min(1, c0/||u||, c1/||u||^2) of the last update
       (float32; 1 before the first), for logging how often clipping binds.
   """
+
   clip_factor: chex.Array
 
 
 def relaxed_clip(
-    c0: Optional[chex.Numeric] = None,
-    c1: Optional[chex.Numeric] = None,
+  c0: chex.Numeric | None = None,
+  c1: chex.Numeric | None = None,
 ) -> optax.GradientTransformation:
   r"""Scales updates by the relaxed (L0, L1) clipping factor.
 
@@ -149,4 +150,5 @@ def clip_by_leaf_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
     return jax.tree.map(clip, updates), state
 
   return optax.GradientTransformation(
-      lambda params: optax.EmptyState(), update_fn)
+    lambda params: optax.EmptyState(), update_fn
+  )

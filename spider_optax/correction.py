@@ -7,13 +7,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import DTypeLike
 
 from spider_optax import _buffers
 from spider_optax import _checks
 
 _PREV_GRADS_HINT = (
-    'prev_grads must be the gradients of the same loss on the same minibatch '
-    'at so.prev_params(state), e.g. from so.paired_grad(loss_fn).')
+  'prev_grads must be the gradients of the same loss on the same minibatch '
+  'at so.prev_params(state), e.g. from so.paired_grad(loss_fn).'
+)
 
 
 class RecursiveCorrectionState(NamedTuple):
@@ -29,18 +31,19 @@ class RecursiveCorrectionState(NamedTuple):
       update, the :math:`g'_{k+1}` of the next step; zeros before the first
       update. None in exact mode.
   """
+
   count: chex.Array
   prev_params: optax.Params | None
   prev_grads: optax.Updates | None
 
 
 def recursive_correction(
-    beta: chex.Numeric,
-    gamma: chex.Numeric = 1.0,
-    *,
-    approx: bool = False,
-    mask: Any | Callable[[optax.Params], Any] | None = None,
-    state_dtype: chex.ArrayDType | None = None,
+  beta: chex.Numeric,
+  gamma: chex.Numeric = 1.0,
+  *,
+  approx: bool = False,
+  mask: Any | Callable[[optax.Params], Any] | None = None,
+  state_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The recursive gradient correction of STORM and MARS.
 
@@ -121,13 +124,15 @@ def recursive_correction(
 
   def init_fn(params):
     return RecursiveCorrectionState(
-        count=jnp.zeros([], jnp.int32),
-        # A buffer of its own: loops that donate params and state together
-        # must not donate one buffer twice.
-        prev_params=None if approx else jax.tree.map(jnp.copy, params),
-        prev_grads=jax.tree.map(
-            lambda p: _buffers.zeros_like(p, state_dtype), params)
-        if approx else None,
+      count=jnp.zeros([], jnp.int32),
+      # A buffer of its own: loops that donate params and state together
+      # must not donate one buffer twice.
+      prev_params=None if approx else jax.tree.map(jnp.copy, params),
+      prev_grads=jax.tree.map(
+        lambda p: _buffers.zeros_like(p, state_dtype), params
+      )
+      if approx
+      else None,
     )
 
   def update_fn(updates, state, params=None, *, prev_grads=None, **extra_args):
@@ -136,47 +141,61 @@ def recursive_correction(
     if approx:
       if prev_grads is not None:
         raise ValueError(
-            f'{name} takes no prev_grads: it uses the previous step\'s '
-            'gradient kept in its state. Drop prev_grads=, or build it with '
-            'approx=False to use gradients at so.prev_params(state).')
+          f"{name} takes no prev_grads: it uses the previous step's "
+          'gradient kept in its state. Drop prev_grads=, or build it with '
+          'approx=False to use gradients at so.prev_params(state).'
+        )
       _checks.check_trees_match(
-          'the params given to init', state.prev_grads, 'grads', updates,
-          check_dtypes=False, hint='If the params changed, rebuild the state '
-          'with tx.init(params).')
+        'the params given to init',
+        state.prev_grads,
+        'grads',
+        updates,
+        check_dtypes=False,
+        hint='If the params changed, rebuild the state with tx.init(params).',
+      )
       previous = state.prev_grads
     else:
       if params is None:
         raise ValueError(
-            f'{name} needs params: call tx.update(grads, state, params, '
-            'prev_grads=prev_grads) so that it can keep the previous '
-            'parameters.')
+          f'{name} needs params: call tx.update(grads, state, params, '
+          'prev_grads=prev_grads) so that it can keep the previous '
+          'parameters.'
+        )
       if prev_grads is None:
         raise ValueError(
-            f'{name} needs prev_grads= on every update: the gradients at '
-            'so.prev_params(state) on the same minibatch, e.g. grads, '
-            'prev_grads = so.paired_grad(loss_fn)(params, '
-            'so.prev_params(state), batch). Or build it with approx=True.')
+          f'{name} needs prev_grads= on every update: the gradients at '
+          'so.prev_params(state) on the same minibatch, e.g. grads, '
+          'prev_grads = so.paired_grad(loss_fn)(params, '
+          'so.prev_params(state), batch). Or build it with approx=True.'
+        )
       _checks.check_trees_match('params', params, 'grads', updates)
-      _checks.check_state_matches('state.prev_params', state.prev_params,
-                                  params, check_dtypes=True)
-      _checks.check_trees_match('grads', updates, 'prev_grads', prev_grads,
-                                hint=_PREV_GRADS_HINT)
+      _checks.check_state_matches(
+        'state.prev_params', state.prev_params, params, check_dtypes=True
+      )
+      _checks.check_trees_match(
+        'grads', updates, 'prev_grads', prev_grads, hint=_PREV_GRADS_HINT
+      )
       previous = prev_grads
     mask_tree = mask(updates) if callable(mask) else mask
     if mask_tree is None:
       mask_tree = jax.tree.map(lambda _: True, updates)
     if jax.tree.structure(mask_tree) != jax.tree.structure(updates):
       raise ValueError(
-          f'mask has tree structure {jax.tree.structure(mask_tree)} but grads '
-          f'have {jax.tree.structure(updates)}: give one bool per leaf.')
+        f'mask has tree structure {jax.tree.structure(mask_tree)} but grads '
+        f'have {jax.tree.structure(updates)}: give one bool per leaf.'
+      )
     started = state.count > 0  # g'_0 = 0: there is no previous step.
     scale = gamma * beta / (1 - beta)
 
     def correct(g, g_prev, corrected):
-      out_dtype = g.dtype if state_dtype is None else jnp.promote_types(
-          g.dtype, state_dtype)
-      dtype = jnp.promote_types(jnp.promote_types(out_dtype, g_prev.dtype),
-                                jnp.float32)
+      out_dtype = (
+        g.dtype
+        if state_dtype is None
+        else jnp.promote_types(g.dtype, state_dtype)
+      )
+      dtype = jnp.promote_types(
+        jnp.promote_types(out_dtype, g_prev.dtype), jnp.float32
+      )
       g_wide = g.astype(dtype)
       g_prev = jnp.where(started, g_prev.astype(dtype), 0)
       c = g_wide + scale * (g_wide - g_prev)
@@ -184,12 +203,14 @@ def recursive_correction(
 
     corrected = jax.tree.map(correct, updates, previous, mask_tree)
     new_state = RecursiveCorrectionState(
-        count=optax.safe_increment(state.count),
-        prev_params=None if approx else jax.tree.map(
-            _buffers.overwrite, state.prev_params, params),
-        prev_grads=jax.tree.map(_buffers.overwrite, state.prev_grads, updates)
-        if approx else None,
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      prev_params=None
+      if approx
+      else jax.tree.map(_buffers.overwrite, state.prev_params, params),
+      prev_grads=jax.tree.map(_buffers.overwrite, state.prev_grads, updates)
+      if approx
+      else None,
     )
     return corrected, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

@@ -1,19 +1,21 @@
 """The SPIDER recursive gradient estimator as an optax transformation."""
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import DTypeLike
 
 from spider_optax import _buffers
 from spider_optax import _checks
 from spider_optax import measurement
 
 _PREV_GRADS_HINT = (
-    'prev_grads must be the gradients of the same loss on the same minibatch '
-    'at so.prev_params(state), e.g. from so.paired_grad(loss_fn).')
+  'prev_grads must be the gradients of the same loss on the same minibatch '
+  'at so.prev_params(state), e.g. from so.paired_grad(loss_fn).'
+)
 
 
 class SpiderEstimatorState(NamedTuple):
@@ -27,21 +29,23 @@ class SpiderEstimatorState(NamedTuple):
       dtype; zeros before the first update.
     prev_params: the params x_k passed to the last update, i.e. the previous
       parameters x_{k-1} of the next step; read them with
-      :func:`prev_params`. Equal to the initial params before the first update.
-    diagnostics: a :class:`~spider_optax.SpiderDiagnostics` of the last update with
-      ``diagnostics=True``, else None.
+      :func:`prev_params`. Equal to the initial params before the first
+      update.
+    diagnostics: a :class:`~spider_optax.SpiderDiagnostics` of the last
+      update with ``diagnostics=True``, else None.
   """
+
   count: chex.Array
   steps_since_anchor: chex.Array
   estimate: optax.Updates
   prev_params: optax.Params
-  diagnostics: Optional[measurement.SpiderDiagnostics] = None
+  diagnostics: measurement.SpiderDiagnostics | None = None
 
 
 def spider_estimator(
-    estimator_dtype: Optional[chex.ArrayDType] = None,
-    *,
-    diagnostics: bool = False,
+  estimator_dtype: DTypeLike | None = None,
+  *,
+  diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SPIDER's recursive gradient estimator (Fang et al., 2018).
 
@@ -113,59 +117,87 @@ def spider_estimator(
 
   def init_fn(params):
     return SpiderEstimatorState(
-        count=jnp.zeros([], jnp.int32),
-        steps_since_anchor=jnp.zeros([], jnp.int32),
-        estimate=jax.tree.map(lambda p: _buffers.zeros_like(p, estimator_dtype),
-                              params),
-        # A buffer of its own: loops that donate params and state together
-        # must not donate one buffer twice.
-        prev_params=jax.tree.map(jnp.copy, params),
-        diagnostics=measurement.empty() if diagnostics else None,
+      count=jnp.zeros([], jnp.int32),
+      steps_since_anchor=jnp.zeros([], jnp.int32),
+      estimate=jax.tree.map(
+        lambda p: _buffers.zeros_like(p, estimator_dtype), params
+      ),
+      # A buffer of its own: loops that donate params and state together
+      # must not donate one buffer twice.
+      prev_params=jax.tree.map(jnp.copy, params),
+      diagnostics=measurement.empty() if diagnostics else None,
     )
 
-  def update_fn(updates, state, params=None, *, prev_grads=None,
-                grad_diff_variance=None, **extra_args):
+  def update_fn(
+    updates,
+    state,
+    params=None,
+    *,
+    prev_grads=None,
+    grad_diff_variance=None,
+    **extra_args,
+  ):
     del extra_args
     if params is None:
       raise ValueError(
-          'spider_estimator needs params: call tx.update(grads, state, params)'
-          ' so that it can keep the previous parameters.')
+        'spider_estimator needs params: call tx.update(grads, state, params)'
+        ' so that it can keep the previous parameters.'
+      )
     _checks.check_state(state, SpiderEstimatorState, 'spider_estimator')
     _checks.check_trees_match('params', params, 'grads', updates)
-    _checks.check_state_matches('state.prev_params', state.prev_params, params,
-                                check_dtypes=True)
-    _checks.check_state_matches('state.estimate', state.estimate, params,
-                                check_dtypes=False)
+    _checks.check_state_matches(
+      'state.prev_params', state.prev_params, params, check_dtypes=True
+    )
+    _checks.check_state_matches(
+      'state.estimate', state.estimate, params, check_dtypes=False
+    )
     if grad_diff_variance is not None and (
-        prev_grads is None or jnp.ndim(grad_diff_variance) != 0):
+      prev_grads is None or jnp.ndim(grad_diff_variance) != 0
+    ):
       raise ValueError(
-          'grad_diff_variance must be a scalar, passed with prev_grads on a '
-          'recursive step (so.paired_grad(loss_fn, split_batch=True) returns '
-          'it).')
+        'grad_diff_variance must be a scalar, passed with prev_grads on a '
+        'recursive step (so.paired_grad(loss_fn, split_batch=True) returns '
+        'it).'
+      )
     if prev_grads is None:  # Anchor step: reset the estimator.
       estimate = jax.tree.map(_buffers.overwrite, state.estimate, updates)
       steps_since_anchor = jnp.zeros([], jnp.int32)
     else:
       _checks.check_trees_match(
-          'grads', updates, 'prev_grads', prev_grads, hint=_PREV_GRADS_HINT)
+        'grads', updates, 'prev_grads', prev_grads, hint=_PREV_GRADS_HINT
+      )
       anchored = state.count > 0  # A first recursive step acts as an anchor.
       estimate = jax.tree.map(
-          lambda v, g, pg: jnp.where(
-              anchored, v + (g.astype(v.dtype) - pg.astype(v.dtype)),
-              g.astype(v.dtype)),
-          state.estimate, updates, prev_grads)
+        lambda v, g, pg: jnp.where(
+          anchored,
+          v + (g.astype(v.dtype) - pg.astype(v.dtype)),
+          g.astype(v.dtype),
+        ),
+        state.estimate,
+        updates,
+        prev_grads,
+      )
       steps_since_anchor = jnp.where(
-          anchored, optax.safe_increment(state.steps_since_anchor), 0)
+        anchored, optax.safe_increment(state.steps_since_anchor), 0
+      )
     new_state = SpiderEstimatorState(
-        count=optax.safe_increment(state.count),
-        steps_since_anchor=steps_since_anchor.astype(jnp.int32),
-        estimate=estimate,
-        prev_params=jax.tree.map(_buffers.overwrite, state.prev_params, params),
-        diagnostics=measurement.measure(
-            state.diagnostics, state.prev_params, updates, prev_grads,
-            grad_diff_variance, params, estimate, steps_since_anchor)
-        if diagnostics else None,
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      steps_since_anchor=steps_since_anchor.astype(jnp.int32),
+      estimate=estimate,
+      prev_params=jax.tree.map(_buffers.overwrite, state.prev_params, params),
+      diagnostics=measurement.measure(
+        state.diagnostics,
+        state.prev_params,
+        updates,
+        prev_grads,
+        grad_diff_variance,
+        params,
+        estimate,
+        steps_since_anchor,
+      )
+      if diagnostics
+      else None,
     )
     return estimate, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

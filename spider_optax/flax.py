@@ -17,7 +17,8 @@ extra: ``pip install 'spider-optax[flax]'``.
 """
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,13 +30,12 @@ from spider_optax import lookup
 from spider_optax import loop
 from spider_optax import paired
 
-
 # --------------------------------------------------------------------------
 # NNX
 # --------------------------------------------------------------------------
 
 
-def prev_params(optimizer: nnx.Optimizer) -> nnx.State:
+def prev_params(optimizer: nnx.Optimizer) -> Any:
   """x_{k-1} of an ``nnx.Optimizer`` built on a SPIDER transformation.
 
   Returns an ``nnx.State`` of plain arrays, shaped like
@@ -45,17 +45,24 @@ def prev_params(optimizer: nnx.Optimizer) -> nnx.State:
 
 
 def _loss_of_params(loss_fn, model: nnx.Module, optimizer: nnx.Optimizer):
-  """(``loss_fn`` as a function of the ``optimizer.wrt`` params, those params)."""
+  """``loss_fn`` as a function of the ``optimizer.wrt`` params, and those."""
   graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
-  return (lambda p, *args, **kwargs: loss_fn(nnx.merge(graphdef, p, rest),
-                                             *args, **kwargs), params)
+  return (
+    lambda p, *args, **kwargs: loss_fn(
+      nnx.merge(graphdef, p, rest), *args, **kwargs
+    ),
+    params,
+  )
 
 
 def _prev_like(params: nnx.State, optimizer: nnx.Optimizer) -> nnx.State:
-  """x_{k-1} with the treedef (the Variable types) of ``params``, as
-  ``optimizer.update`` expects of grads."""
-  return jax.tree.unflatten(jax.tree.structure(params),
-                            jax.tree.leaves(prev_params(optimizer)))
+  """x_{k-1} with the treedef (the Variable types) of ``params``.
+
+  As ``optimizer.update`` expects of grads.
+  """
+  return jax.tree.unflatten(
+    jax.tree.structure(params), jax.tree.leaves(prev_params(optimizer))
+  )
 
 
 def prev_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
@@ -71,12 +78,12 @@ def prev_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
 
 
 def paired_value_and_grad(
-    loss_fn: Callable[..., Any],
-    has_aux: Any = False,
-    *args: Any,
-    vectorized: bool = True,
-    split_batch: bool = False,
-) -> Callable[..., tuple[Any, ...]]:
+  loss_fn: Callable[..., Any],
+  has_aux: Any = False,
+  *args: Any,
+  vectorized: bool = True,
+  split_batch: bool = False,
+) -> Any:
   """``nnx.value_and_grad(loss_fn)`` at the model's params and at x_{k-1}.
 
   The NNX form of :func:`spider_optax.paired_value_and_grad`, with the same
@@ -103,21 +110,26 @@ def paired_value_and_grad(
   """
   if isinstance(has_aux, nnx.Module):  # The deprecated direct call.
     _warn_direct_call('paired_value_and_grad')
-    model, (optimizer, *args) = has_aux, args
+    model, optimizer, *batch = has_aux, *args
     return paired_value_and_grad(
-        loss_fn, vectorized=vectorized, split_batch=split_batch)(
-            model, optimizer, *args)
-  return _on_model(paired.paired_value_and_grad, loss_fn, has_aux,
-                   vectorized=vectorized, split_batch=split_batch)
+      loss_fn, vectorized=vectorized, split_batch=split_batch
+    )(model, optimizer, *batch)
+  return _on_model(
+    paired.paired_value_and_grad,
+    loss_fn,
+    has_aux,
+    vectorized=vectorized,
+    split_batch=split_batch,
+  )
 
 
 def paired_grad(
-    loss_fn: Callable[..., Any],
-    has_aux: Any = False,
-    *args: Any,
-    vectorized: bool = True,
-    split_batch: bool = False,
-) -> Callable[..., tuple[Any, ...]]:
+  loss_fn: Callable[..., Any],
+  has_aux: Any = False,
+  *args: Any,
+  vectorized: bool = True,
+  split_batch: bool = False,
+) -> Any:
   """``nnx.grad(loss_fn)`` at the model's params and at x_{k-1}, one batch.
 
   The NNX form of :func:`spider_optax.paired_grad` (inside or outside
@@ -133,34 +145,50 @@ def paired_grad(
   """
   if isinstance(has_aux, nnx.Module):  # The deprecated direct call.
     _warn_direct_call('paired_grad')
-    model, (optimizer, *args) = has_aux, args
-    return paired_grad(loss_fn, vectorized=vectorized,
-                       split_batch=split_batch)(model, optimizer, *args)
-  return _on_model(paired.paired_grad, loss_fn, has_aux, vectorized=vectorized,
-                   split_batch=split_batch)
+    model, optimizer, *batch = has_aux, *args
+    return paired_grad(loss_fn, vectorized=vectorized, split_batch=split_batch)(
+      model, optimizer, *batch
+    )
+  return _on_model(
+    paired.paired_grad,
+    loss_fn,
+    has_aux,
+    vectorized=vectorized,
+    split_batch=split_batch,
+  )
 
 
-def _on_model(paired_fn: Callable[..., Callable], loss_fn: Callable[..., Any],
-              has_aux: bool, **options: Any) -> Callable[..., Any]:
+def _on_model(
+  paired_fn: Callable[..., Callable],
+  loss_fn: Callable[..., Any],
+  has_aux: bool,
+  **options: Any,
+) -> Callable[..., Any]:
   """``paired_fn`` (a functional paired gradient) on an NNX model."""
 
   def on_model(model, optimizer, *args, **kwargs):
     loss_of_params, params = _loss_of_params(loss_fn, model, optimizer)
     return paired_fn(loss_of_params, has_aux, **options)(
-        params, _prev_like(params, optimizer), *args, **kwargs)
+      params, _prev_like(params, optimizer), *args, **kwargs
+    )
 
   return on_model
 
 
 def _warn_direct_call(name: str) -> None:
   warnings.warn(
-      f'so.flax.{name}(loss_fn, model, optimizer, *args) is deprecated: call '
-      f'so.flax.{name}(loss_fn)(model, optimizer, *args), the convention of '
-      f'so.{name}.', DeprecationWarning, stacklevel=3)
+    f'so.flax.{name}(loss_fn, model, optimizer, *args) is deprecated: call '
+    f'so.flax.{name}(loss_fn)(model, optimizer, *batch), the convention of '
+    f'so.{name}.',
+    DeprecationWarning,
+    stacklevel=3,
+  )
 
 
 def nnx_steps(
-    loss_fn: Callable[..., Any], *, split_batch: bool = False,
+  loss_fn: Callable[..., Any],
+  *,
+  split_batch: bool = False,
 ) -> tuple[Callable, Callable]:
   """Jitted ``(anchor_step, recursive_step)`` for an NNX model.
 
@@ -180,8 +208,9 @@ def nnx_steps(
   With ``split_batch=True`` the recursive step evaluates the minibatch as two
   halves and passes the variance estimate to the update
   (``grad_diff_variance``), for adaptive anchoring with
-  :func:`spider_optax.spider_loop` (``error_budget`` without ``batch_size``). The
-  optimizer must keep diagnostics, and ``loss_fn`` average over the batch.
+  :func:`spider_optax.spider_loop` (``error_budget`` without
+  ``batch_size``). The optimizer must keep diagnostics, and ``loss_fn``
+  average over the batch.
   """
 
   @nnx.jit
@@ -194,9 +223,11 @@ def nnx_steps(
   @nnx.jit
   def recursive(model, optimizer, *batch, **kwargs):
     (loss, grads), (_, prev_grads), *variance = paired_value_and_grad(
-        loss_fn, split_batch=split_batch)(model, optimizer, *batch, **kwargs)
-    optimizer.update(model, grads, prev_grads=prev_grads,
-                     **_variance_arg(variance))
+      loss_fn, split_batch=split_batch
+    )(model, optimizer, *batch, **kwargs)
+    optimizer.update(
+      model, grads, prev_grads=prev_grads, **_variance_arg(variance)
+    )
     return loss
 
   def anchor_step(carry, *batch, **kwargs):
@@ -221,8 +252,9 @@ class TrainState(train_state.TrainState):
 
   Example::
 
+    tx = so.spider(0.1, 1.0)
     state = so.flax.TrainState.create(
-        apply_fn=model.apply, params=variables['params'], tx=so.spider(0.1, 1.0))
+        apply_fn=model.apply, params=variables['params'], tx=tx)
     state = state.apply_gradients(grads=jax.grad(loss_fn)(state.params, data))
     grads, prev_grads = so.paired_grad(loss_fn)(
         state.params, state.prev_params, batch)
@@ -231,33 +263,52 @@ class TrainState(train_state.TrainState):
 
   @classmethod
   def create(cls, *, apply_fn, params, tx, **kwargs):
-    """Like Flax's, with ``step`` an int32 array rather than a Python int,
-    so that a state restored from a checkpoint keeps the same types."""
+    """Like Flax's, with ``step`` an int32 array rather than a Python int.
+
+    So that a state restored from a checkpoint keeps the same types.
+    """
     state = super().create(apply_fn=apply_fn, params=params, tx=tx, **kwargs)
     return state.replace(step=jnp.zeros([], jnp.int32))
 
-  def apply_gradients(self, *, grads, prev_grads=None,
-                      grad_diff_variance=None, **kwargs):
+  def apply_gradients(
+    self, *, grads, prev_grads=None, grad_diff_variance=None, **kwargs
+  ):
+    """One update: a recursive step with ``prev_grads``, else an anchor step.
+
+    Args:
+      grads: the gradients at ``self.params``.
+      prev_grads: the gradients at ``self.prev_params`` on the same
+        minibatch, for a recursive step.
+      grad_diff_variance: the split-half variance estimate, for adaptive
+        anchoring.
+      **kwargs: other fields to replace, as in Flax's ``apply_gradients``.
+
+    Returns:
+      The state after the update, ``step`` one higher.
+    """
     extra = {} if prev_grads is None else {'prev_grads': prev_grads}
     if grad_diff_variance is not None:
       extra['grad_diff_variance'] = grad_diff_variance
-    updates, opt_state = self.tx.update(grads, self.opt_state, self.params,
-                                        **extra)
+    updates, opt_state = self.tx.update(
+      grads, self.opt_state, self.params, **extra
+    )
     return self.replace(
-        step=self.step + 1,
-        params=optax.apply_updates(self.params, updates),
-        opt_state=opt_state,
-        **kwargs,
+      step=self.step + 1,
+      params=optax.apply_updates(self.params, updates),
+      opt_state=opt_state,
+      **kwargs,
     )
 
   @property
   def prev_params(self):
-    """x_{k-1}: the params of the last ``apply_gradients``."""
+    """The previous params x_{k-1}, those of the last ``apply_gradients``."""
     return lookup.prev_params(self.opt_state)
 
 
 def linen_steps(
-    loss_fn: Callable[..., Any], *, split_batch: bool = False,
+  loss_fn: Callable[..., Any],
+  *,
+  split_batch: bool = False,
 ) -> tuple[Callable, Callable]:
   """Jitted ``(anchor_step, recursive_step)`` for a Linen :class:`TrainState`.
 
@@ -276,10 +327,11 @@ def linen_steps(
   @jax.jit
   def recursive_step(state, *batch, **kwargs):
     (loss, grads), (_, prev_grads), *variance = paired.paired_value_and_grad(
-        loss_fn, split_batch=split_batch)(state.params, state.prev_params,
-                                          *batch, **kwargs)
-    return state.apply_gradients(grads=grads, prev_grads=prev_grads,
-                                 **_variance_arg(variance)), loss
+      loss_fn, split_batch=split_batch
+    )(state.params, state.prev_params, *batch, **kwargs)
+    return state.apply_gradients(
+      grads=grads, prev_grads=prev_grads, **_variance_arg(variance)
+    ), loss
 
   return anchor_step, recursive_step
 
@@ -296,6 +348,9 @@ def _variance_arg(variance: list[jax.Array]) -> dict[str, jax.Array]:
 
 def spider_loop(*args: Any, **kwargs: Any) -> tuple[Any, list[Any]]:
   """Deprecated: :func:`spider_optax.spider_loop`, which needs no Flax."""
-  warnings.warn('so.flax.spider_loop is deprecated: use so.spider_loop.',
-                DeprecationWarning, stacklevel=2)
+  warnings.warn(
+    'so.flax.spider_loop is deprecated: use so.spider_loop.',
+    DeprecationWarning,
+    stacklevel=2,
+  )
   return loop.spider_loop(*args, **kwargs)

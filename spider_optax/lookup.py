@@ -37,22 +37,26 @@ def find_one(state: Any, kind: type[State], *, what: str, build: str) -> State:
   found = find_all(state, kind)
   if not found:
     raise ValueError(
-        f'This optimizer state holds no {what} state. {build}, then pass the '
-        f'state that tx.init returned. {_checks.RESTORE_HINT}')
+      f'This optimizer state holds no {what} state. {build}, then pass the '
+      f'state that tx.init returned. {_checks.RESTORE_HINT}'
+    )
   if len(found) > 1:
     raise ValueError(
-        f'This optimizer state holds {len(found)} {what} states; exactly one '
-        'is needed here. Pass the sub-state of the one you mean.')
+      f'This optimizer state holds {len(found)} {what} states; exactly one '
+      'is needed here. Pass the sub-state of the one you mean.'
+    )
   return found[0]
-
 
 
 def estimator_state(state: Any) -> SpiderEstimatorState:
   """The one :class:`~spider_optax.SpiderEstimatorState` inside ``state``."""
   return find_one(
-      state, SpiderEstimatorState, what='spider_estimator',
-      build='Build the optimizer with so.spider(...) or put '
-      'so.spider_estimator() first in your optax.chain')
+    state,
+    SpiderEstimatorState,
+    what='spider_estimator',
+    build='Build the optimizer with so.spider(...) or put '
+    'so.spider_estimator() first in your optax.chain',
+  )
 
 
 def prev_params(state: Any) -> optax.Params:
@@ -82,31 +86,38 @@ def prev_params(state: Any) -> optax.Params:
     ValueError: if the state holds none, or more than one.
   """
   in_a_state = lambda path, value: (
-      value is not None
-      and isinstance(path[-1], optax.tree_utils.NamedTupleKey))
+    value is not None and isinstance(path[-1], optax.tree_utils.NamedTupleKey)
+  )
   found_with_path = optax.tree_utils.tree_get_all_with_path(
-      state, 'prev_params', filtering=in_a_state)
-  if any(getattr(key, 'tuple_name', None) == 'MultiStepsState'
-         for path, _ in found_with_path for key in path):
+    state, 'prev_params', filtering=in_a_state
+  )
+  if any(
+    getattr(key, 'tuple_name', None) == 'MultiStepsState'
+    for path, _ in found_with_path
+    for key in path
+  ):
     raise ValueError(
-        'optax.MultiSteps averages the grads of its micro-batches but passes '
-        'on only the last micro-batch\'s prev_grads, so a paired-gradient '
-        'step inside it would be silently wrong. Accumulate both together '
-        'instead, in one jitted step: so.paired_grad(loss_fn, '
-        'microbatches=k)(params, so.prev_params(state), batch).')
+      'optax.MultiSteps averages the grads of its micro-batches but passes '
+      "on only the last micro-batch's prev_grads, so a paired-gradient "
+      'step inside it would be silently wrong. Accumulate both together '
+      'instead, in one jitted step: so.paired_grad(loss_fn, '
+      'microbatches=k)(params, so.prev_params(state), batch).'
+    )
   found = [value for _, value in found_with_path]
   if len(found) == 1:
     return found[0]
   if not found:
     raise ValueError(
-        'This optimizer state keeps no previous parameters. Build the '
-        'optimizer with so.spider(...), so.storm(...) or '
-        'so.mars_adamw(..., approx=False), then pass the state that tx.init '
-        f'returned. {_checks.RESTORE_HINT}')
+      'This optimizer state keeps no previous parameters. Build the '
+      'optimizer with so.spider(...), so.storm(...) or '
+      'so.mars_adamw(..., approx=False), then pass the state that tx.init '
+      f'returned. {_checks.RESTORE_HINT}'
+    )
   raise ValueError(
-      f'This optimizer state holds {len(found)} sets of previous parameters; '
-      'so.prev_params needs exactly one. Pass the sub-state of the one you '
-      'mean.')
+    f'This optimizer state holds {len(found)} sets of previous parameters; '
+    'so.prev_params needs exactly one. Pass the sub-state of the one you '
+    'mean.'
+  )
 
 
 def diagnostics(state: Any) -> dict[str, chex.Array]:
@@ -129,13 +140,14 @@ def diagnostics(state: Any) -> dict[str, chex.Array]:
     2.0 3.0 0.33333334
 
   Args:
-    state: an optimizer state that contains one :class:`~spider_optax.SpiderEstimatorState`
-      with diagnostics.
+    state: an optimizer state that contains one
+      :class:`~spider_optax.SpiderEstimatorState` with diagnostics.
 
   Returns:
     A dict of scalars: the fields of :class:`~spider_optax.SpiderDiagnostics`
     (``smoothness`` is :math:`\hat L_k`), ``steps_since_anchor``, and, if the
-    state holds one :func:`~spider_optax.relaxed_clip` state, its ``clip_factor``.
+    state holds one :func:`~spider_optax.relaxed_clip` state, its
+    ``clip_factor``.
 
   Raises:
     ValueError: if the estimator keeps no diagnostics.
@@ -143,9 +155,10 @@ def diagnostics(state: Any) -> dict[str, chex.Array]:
   estimator = estimator_state(state)
   if estimator.diagnostics is None:
     raise ValueError(
-        'This estimator keeps no diagnostics: build it with '
-        'so.spider(..., diagnostics=True) or '
-        'so.spider_estimator(diagnostics=True).')
+      'This estimator keeps no diagnostics: build it with '
+      'so.spider(..., diagnostics=True) or '
+      'so.spider_estimator(diagnostics=True).'
+    )
   out = dict(estimator.diagnostics._asdict())
   out['steps_since_anchor'] = estimator.steps_since_anchor
   clips = find_all(state, RelaxedClipState)

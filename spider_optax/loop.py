@@ -1,9 +1,12 @@
-"""A framework-neutral SPIDER training loop: anchor and recursive steps on a
-schedule read from the optimizer state."""
+"""A framework-neutral SPIDER training loop.
+
+Anchor and recursive steps on a schedule read from the optimizer state.
+"""
 
 import sys
 import warnings
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import chex
 import jax
@@ -26,25 +29,26 @@ def default_opt_state(carry: Any) -> Any:
   holder = next((h for h in holders if hasattr(h, 'opt_state')), None)
   if holder is None:
     raise ValueError(
-        'spider_loop could not find the optimizer state in the carry: pass '
-        'opt_state_of=, a function from the carry to its optimizer state.')
+      'spider_loop could not find the optimizer state in the carry: pass '
+      'opt_state_of=, a function from the carry to its optimizer state.'
+    )
   nnx = sys.modules.get('flax.nnx')  # Loaded if the carry holds NNX objects.
   return holder.opt_state if nnx is None else nnx.as_pure(holder.opt_state)
 
 
 def spider_loop(
-    anchor_step: Step,
-    recursive_step: Step,
-    carry: Any,
-    anchor_batches: Iterable[tuple[Any, ...]],
-    minibatches: Iterable[tuple[Any, ...]],
-    *,
-    anchor_period: int,
-    num_steps: int,
-    error_budget: Optional[chex.Numeric] = None,
-    batch_size: Optional[int] = None,
-    opt_state_of: Callable[[Any], Any] = default_opt_state,
-    start_step: Optional[int] = None,
+  anchor_step: Step,
+  recursive_step: Step,
+  carry: Any,
+  anchor_batches: Iterable[tuple[Any, ...]],
+  minibatches: Iterable[tuple[Any, ...]],
+  *,
+  anchor_period: int,
+  num_steps: int,
+  error_budget: chex.Numeric | None = None,
+  batch_size: int | None = None,
+  opt_state_of: Callable[[Any], Any] = default_opt_state,
+  start_step: int | None = None,
 ) -> tuple[Any, list[Any]]:
   """Runs SPIDER updates until the optimizer has taken ``num_steps``.
 
@@ -72,20 +76,21 @@ def spider_loop(
     >>> tx = so.spider(0.5)
     >>> @jax.jit
     ... def anchor_step(carry, x):
-    ...   params, state = carry
-    ...   updates, state = tx.update(jax.grad(loss_fn)(params, x), state, params)
-    ...   return (optax.apply_updates(params, updates), state), loss_fn(params, x)
+    ...   p, state = carry
+    ...   updates, state = tx.update(jax.grad(loss_fn)(p, x), state, p)
+    ...   return (optax.apply_updates(p, updates), state), loss_fn(p, x)
     >>> @jax.jit
     ... def recursive_step(carry, x):
-    ...   params, state = carry
-    ...   grads, prev_grads = so.paired_grad(loss_fn)(
-    ...       params, so.prev_params(state), x)
-    ...   updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
-    ...   return (optax.apply_updates(params, updates), state), loss_fn(params, x)
+    ...   p, state = carry
+    ...   prev = so.prev_params(state)
+    ...   grads, prev_grads = so.paired_grad(loss_fn)(p, prev, x)
+    ...   updates, state = tx.update(grads, state, p, prev_grads=prev_grads)
+    ...   return (optax.apply_updates(p, updates), state), loss_fn(p, x)
     >>> params = jnp.zeros([])
+    >>> minibatches = ((data[i : i + 8],) for i in range(0, 64, 8))
     >>> (params, state), losses = so.spider_loop(
     ...     anchor_step, recursive_step, (params, tx.init(params)),
-    ...     itertools.repeat((data,)), ((data[i:i + 8],) for i in range(0, 64, 8)),
+    ...     itertools.repeat((data,)), minibatches,
     ...     anchor_period=4, num_steps=8, opt_state_of=lambda carry: carry[1])
     >>> print(f'{params:.2f} {data.mean():.2f}')
     3.03 3.03
@@ -93,7 +98,8 @@ def spider_loop(
   Args:
     anchor_step: ``step(carry, *batch) -> (carry, loss)`` taking the
       gradient on a large batch (or all the data), e.g. from
-      :func:`spider_optax.flax.nnx_steps` or :func:`spider_optax.flax.linen_steps`.
+      :func:`spider_optax.flax.nnx_steps` or
+      :func:`spider_optax.flax.linen_steps`.
     recursive_step: the same for the paired gradients on a minibatch.
     carry: what the steps thread through, e.g. ``(model, optimizer)`` for NNX
       or a ``TrainState`` for Linen.
@@ -124,17 +130,23 @@ def spider_loop(
   """
   anchoring.check_anchor_period(anchor_period)
   estimator = lookup.estimator_state(opt_state_of(carry))
-  count, since = (int(x) for x in jax.device_get(
-      (estimator.count, estimator.steps_since_anchor)))
+  count, since = (
+    int(x)
+    for x in jax.device_get((estimator.count, estimator.steps_since_anchor))
+  )
   if start_step is not None:
-    warnings.warn('spider_loop(start_step=) is deprecated: the schedule starts '
-                  "from the optimizer state's own update count.",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+      'spider_loop(start_step=) is deprecated: the schedule starts '
+      "from the optimizer state's own update count.",
+      DeprecationWarning,
+      stacklevel=2,
+    )
     if start_step != count:
       raise ValueError(
-          f'start_step={start_step} but the optimizer state has taken {count} '
-          'updates: restore the checkpoint of that step, or drop start_step '
-          '(the loop starts from the state).')
+        f'start_step={start_step} but the optimizer state has taken {count} '
+        'updates: restore the checkpoint of that step, or drop start_step '
+        '(the loop starts from the state).'
+      )
   batches = {True: iter(anchor_batches), False: iter(minibatches)}
   steps = {True: anchor_step, False: recursive_step}
   losses = []
@@ -143,8 +155,11 @@ def spider_loop(
       is_anchor = anchoring.period_rule(k, since, anchor_period)
     else:
       is_anchor = anchoring.is_anchor_step(
-          opt_state_of(carry), anchor_period, error_budget=error_budget,
-          batch_size=batch_size)
+        opt_state_of(carry),
+        anchor_period,
+        error_budget=error_budget,
+        batch_size=batch_size,
+      )
     batch = next(batches[is_anchor], None)
     if batch is None:
       kind = 'anchor_batches' if is_anchor else 'minibatches'

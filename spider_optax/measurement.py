@@ -5,7 +5,7 @@
 gradient cost; :func:`spider_optax.diagnostics` reads it for logging.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import chex
 import jax
@@ -42,6 +42,7 @@ class SpiderDiagnostics(NamedTuple):
       recursion has added to :math:`v_k`. 0 right after an anchor; NaN once a
       recursive step since the last anchor came without one.
   """
+
   grad_norm: chex.Array
   grad_diff_norm: chex.Array
   step_norm: chex.Array
@@ -54,19 +55,20 @@ class SpiderDiagnostics(NamedTuple):
 def empty() -> SpiderDiagnostics:
   """The diagnostics before the first update."""
   zero = jnp.zeros([], jnp.float32)
-  return SpiderDiagnostics(zero, zero, zero, jnp.full([], jnp.nan), zero, zero,
-                           zero)
+  return SpiderDiagnostics(
+    zero, zero, zero, jnp.full([], jnp.nan), zero, zero, zero
+  )
 
 
 def measure(
-    last: SpiderDiagnostics,
-    prev_params: optax.Params,
-    grads: optax.Updates,
-    prev_grads: Optional[optax.Updates],
-    grad_diff_variance: Optional[chex.Array],
-    params: optax.Params,
-    estimate: optax.Updates,
-    steps_since_anchor: chex.Array,
+  last: SpiderDiagnostics,
+  prev_params: optax.Params,
+  grads: optax.Updates,
+  prev_grads: optax.Updates | None,
+  grad_diff_variance: chex.Array | None,
+  params: optax.Params,
+  estimate: optax.Updates,
+  steps_since_anchor: chex.Array,
 ) -> SpiderDiagnostics:
   """The :class:`SpiderDiagnostics` of an update (see there).
 
@@ -81,28 +83,33 @@ def measure(
     steps_since_anchor: after this update (0 on anchors).
   """
   sub = lambda a, b: jax.tree.map(
-      lambda x, y: x.astype(jnp.float32) - y.astype(jnp.float32), a, b)
+    lambda x, y: x.astype(jnp.float32) - y.astype(jnp.float32), a, b
+  )
   step_norm = global_norm(sub(params, prev_params))
   recursive = steps_since_anchor > 0  # False on anchors, also first recursive
   if prev_grads is None:
     grad_diff_norm = jnp.zeros([], jnp.float32)
   else:
-    grad_diff_norm = jnp.where(recursive, global_norm(sub(grads, prev_grads)),
-                               0.0)
-  smoothness = jnp.where(recursive & (step_norm > 0),
-                         grad_diff_norm / jnp.where(step_norm > 0, step_norm, 1),
-                         jnp.nan)
+    grad_diff_norm = jnp.where(
+      recursive, global_norm(sub(grads, prev_grads)), 0.0
+    )
+  smoothness = jnp.where(
+    recursive & (step_norm > 0),
+    grad_diff_norm / jnp.where(step_norm > 0, step_norm, 1),
+    jnp.nan,
+  )
   previous = jnp.where(recursive, last.accumulated_error, 0.0)
   # Unknown (NaN) from the first recursive step that brings no variance.
   variance = jnp.nan if grad_diff_variance is None else grad_diff_variance
   accumulated_variance = jnp.where(
-      recursive, last.accumulated_variance + variance, 0.0)
+    recursive, last.accumulated_variance + variance, 0.0
+  )
   return SpiderDiagnostics(
-      grad_norm=global_norm(grads),
-      grad_diff_norm=grad_diff_norm,
-      step_norm=step_norm,
-      smoothness=smoothness,
-      estimate_norm=global_norm(estimate),
-      accumulated_error=previous + jnp.square(grad_diff_norm),
-      accumulated_variance=accumulated_variance.astype(jnp.float32),
+    grad_norm=global_norm(grads),
+    grad_diff_norm=grad_diff_norm,
+    step_norm=step_norm,
+    smoothness=smoothness,
+    estimate_norm=global_norm(estimate),
+    accumulated_error=previous + jnp.square(grad_diff_norm),
+    accumulated_variance=accumulated_variance.astype(jnp.float32),
   )

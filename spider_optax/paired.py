@@ -1,6 +1,8 @@
 """Gradients at the current and previous parameters on the same minibatch."""
 
-from typing import Any, Callable
+import typing
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +13,12 @@ from spider_optax.clipping import global_norm
 
 
 def paired_value_and_grad(
-    loss_fn: Callable[..., Any],
-    has_aux: bool = False,
-    *,
-    vectorized: bool = True,
-    split_batch: bool = False,
-    microbatches: int = 1,
+  loss_fn: Callable[..., Any],
+  has_aux: bool = False,
+  *,
+  vectorized: bool = True,
+  split_batch: bool = False,
+  microbatches: int = 1,
 ) -> Callable[..., tuple[Any, ...]]:
   r"""``jax.value_and_grad(loss_fn)`` at two parameter sets on one batch.
 
@@ -103,54 +105,75 @@ def paired_value_and_grad(
     ``split_batch`` the float32 variance estimate as a third element.
   """
   if split_batch and has_aux:
-    raise ValueError('split_batch=True needs has_aux=False: the aux outputs '
-                     'of two half batches have no mean to return.')
+    raise ValueError(
+      'split_batch=True needs has_aux=False: the aux outputs '
+      'of two half batches have no mean to return.'
+    )
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
   def one_pair(params, prev_params, *args, **kwargs):
     _checks.check_trees_match(
-        'params', params, 'prev_params', prev_params,
-        hint='Pass so.prev_params(opt_state) of the optimizer that updates '
-        'these params.')
+      'params',
+      params,
+      'prev_params',
+      prev_params,
+      hint='Pass so.prev_params(opt_state) of the optimizer that updates '
+      'these params.',
+    )
     at = lambda p: value_and_grad(p, *args, **kwargs)
     if not vectorized:
       return at(params), at(prev_params)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, prev_params)
     both = jax.vmap(at)(stacked)  # args/kwargs are closed over: not mapped.
-    return jax.tree.map(lambda x: x[0], both), jax.tree.map(lambda x: x[1], both)
+    return jax.tree.map(lambda x: x[0], both), jax.tree.map(
+      lambda x: x[1], both
+    )
 
   _checks.check_count('microbatches', microbatches)
-  paired = (one_pair if microbatches == 1
-            else _accumulated(one_pair, microbatches, has_aux))
+  paired = (
+    one_pair
+    if microbatches == 1
+    else _accumulated(one_pair, microbatches, has_aux)
+  )
   if not split_batch:
     return paired
 
   def paired_halves(params, prev_params, *args, **kwargs):
     b = _batch_size(args, 'split_batch=True')
     if b < 2:
-      raise ValueError('split_batch=True needs a batch of at least 2 samples, '
-                       f'got {b}.')
+      raise ValueError(
+        f'split_batch=True needs a batch of at least 2 samples, got {b}.'
+      )
     m = b // 2
     first, second = (
-        paired(params, prev_params, *jax.tree.map(half, args),
-               **_fold_keys(kwargs, i, 'split_batch=True'))
-        for i, half in enumerate((lambda x: x[:m], lambda x: x[m:])))
+      paired(
+        params,
+        prev_params,
+        *jax.tree.map(half, args),
+        **_fold_keys(kwargs, i, 'split_batch=True'),
+      )
+      for i, half in enumerate((lambda x: x[:m], lambda x: x[m:]))
+    )
     mean = lambda u, v: jax.tree.map(
-        lambda x, y: ((m * x + (b - m) * y) / b).astype(x.dtype), u, v)
+      lambda x, y: ((m * x + (b - m) * y) / b).astype(x.dtype), u, v
+    )
     # d_A - d_B = (g_A - g'_A) - (g_B - g'_B), in float32 for the norm.
     diff = lambda a, pa, b_, pb: (
-        (a.astype(jnp.float32) - pa.astype(jnp.float32))
-        - (b_.astype(jnp.float32) - pb.astype(jnp.float32)))
-    spread = jax.tree.map(diff, first[0][1], first[1][1], second[0][1],
-                          second[1][1])
+      (a.astype(jnp.float32) - pa.astype(jnp.float32))
+      - (b_.astype(jnp.float32) - pb.astype(jnp.float32))
+    )
+    spread = jax.tree.map(
+      diff, first[0][1], first[1][1], second[0][1], second[1][1]
+    )
     variance = jnp.square(global_norm(spread)) * (m * (b - m) / b**2)
     return mean(first[0], second[0]), mean(first[1], second[1]), variance
 
   return paired_halves
 
 
-def _accumulated(paired: Callable[..., Any], k: int,
-                 has_aux: bool) -> Callable[..., Any]:
+def _accumulated(
+  paired: Callable[..., Any], k: int, has_aux: bool
+) -> Callable[..., Any]:
   """``paired`` over ``k`` micro-batches in a scan, as one batch's mean."""
 
   def split_aux(out):
@@ -165,30 +188,38 @@ def _accumulated(paired: Callable[..., Any], k: int,
     if b % k:
       raise ValueError(f'microbatches={k} must divide the batch size, {b}.')
     chunks = jax.tree.map(lambda x: x.reshape(k, b // k, *x.shape[1:]), args)
-    step = lambda i, chunk: split_aux(paired(
-        params, prev_params, *chunk, **_fold_keys(kwargs, i,
-                                                  f'microbatches={k}')))
+    step = lambda i, chunk: split_aux(
+      paired(
+        params,
+        prev_params,
+        *chunk,
+        **_fold_keys(kwargs, i, f'microbatches={k}'),
+      )
+    )
     shapes = jax.eval_shape(step, 0, jax.tree.map(lambda x: x[0], chunks))[0]
     wide = lambda x: jnp.promote_types(x.dtype, jnp.float32)
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, wide(x)), shapes)
 
     def body(total, xs):
       summed, aux = step(*xs)
-      return jax.tree.map(lambda t, x: t + x.astype(t.dtype), total,
-                          summed), aux
+      return jax.tree.map(
+        lambda t, x: t + x.astype(t.dtype), total, summed
+      ), aux
 
     total, aux = jax.lax.scan(body, zeros, (jnp.arange(k), chunks))
     mean = jax.tree.map(lambda t, x: (t / k).astype(x.dtype), total, shapes)
     if not has_aux:
       return mean
-    ((loss, grads), (prev_loss, prev_grads)), (aux, prev_aux) = mean, aux
+    ((loss, grads), (prev_loss, prev_grads)) = mean
+    aux, prev_aux = typing.cast(tuple[Any, Any], aux)
     return ((loss, aux), grads), ((prev_loss, prev_aux), prev_grads)
 
   return accumulated
 
 
-def _fold_keys(kwargs: dict[str, Any], index: Any,
-               option: str) -> dict[str, Any]:
+def _fold_keys(
+  kwargs: dict[str, Any], index: Any, option: str
+) -> dict[str, Any]:
   """``kwargs`` with ``index`` folded into every PRNG key.
 
   So that the parts of a split batch (two halves, or micro-batches) draw
@@ -198,15 +229,16 @@ def _fold_keys(kwargs: dict[str, Any], index: Any,
 
   def fold(path, x):
     dtype = getattr(x, 'dtype', None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
       return jax.random.fold_in(x, index)
     if dtype == jnp.uint32 and np.shape(x) == (2,):
       raise TypeError(
-          f'{option} draws each part of the batch its own randomness by '
-          f'folding its index into every PRNG key of the keyword arguments, '
-          f'but kwargs{jax.tree_util.keystr(path)} looks like a legacy uint32 '
-          f'key: pass a typed key (jax.random.key(seed), or '
-          f'jax.random.wrap_key_data(key)).')
+        f'{option} draws each part of the batch its own randomness by '
+        f'folding its index into every PRNG key of the keyword arguments, '
+        f'but kwargs{jax.tree_util.keystr(path)} looks like a legacy uint32 '
+        f'key: pass a typed key (jax.random.key(seed), or '
+        f'jax.random.wrap_key_data(key)).'
+      )
     return x
 
   return jax.tree_util.tree_map_with_path(fold, kwargs)
@@ -216,28 +248,34 @@ def _batch_size(args: tuple[Any, ...], option: str) -> int:
   """The shared first-axis length of every leaf of ``args``."""
   leaves = jax.tree_util.tree_leaves_with_path(args)
   if not leaves:
-    raise ValueError(f'{option} needs the batch as positional arguments after '
-                     'the two parameter sets.')
-  sizes = {jax.tree_util.keystr(p): (np.shape(x)[0] if np.ndim(x) else None)
-           for p, x in leaves}
+    raise ValueError(
+      f'{option} needs the batch as positional arguments after '
+      'the two parameter sets.'
+    )
+  sizes = {
+    jax.tree_util.keystr(p): (np.shape(x)[0] if np.ndim(x) else None)
+    for p, x in leaves
+  }
   first_path, b = next(iter(sizes.items()))
   for path, size in sizes.items():
     if size != b or size is None:
       axis = 'no first axis' if size is None else f'first axis {size}'
       raise ValueError(
-          f'{option} splits every leaf of the batch along its first axis, '
-          f'but args{path} has {axis} and args{first_path} has {b}. Pass '
-          f'shared values (an RNG key) as keyword arguments.')
+        f'{option} splits every leaf of the batch along its first axis, '
+        f'but args{path} has {axis} and args{first_path} has {b}. Pass '
+        f'shared values (an RNG key) as keyword arguments.'
+      )
+  assert b is not None  # the loop raised for leaves without a first axis
   return b
 
 
 def paired_grad(
-    loss_fn: Callable[..., Any],
-    has_aux: bool = False,
-    *,
-    vectorized: bool = True,
-    split_batch: bool = False,
-    microbatches: int = 1,
+  loss_fn: Callable[..., Any],
+  has_aux: bool = False,
+  *,
+  vectorized: bool = True,
+  split_batch: bool = False,
+  microbatches: int = 1,
 ) -> Callable[..., tuple[Any, ...]]:
   r"""``jax.grad(loss_fn)`` at two parameter sets on one batch.
 
@@ -270,13 +308,18 @@ def paired_grad(
     >>> print(grads['w'], prev_grads['w'])
     36.0 18.0
   """
-  paired = paired_value_and_grad(loss_fn, has_aux, vectorized=vectorized,
-                                 split_batch=split_batch,
-                                 microbatches=microbatches)
+  paired = paired_value_and_grad(
+    loss_fn,
+    has_aux,
+    vectorized=vectorized,
+    split_batch=split_batch,
+    microbatches=microbatches,
+  )
 
   def paired_grads(params, prev_params, *args, **kwargs):
     (value, grads), (prev_value, prev_grads), *variance = paired(
-        params, prev_params, *args, **kwargs)
+      params, prev_params, *args, **kwargs
+    )
     if has_aux:
       return (grads, value[1]), (prev_grads, prev_value[1])
     return (grads, prev_grads, *variance)

@@ -27,6 +27,7 @@ class SmoothnessFit(NamedTuple):
       used; fewer than ``num_bins`` gives NaN constants, for the caller to fall
       back on.
   """
+
   L0: jax.Array
   L1: jax.Array
   num_samples: jax.Array
@@ -43,14 +44,19 @@ def _check_fit_args(quantile: Any, num_bins: Any) -> None:
     q = _checks.as_number(quantile)
     if q is None or not 0 < q <= 1:  # also rejects NaN
       raise ValueError(
-          f'quantile must be a number in (0, 1], got {quantile!r}: the '
-          'fraction of L_hat samples per bin the line must lie above (1 for '
-          'all of them, no outlier trimming).')
-  if (isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral)
-      or num_bins < 2):
+        f'quantile must be a number in (0, 1], got {quantile!r}: the '
+        'fraction of L_hat samples per bin the line must lie above (1 for '
+        'all of them, no outlier trimming).'
+      )
+  if (
+    isinstance(num_bins, bool)
+    or not isinstance(num_bins, numbers.Integral)
+    or num_bins < 2
+  ):
     raise ValueError(
-        f'num_bins must be an int >= 2, got {num_bins!r}: it fixes the shape '
-        'of the computation, so it cannot be a traced value.')
+      f'num_bins must be an int >= 2, got {num_bins!r}: it fixes the shape '
+      'of the computation, so it cannot be a traced value.'
+    )
 
 
 def _bin_starts(n: jax.Array, num_bins: int) -> tuple[jax.Array, jax.Array]:
@@ -87,13 +93,15 @@ def _lowest_line(g, h, mean_g):
     descending = g[touching(mid)] > mean_g
     return jnp.where(descending, mid, lo), jnp.where(descending, hi, mid)
 
-  lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect,
-                             (s_max * _SLOPE_RANGE, s_max))
+  lo, hi = jax.lax.fori_loop(
+    0, _BISECTION_STEPS, bisect, (s_max * _SLOPE_RANGE, s_max)
+  )
   # Snap to the line through the samples touching either side of the optimum.
   right, left = touching(lo), touching(hi)
   dg = g[right] - g[left]
-  snap = jnp.where(dg > 0, (h[right] - h[left]) / jnp.where(dg > 0, dg, 1.0),
-                   lo)
+  snap = jnp.where(
+    dg > 0, (h[right] - h[left]) / jnp.where(dg > 0, dg, 1.0), lo
+  )
   slopes = jnp.clip(jnp.stack([0.0, snap, lo, hi]), 0.0, big)
   # Each slope with its lowest feasible intercept, so every candidate is a
   # valid envelope even where rounding misplaced the snap.
@@ -103,11 +111,11 @@ def _lowest_line(g, h, mean_g):
 
 
 def fit_smoothness(
-    grad_norms: Any,
-    smoothness: Any,
-    *,
-    quantile: float = 0.9,
-    num_bins: int = 8,
+  grad_norms: Any,
+  smoothness: Any,
+  *,
+  quantile: float = 0.9,
+  num_bins: int = 8,
 ) -> SmoothnessFit:
   r"""Fits :math:`(L_0, L_1)` to a trace of gradient norms and local smoothness.
 
@@ -210,15 +218,15 @@ def fit_smoothness(
   _check_fit_args(quantile, num_bins)
   if np.shape(grad_norms) != np.shape(smoothness):
     raise ValueError(
-        f'grad_norms has shape {np.shape(grad_norms)} but smoothness has shape '
-        f'{np.shape(smoothness)}: pass one value of each per step.')
+      f'grad_norms has shape {np.shape(grad_norms)} but smoothness has shape '
+      f'{np.shape(smoothness)}: pass one value of each per step.'
+    )
   g = jnp.ravel(jnp.asarray(grad_norms, jnp.float32))
   h = jnp.ravel(jnp.asarray(smoothness, jnp.float32))
   if g.size == 0:  # static: nothing to fit
     nan = jnp.full([], jnp.nan, jnp.float32)
     return SmoothnessFit(nan, nan, jnp.zeros([], jnp.int32))
-  return _fit(g, h, jnp.asarray(quantile, jnp.float32),
-              num_bins=int(num_bins))
+  return _fit(g, h, jnp.asarray(quantile, jnp.float32), num_bins=int(num_bins))
 
 
 # Jitted so that eager calls on NumPy traces compile once per shape (a traced
@@ -234,24 +242,25 @@ def _fit(g, h, quantile, *, num_bins: int) -> SmoothnessFit:
   g, h = g[order], h[order]
   ranks = jnp.arange(size)
   starts, counts = _bin_starts(n, num_bins)
-  bin_of = jnp.where(ranks < n,
-                     jnp.searchsorted(starts, ranks, side='right') - 1,
-                     num_bins)
+  bin_of = jnp.where(
+    ranks < n, jnp.searchsorted(starts, ranks, side='right') - 1, num_bins
+  )
   # Each group's h ascending, to read its quantile by position.
   h_by_bin = h[jnp.lexsort((jnp.where(ranks < n, h, jnp.inf), bin_of))]
   last = jnp.maximum(counts, 1) - 1
   position = quantile * last
   below = jnp.floor(position).astype(jnp.int32)
   lower = h_by_bin[jnp.clip(starts + below, 0, size - 1)]
-  upper = h_by_bin[jnp.clip(starts + jnp.minimum(below + 1, last), 0,
-                            size - 1)]
+  upper = h_by_bin[jnp.clip(starts + jnp.minimum(below + 1, last), 0, size - 1)]
   threshold = lower + (position - below) * (upper - lower)
   keep = (ranks < n) & (h <= threshold[jnp.minimum(bin_of, num_bins - 1)])
 
   mean_g = jnp.sum(jnp.where(ranks < n, g, 0.0)) / jnp.maximum(n, 1)
-  L0, L1 = _lowest_line(jnp.where(keep, g, 0.0), jnp.where(keep, h, -jnp.inf),
-                        mean_g)
+  L0, L1 = _lowest_line(
+    jnp.where(keep, g, 0.0), jnp.where(keep, h, -jnp.inf), mean_g
+  )
   enough = n >= num_bins
   nan = jnp.full([], jnp.nan, jnp.float32)
-  return SmoothnessFit(jnp.where(enough, L0, nan), jnp.where(enough, L1, nan),
-                       n)
+  return SmoothnessFit(
+    jnp.where(enough, L0, nan), jnp.where(enough, L1, nan), n
+  )

@@ -88,8 +88,7 @@ References:
 
 import math
 import numbers
-from typing import Any, NamedTuple, Optional
-
+from typing import NamedTuple
 
 from spider_optax import _checks
 
@@ -109,9 +108,10 @@ class SpiderSettings(NamedTuple):
     steps: predicted number of steps ``K`` to an epsilon-stationary iterate.
     oracle_calls: stochastic-gradient evaluations those steps take.
   """
+
   learning_rate: float
   c0: float
-  c1: Optional[float]
+  c1: float | None
   anchor_period: int
   anchor_batch_size: int
   minibatch_size: int
@@ -120,7 +120,7 @@ class SpiderSettings(NamedTuple):
 
 
 def oracle_calls(
-    steps: int, anchor_period: int, anchor_batch_size: int, minibatch_size: int
+  steps: int, anchor_period: int, anchor_batch_size: int, minibatch_size: int
 ) -> int:
   """Stochastic-gradient evaluations of ``steps`` SPIDER steps.
 
@@ -142,14 +142,14 @@ def _settings(L0, L1, epsilon, initial_gap, q, s1, s2) -> SpiderSettings:
   learning_rate = 1.0 / (4.0 * L0)
   steps = math.ceil(8.0 * initial_gap * (L0 / epsilon**2 + L1 / epsilon))
   return SpiderSettings(
-      learning_rate=learning_rate,
-      c0=epsilon,
-      c1=epsilon * L0 / L1 if L1 > 0 else None,
-      anchor_period=q,
-      anchor_batch_size=s1,
-      minibatch_size=s2,
-      steps=steps,
-      oracle_calls=oracle_calls(steps, q, s1, s2),
+    learning_rate=learning_rate,
+    c0=epsilon,
+    c1=epsilon * L0 / L1 if L1 > 0 else None,
+    anchor_period=q,
+    anchor_batch_size=s1,
+    minibatch_size=s2,
+    steps=steps,
+    oracle_calls=oracle_calls(steps, q, s1, s2),
   )
 
 
@@ -159,23 +159,27 @@ def _check_non_negative(name, value, hint='') -> None:
 
 
 def _check_smoothness(L0, L1, epsilon, initial_gap) -> None:
-  for name, value in (('L0', L0), ('epsilon', epsilon),
-                      ('initial_gap', initial_gap)):
+  for name, value in (
+    ('L0', L0),
+    ('epsilon', epsilon),
+    ('initial_gap', initial_gap),
+  ):
     _checks.check_positive(name, value, finite=True)
   _check_non_negative('L1', L1, ' (0 for an L0-smooth problem)')
   if L1 > 0 and epsilon > L0 / L1:
     raise ValueError(
-        f'epsilon={epsilon!r} exceeds L0/L1={L0 / L1!r}, outside the regime the '
-        'analysis covers: ask for a smaller epsilon (at most L0/L1).')
+      f'epsilon={epsilon!r} exceeds L0/L1={L0 / L1!r}, outside the regime the '
+      'analysis covers: ask for a smaller epsilon (at most L0/L1).'
+    )
 
 
 def online(
-    L0: float,
-    L1: float,
-    epsilon: float,
-    sigma: float,
-    *,
-    initial_gap: float = 1.0,
+  L0: float,
+  L1: float,
+  epsilon: float,
+  sigma: float,
+  *,
+  initial_gap: float = 1.0,
 ) -> SpiderSettings:
   r"""Preset for :math:`f(x) = \mathbb{E}_\xi F(x;\xi)` (see the module doc).
 
@@ -206,12 +210,12 @@ def online(
 
 
 def finite_sum(
-    n: int,
-    L0: float,
-    L1: float,
-    epsilon: float,
-    *,
-    initial_gap: float = 1.0,
+  n: int,
+  L0: float,
+  L1: float,
+  epsilon: float,
+  *,
+  initial_gap: float = 1.0,
 ) -> SpiderSettings:
   r"""Preset for :math:`f(x) = \frac1n\sum_i f_i(x)` (see the module doc).
 
@@ -242,5 +246,5 @@ def finite_sum(
 
 
 # The fit lives in its own module; kept here under its old name.
-from spider_optax.smoothness_fit import SmoothnessFit  # noqa: E402,F401
 from spider_optax.smoothness_fit import fit_smoothness  # noqa: E402,F401
+from spider_optax.smoothness_fit import SmoothnessFit  # noqa: E402,F401

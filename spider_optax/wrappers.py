@@ -8,8 +8,8 @@ from spider_optax import _checks
 
 
 def apply_if_finite(
-    inner: optax.GradientTransformation,
-    max_consecutive_errors: int,
+  inner: optax.GradientTransformation,
+  max_consecutive_errors: int,
 ) -> optax.GradientTransformationExtraArgs:
   """Skips a step whose ``grads`` *or* extra arguments hold a NaN or Inf.
 
@@ -46,44 +46,54 @@ def apply_if_finite(
     A :class:`optax.GradientTransformationExtraArgs`.
   """
   if not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 0:
-    raise ValueError('max_consecutive_errors must be a non-negative int, got '
-                     f'{max_consecutive_errors!r}.')
+    raise ValueError(
+      'max_consecutive_errors must be a non-negative int, got '
+      f'{max_consecutive_errors!r}.'
+    )
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
     return optax.ApplyIfFiniteState(
-        notfinite_count=jnp.zeros([], jnp.int32),
-        last_finite=jnp.array(True, jnp.bool_),
-        total_notfinite=jnp.zeros([], jnp.int32),
-        inner_state=inner.init(params),
+      notfinite_count=jnp.zeros([], jnp.int32),
+      last_finite=jnp.array(True, jnp.bool_),
+      total_notfinite=jnp.zeros([], jnp.int32),
+      inner_state=inner.init(params),
     )
 
   def update_fn(updates, state, params=None, **extra_args):
     _checks.check_state(state, optax.ApplyIfFiniteState, 'so.apply_if_finite')
     # Every array the update receives but the params: grads and every extra
     # argument (prev_grads, grad_diff_variance, ...), whatever its name.
-    checked = [jnp.all(jnp.isfinite(x))
-               for x in jax.tree.leaves((updates, extra_args))
-               if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    checked = [
+      jnp.all(jnp.isfinite(x))
+      for x in jax.tree.leaves((updates, extra_args))
+      if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
     isfinite = jnp.all(jnp.stack(checked)) if checked else jnp.array(True)
     notfinite_count = jnp.where(
-        isfinite, 0, optax.safe_increment(state.notfinite_count))
-    new_updates, new_state = inner.update(updates, state.inner_state, params,
-                                          **extra_args)
+      isfinite, 0, optax.safe_increment(state.notfinite_count)
+    )
+    new_updates, new_state = inner.update(
+      updates, state.inner_state, params, **extra_args
+    )
     # One trace of the inner update, its result selected: zeros and the old
     # inner state (the estimator, the previous params) for a skipped step.
     apply = isfinite | (notfinite_count > max_consecutive_errors)
-    updates = jax.tree.map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)),
-                           new_updates)
-    inner_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old),
-                               new_state, state.inner_state)
+    updates = jax.tree.map(
+      lambda u: jnp.where(apply, u, jnp.zeros_like(u)), new_updates
+    )
+    inner_state = jax.tree.map(
+      lambda new, old: jnp.where(apply, new, old), new_state, state.inner_state
+    )
     return updates, optax.ApplyIfFiniteState(
-        notfinite_count=notfinite_count.astype(jnp.int32),
-        last_finite=isfinite,
-        total_notfinite=jnp.where(
-            isfinite, state.total_notfinite,
-            optax.safe_increment(state.total_notfinite)).astype(jnp.int32),
-        inner_state=inner_state,
+      notfinite_count=notfinite_count.astype(jnp.int32),
+      last_finite=isfinite,
+      total_notfinite=jnp.where(
+        isfinite,
+        state.total_notfinite,
+        optax.safe_increment(state.total_notfinite),
+      ).astype(jnp.int32),
+      inner_state=inner_state,
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

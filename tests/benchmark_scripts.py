@@ -17,13 +17,22 @@ def load_benchmark(name: str) -> Any:
   return importlib.import_module(f'benchmarks.{name}')
 
 
-def run_quick(name: str, tmp_path_factory: Any, *options: str
-              ) -> tuple[dict[str, Any], pathlib.Path, pathlib.Path]:
+def run_quick(
+  name: str, tmp_path_factory: Any, *options: str
+) -> tuple[dict[str, Any], pathlib.Path, pathlib.Path]:
   """``benchmarks.{name} --quick`` writing into a fresh temporary folder:
   returns (results, the JSON file's path, the folder of its plots)."""
   tmp = tmp_path_factory.mktemp(name)
   out = tmp / f'{name}.json'
   results = load_benchmark(name).main(
-      ['--quick', '--no-progress', '--out', str(out), '--plot-dir', str(tmp),
-       *options])
+    [
+      '--quick',
+      '--no-progress',
+      '--out',
+      str(out),
+      '--plot-dir',
+      str(tmp),
+      *options,
+    ]
+  )
   return results, out, tmp

@@ -47,33 +47,37 @@ def recursive_step(tx, loss_fn=None, *, split_batch=False):
   """``(params, state, *batch) -> (params, state, updates)`` of a recursive
   step: paired gradients on ``batch``, and with ``split_batch`` the
   split-half variance estimate passed as ``grad_diff_variance``."""
-  paired = (lambda params, prev_params, *given: given) if loss_fn is None else (
-      so.paired_grad(loss_fn, split_batch=split_batch))
+  paired = (
+    (lambda params, prev_params, *given: given)
+    if loss_fn is None
+    else (so.paired_grad(loss_fn, split_batch=split_batch))
+  )
 
   def step(params, state, *batch):
     grads, prev_grads, *variance = paired(params, so.prev_params(state), *batch)
     extra = {'grad_diff_variance': variance[0]} if variance else {}
-    updates, state = tx.update(grads, state, params, prev_grads=prev_grads,
-                               **extra)
+    updates, state = tx.update(
+      grads, state, params, prev_grads=prev_grads, **extra
+    )
     return optax.apply_updates(params, updates), state, updates
 
   return step
 
 
 def run_spider(
-    tx: optax.GradientTransformation,
-    params: Any,
-    batches: Iterable[tuple[Any, ...]],
-    *,
-    loss_fn: Callable[..., Any] | None = None,
-    anchor_period: int | None = None,
-    schedule: Sequence[bool] | None = None,
-    anchor_batches: Iterable[tuple[Any, ...]] | None = None,
-    error_budget: float | None = None,
-    batch_size: int | None = None,
-    split_batch: bool = False,
-    jit: bool = True,
-    trace: Trace | None = None,
+  tx: optax.GradientTransformation,
+  params: Any,
+  batches: Iterable[tuple[Any, ...]],
+  *,
+  loss_fn: Callable[..., Any] | None = None,
+  anchor_period: int | None = None,
+  schedule: Sequence[bool] | None = None,
+  anchor_batches: Iterable[tuple[Any, ...]] | None = None,
+  error_budget: float | None = None,
+  batch_size: int | None = None,
+  split_batch: bool = False,
+  jit: bool = True,
+  trace: Trace | None = None,
 ) -> SpiderRun:
   """Runs ``tx`` from ``params`` (and ``tx.init(params)``), one step a batch.
 
@@ -108,13 +112,17 @@ def run_spider(
 
   def compiled(step):
     """``step`` with the trace's record as third output, jitted if jit."""
+
     def fn(params, state, *batch):
       params, state, updates = step(params, state, *batch)
       return params, state, trace(params, state, updates) if trace else None
+
     return jax.jit(fn) if jit else fn
 
-  steps = {True: compiled(anchor_step(tx, loss_fn)), False: compiled(
-      recursive_step(tx, loss_fn, split_batch=split_batch))}
+  steps = {
+    True: compiled(anchor_step(tx, loss_fn)),
+    False: compiled(recursive_step(tx, loss_fn, split_batch=split_batch)),
+  }
   anchor_batches = None if anchor_batches is None else iter(anchor_batches)
   state = tx.init(params)
   records, anchors = [], []
@@ -123,9 +131,9 @@ def run_spider(
     if anchor_period is None:
       anchor = bool(kind)
     else:
-      anchor = so.is_anchor_step(state, anchor_period,
-                                 error_budget=error_budget,
-                                 batch_size=batch_size)
+      anchor = so.is_anchor_step(
+        state, anchor_period, error_budget=error_budget, batch_size=batch_size
+      )
     if anchor and anchor_batches is not None:
       batch = next(anchor_batches)
     params, state, record = steps[anchor](params, state, *batch)

@@ -42,14 +42,17 @@ def main(argv=None) -> int:
   os.makedirs(args.out, exist_ok=True)
   # Next to this file; the problem and the runs are the sharding test's.
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import jax
+
   import sharding_worker as problem
 
-  import jax
   params, data = problem.make_problem()
   if args.coordinator is None:
-    np.savez(os.path.join(args.out, 'single.npz'),
-             single=problem.run_single(params, data),
-             float64=problem.run_single(params, data, np.float64))
+    np.savez(
+      os.path.join(args.out, 'single.npz'),
+      single=problem.run_single(params, data),
+      float64=problem.run_single(params, data, np.float64),
+    )
     return 0
 
   try:  # Before any computation: the CPU client is built with it.
@@ -58,9 +61,11 @@ def main(argv=None) -> int:
     print(f'no gloo CPU collectives in this JAX: {e!r}', file=sys.stderr)
     return UNSUPPORTED
   jax.distributed.initialize(
-      coordinator_address=args.coordinator,
-      num_processes=args.num_processes, process_id=args.process_id,
-      initialization_timeout=INIT_TIMEOUT_S)
+    coordinator_address=args.coordinator,
+    num_processes=args.num_processes,
+    process_id=args.process_id,
+    initialization_timeout=INIT_TIMEOUT_S,
+  )
   try:
     return run_distributed(args, problem, params, data)
   finally:
@@ -70,6 +75,7 @@ def main(argv=None) -> int:
 def run_distributed(args, problem, params, data) -> int:
   import jax
   from jax.experimental import multihost_utils
+
   assert jax.process_count() == args.num_processes, jax.process_count()
   assert jax.device_count() == 2 * args.num_processes, jax.devices()
   assert jax.local_device_count() == 2, jax.local_devices()
@@ -78,22 +84,28 @@ def run_distributed(args, problem, params, data) -> int:
   # contributes the shards its own devices hold; with data too big for one
   # host, jax.make_array_from_process_local_data takes each host's part.
   put = lambda a, sharding: jax.make_array_from_callback(
-      a.shape, sharding, lambda index: a[index])
+    a.shape, sharding, lambda index: a[index]
+  )
   # Params split over both processes come back with an all-gather, which
   # every process runs at the same point of the same loop.
   gather = lambda p: multihost_utils.process_allgather(p, tiled=True)
-  results = {'process_count': jax.process_count(),
-             'device_count': jax.device_count()}
+  results = {
+    'process_count': jax.process_count(),
+    'device_count': jax.device_count(),
+  }
   for name in LAYOUTS:
     trajectory, report = problem.run_layout(
-        name, params, data, put=put, get_params=gather)
+      name, params, data, put=put, get_params=gather
+    )
     results[name] = trajectory
     for leaf, e in report['after_run'].items():
       for field in ('params', 'estimate', 'prev_params'):
         results[f'{name}_{field}_shard_shape_{leaf}'] = np.array(
-            e[field + '_shard_shape'])
+          e[field + '_shard_shape']
+        )
       results[f'{name}_equivalent_{leaf}'] = np.array(
-          e['estimate_equivalent'] and e['prev_params_equivalent'])
+        e['estimate_equivalent'] and e['prev_params_equivalent']
+      )
   np.savez(os.path.join(args.out, f'process{args.process_id}.npz'), **results)
   return 0
 

@@ -11,7 +11,9 @@ import numpy as np
 
 
 def global_norm(tree):
-  return np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in tree.values()))
+  return np.sqrt(
+    sum(np.sum(np.asarray(x, np.float64) ** 2) for x in tree.values())
+  )
 
 
 def clip_terms(norm, c0, c1):
@@ -40,7 +42,6 @@ class Spider:
     self.k = 0
     self.active_terms = []  # which clipping term set each step's factor
 
-
   def step(self, grads, prev_grads=None):
     """One step; prev_grads=None is an anchor. Returns the new params."""
     if prev_grads is None or self.v is None:
@@ -66,8 +67,10 @@ class Spider:
 def quartic_loss_np(params, batch):
   x, y, z = batch['x'], batch['y'], batch['z']
   r = x @ params['layer']['kernel'] + params['layer']['bias'] - y
-  return np.mean(0.25 * np.sum(r**2, axis=1) ** 2
-                 + 0.25 * np.sum((params['u'] - z) ** 4, axis=1))
+  return np.mean(
+    0.25 * np.sum(r**2, axis=1) ** 2
+    + 0.25 * np.sum((params['u'] - z) ** 4, axis=1)
+  )
 
 
 def quartic_grad_np(params, batch):
@@ -75,35 +78,42 @@ def quartic_grad_np(params, batch):
   x, y, z = batch['x'], batch['y'], batch['z']
   n = x.shape[0]
   r = x @ params['layer']['kernel'] + params['layer']['bias'] - y
-  sq = np.sum(r**2, axis=1, keepdims=True)   # |r_i|^2
-  dr = sq * r / n                            # d loss / d r_i
+  sq = np.sum(r**2, axis=1, keepdims=True)  # |r_i|^2
+  dr = sq * r / n  # d loss / d r_i
   return {
-      'layer/kernel': x.T @ dr,
-      'layer/bias': np.sum(dr, axis=0),
-      'u': np.sum((params['u'] - z) ** 3, axis=0) / n,
+    'layer/kernel': x.T @ dr,
+    'layer/bias': np.sum(dr, axis=0),
+    'u': np.sum((params['u'] - z) ** 3, axis=0) / n,
   }
 
 
 def flatten(params):
-  return {'layer/kernel': params['layer']['kernel'],
-          'layer/bias': params['layer']['bias'], 'u': params['u']}
+  return {
+    'layer/kernel': params['layer']['kernel'],
+    'layer/bias': params['layer']['bias'],
+    'u': params['u'],
+  }
 
 
 def unflatten(flat):
-  return {'layer': {'kernel': flat['layer/kernel'], 'bias': flat['layer/bias']},
-          'u': flat['u']}
+  return {
+    'layer': {'kernel': flat['layer/kernel'], 'bias': flat['layer/bias']},
+    'u': flat['u'],
+  }
 
 
 def make_quartic_problem(seed=0, n=64, d_in=3, d_out=4, d_u=2):
   rng = np.random.default_rng(seed)
   data = {
-      'x': rng.normal(size=(n, d_in)),
-      'y': rng.normal(size=(n, d_out)),
-      'z': rng.normal(size=(n, d_u)),
+    'x': rng.normal(size=(n, d_in)),
+    'y': rng.normal(size=(n, d_out)),
+    'z': rng.normal(size=(n, d_u)),
   }
   params = {
-      'layer': {'kernel': rng.normal(size=(d_in, d_out)),
-                'bias': rng.normal(size=(d_out,))},
-      'u': 2.0 + rng.normal(size=(d_u,)),
+    'layer': {
+      'kernel': rng.normal(size=(d_in, d_out)),
+      'bias': rng.normal(size=(d_out,)),
+    },
+    'u': 2.0 + rng.normal(size=(d_u,)),
   }
   return params, data

@@ -31,10 +31,23 @@ class MarsAdamW:
   leaves of fewer than 2 dimensions take plain AdamW on g with ``betas_1d``.
   """
 
-  def __init__(self, params, learning_rate, *, b1=0.95, b2=0.99, gamma=0.025,
-               eps=1e-8, weight_decay=0.0, decay_mask=None, max_norm=1.0,
-               approx=True, per_tensor_clip=False, adamw_1d=False,
-               betas_1d=(0.9, 0.95)):
+  def __init__(
+    self,
+    params,
+    learning_rate,
+    *,
+    b1=0.95,
+    b2=0.99,
+    gamma=0.025,
+    eps=1e-8,
+    weight_decay=0.0,
+    decay_mask=None,
+    max_norm=1.0,
+    approx=True,
+    per_tensor_clip=False,
+    adamw_1d=False,
+    betas_1d=(0.9, 0.95),
+  ):
     self.lr, self.b1, self.b2, self.gamma = learning_rate, b1, b2, gamma
     self.eps, self.wd, self.max_norm = eps, weight_decay, max_norm
     self.approx, self.per_tensor_clip = approx, per_tensor_clip
@@ -42,8 +55,9 @@ class MarsAdamW:
     self.x = _f64(params)
     self.x_prev = self.x
     self.decay_mask = decay_mask or {k: True for k in self.x}
-    self.mars_leaves = [k for k, v in self.x.items()
-                        if not adamw_1d or v.ndim >= 2]
+    self.mars_leaves = [
+      k for k, v in self.x.items() if not adamw_1d or v.ndim >= 2
+    ]
     zeros = lambda: {k: np.zeros_like(v) for k, v in self.x.items()}
     self.m, self.v, self.last_grad = zeros(), zeros(), zeros()
     self.t = 0
@@ -55,18 +69,25 @@ class MarsAdamW:
     self.t += 1
     t = self.t
     if not self.approx:
-      self.last_grad = (_f64(prev_grads) if t > 1 else
-                        {k: np.zeros_like(v) for k, v in grads.items()})
+      self.last_grad = (
+        _f64(prev_grads)
+        if t > 1
+        else {k: np.zeros_like(v) for k, v in grads.items()}
+      )
     scale = self.gamma * self.b1 / (1 - self.b1)
-    c = {k: grads[k] + scale * (grads[k] - self.last_grad[k])
-         for k in self.mars_leaves}
+    c = {
+      k: grads[k] + scale * (grads[k] - self.last_grad[k])
+      for k in self.mars_leaves
+    }
     if self.per_tensor_clip:
       norms = {k: np.linalg.norm(c[k]) for k in c}
     else:
       norms = dict.fromkeys(c, global_norm(c))
     self.clipped.append(any(n > self.max_norm for n in norms.values()))
-    c = {k: c[k] / norms[k] * self.max_norm if norms[k] > self.max_norm
-         else c[k] for k in c}
+    c = {
+      k: c[k] / norms[k] * self.max_norm if norms[k] > self.max_norm else c[k]
+      for k in c
+    }
     lr = self.lr(t - 1) if callable(self.lr) else self.lr
     new_x = {}
     for k, x in self.x.items():
@@ -93,8 +114,9 @@ class Storm:
   (exact) or the previous step's gradient (approx).
   """
 
-  def __init__(self, params, learning_rate, beta, c0=None, c1=None, *,
-               approx=False):
+  def __init__(
+    self, params, learning_rate, beta, c0=None, c1=None, *, approx=False
+  ):
     self.lr, self.beta, self.c0, self.c1 = learning_rate, beta, c0, c1
     self.approx = approx
     self.x = _f64(params)
@@ -110,8 +132,9 @@ class Storm:
       self.d = grads
     else:
       g_prev = self.last_grad if self.approx else _f64(prev_grads)
-      self.d = {k: grads[k] + self.beta * (self.d[k] - g_prev[k])
-                for k in grads}
+      self.d = {
+        k: grads[k] + self.beta * (self.d[k] - g_prev[k]) for k in grads
+      }
     norm = global_norm(self.d)
     factor = 1.0
     if norm > 0 and self.c0 is not None:
@@ -136,32 +159,34 @@ class Storm:
 
 def loss_np(params, batch):
   r = batch['x'] @ params['kernel'] + params['bias'] - batch['y']
-  return np.mean(0.5 * np.sum(r**2, axis=1)
-                 + 0.25 * np.sum((params['scale'] - batch['z']) ** 4, axis=1))
+  return np.mean(
+    0.5 * np.sum(r**2, axis=1)
+    + 0.25 * np.sum((params['scale'] - batch['z']) ** 4, axis=1)
+  )
 
 
 def grad_np(params, batch):
   """The gradient of :func:`loss_np`, by hand."""
   x, y, z = batch['x'], batch['y'], batch['z']
   n = x.shape[0]
-  r = x @ params['kernel'] + params['bias'] - y   # d loss / d r_i = r_i / n
+  r = x @ params['kernel'] + params['bias'] - y  # d loss / d r_i = r_i / n
   return {
-      'kernel': x.T @ r / n,
-      'bias': np.sum(r, axis=0) / n,
-      'scale': np.sum((params['scale'] - z) ** 3, axis=0) / n,
+    'kernel': x.T @ r / n,
+    'bias': np.sum(r, axis=0) / n,
+    'scale': np.sum((params['scale'] - z) ** 3, axis=0) / n,
   }
 
 
 def make_problem(seed=0, n=64, d_in=3, d_out=4, d_s=2):
   rng = np.random.default_rng(seed)
   data = {
-      'x': rng.normal(size=(n, d_in)),
-      'y': rng.normal(size=(n, d_out)),
-      'z': rng.normal(size=(n, d_s)),
+    'x': rng.normal(size=(n, d_in)),
+    'y': rng.normal(size=(n, d_out)),
+    'z': rng.normal(size=(n, d_s)),
   }
   params = {
-      'kernel': rng.normal(size=(d_in, d_out)),
-      'bias': rng.normal(size=(d_out,)),
-      'scale': 1.5 + rng.normal(size=(d_s,)),
+    'kernel': rng.normal(size=(d_in, d_out)),
+    'bias': rng.normal(size=(d_out,)),
+    'scale': 1.5 + rng.normal(size=(d_s,)),
   }
   return params, data

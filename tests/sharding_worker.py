@@ -34,7 +34,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,10 +55,10 @@ def make_problem() -> tuple[dict[str, np.ndarray], tuple[np.ndarray, ...]]:
   y = np.sin(x @ rng.normal(size=(D_IN, D_OUT)))
   y += 0.1 * rng.normal(size=y.shape)
   params = {
-      'w1': rng.normal(size=(D_IN, HIDDEN)) / np.sqrt(D_IN),
-      'b1': np.zeros(HIDDEN),
-      'w2': rng.normal(size=(HIDDEN, D_OUT)) / np.sqrt(HIDDEN),
-      'b2': np.zeros(D_OUT),
+    'w1': rng.normal(size=(D_IN, HIDDEN)) / np.sqrt(D_IN),
+    'b1': np.zeros(HIDDEN),
+    'w2': rng.normal(size=(HIDDEN, D_OUT)) / np.sqrt(HIDDEN),
+    'b2': np.zeros(D_OUT),
   }
   to32 = lambda a: np.asarray(a, np.float32)
   return {k: to32(v) for k, v in params.items()}, (to32(x), to32(y))
@@ -65,21 +66,24 @@ def make_problem() -> tuple[dict[str, np.ndarray], tuple[np.ndarray, ...]]:
 
 def loss_fn(params, batch):
   import jax.numpy as jnp
+
   x, y = batch
   out = jnp.tanh(x @ params['w1'] + params['b1']) @ params['w2'] + params['b2']
   return jnp.mean((out - y) ** 2)
 
 
-def batch_indices(k: int) -> Optional[np.ndarray]:
+def batch_indices(k: int) -> np.ndarray | None:
   """The samples of step k, a function of k only; None (all) on anchors."""
   if k % ANCHOR_PERIOD == 0:
     return None
   return np.random.default_rng([SEED, k]).choice(
-      NUM_SAMPLES, MINIBATCH, replace=False)
+    NUM_SAMPLES, MINIBATCH, replace=False
+  )
 
 
 def make_tx():
   import spider_optax as so
+
   return so.spider(LEARNING_RATE, C0, C1)
 
 
@@ -88,6 +92,7 @@ def jit_steps(tx) -> tuple[Callable, Callable]:
   global-jit data-parallel style: XLA inserts the gradient all-reduces."""
   import jax
   import optax
+
   import spider_optax as so
 
   @jax.jit
@@ -99,7 +104,8 @@ def jit_steps(tx) -> tuple[Callable, Callable]:
   @jax.jit
   def recursive_step(params, state, batch):
     grads, prev_grads = so.paired_grad(loss_fn)(
-        params, so.prev_params(state), batch)
+      params, so.prev_params(state), batch
+    )
     updates, state = tx.update(grads, state, params, prev_grads=prev_grads)
     return optax.apply_updates(params, updates), state
 
@@ -109,12 +115,18 @@ def jit_steps(tx) -> tuple[Callable, Callable]:
 def flatten(params) -> np.ndarray:
   """All leaves of params in one float64 vector, in a fixed leaf order."""
   return np.concatenate(
-      [np.asarray(params[k], np.float64).ravel() for k in sorted(params)])
+    [np.asarray(params[k], np.float64).ravel() for k in sorted(params)]
+  )
 
 
-def run(steps: tuple[Callable, Callable], params, state, data,
-        put_batch: Callable = lambda b: b,
-        get_params: Callable = lambda p: p) -> tuple[np.ndarray, Any, Any]:
+def run(
+  steps: tuple[Callable, Callable],
+  params,
+  state,
+  data,
+  put_batch: Callable = lambda b: b,
+  get_params: Callable = lambda p: p,
+) -> tuple[np.ndarray, Any, Any]:
   """NUM_STEPS SPIDER steps: (params after each step flattened, params, state).
 
   ``put_batch`` places a batch (e.g. shards it); ``get_params`` brings the
@@ -137,6 +149,7 @@ def run_single(params_np, data, dtype=np.float32) -> np.ndarray:
   """The single-device run, in float32 or (for the rounding scale) float64."""
   import jax
   import jax.numpy as jnp
+
   with jax.enable_x64(dtype == np.float64):
     cast = lambda t: jax.tree.map(lambda a: jnp.asarray(a, dtype), t)
     tx = make_tx()
@@ -150,17 +163,25 @@ def run_single(params_np, data, dtype=np.float32) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 LAYOUTS = {
-    # Data parallel: params replicated.
-    'dp': {'w1': (), 'b1': (), 'w2': (), 'b2': ()},
-    # FSDP: each weight split along one axis over all devices; b2 (4 entries)
-    # is too small to split and stays replicated, as FSDP implementations
-    # leave small leaves.
-    'fsdp': {'w1': (None, 'data'), 'b1': ('data',), 'w2': ('data', None),
-             'b2': ()},
-    # 2D: FSDP over 'data' times tensor parallelism over 'model' (2): hidden
-    # units split over 'model' (a column split of w1, a row split of w2).
-    '2d': {'w1': ('data', 'model'), 'b1': ('model',), 'w2': ('model', 'data'),
-           'b2': ()},
+  # Data parallel: params replicated.
+  'dp': {'w1': (), 'b1': (), 'w2': (), 'b2': ()},
+  # FSDP: each weight split along one axis over all devices; b2 (4 entries)
+  # is too small to split and stays replicated, as FSDP implementations
+  # leave small leaves.
+  'fsdp': {
+    'w1': (None, 'data'),
+    'b1': ('data',),
+    'w2': ('data', None),
+    'b2': (),
+  },
+  # 2D: FSDP over 'data' times tensor parallelism over 'model' (2): hidden
+  # units split over 'model' (a column split of w1, a row split of w2).
+  '2d': {
+    'w1': ('data', 'model'),
+    'b1': ('model',),
+    'w2': ('model', 'data'),
+    'b2': (),
+  },
 }
 
 
@@ -173,20 +194,26 @@ def layout(name: str, explicit: bool = False, devices=None):
   default in recent JAX.
   """
   import jax
-  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  from jax.sharding import AxisType
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   devices = jax.devices() if devices is None else devices
   n = len(devices)
-  shape, axes = ((n // 2, 2), ('data', 'model')) if name == '2d' else (
-      (n,), ('data',))
+  shape, axes = (
+    ((n // 2, 2), ('data', 'model')) if name == '2d' else ((n,), ('data',))
+  )
   kind = AxisType.Explicit if explicit else AxisType.Auto
-  mesh = jax.make_mesh(shape, axes, axis_types=(kind,) * len(axes),
-                       devices=devices)
+  mesh = jax.make_mesh(
+    shape, axes, axis_types=(kind,) * len(axes), devices=devices
+  )
   shardings = {k: NamedSharding(mesh, P(*s)) for k, s in LAYOUTS[name].items()}
   return mesh, shardings, NamedSharding(mesh, P('data'))
 
 
 def estimator_state(state):
   import spider_optax as so
+
   est = state[0]
   assert isinstance(est, so.SpiderEstimatorState), type(est)
   return est
@@ -197,14 +224,17 @@ def sharding_report(params, state) -> dict[str, dict[str, Any]]:
   est = estimator_state(state)
   report = {}
   for k, p in params.items():
-    entry = {'params_spec': str(p.sharding.spec),
-             'global_shape': list(p.shape),
-             'params_shard_shape': list(p.addressable_shards[0].data.shape)}
+    entry = {
+      'params_spec': str(p.sharding.spec),
+      'global_shape': list(p.shape),
+      'params_shard_shape': list(p.addressable_shards[0].data.shape),
+    }
     for field in ('estimate', 'prev_params'):
       a = getattr(est, field)[k]
       entry[field + '_spec'] = str(getattr(a.sharding, 'spec', a.sharding))
       entry[field + '_equivalent'] = bool(
-          a.sharding.is_equivalent_to(p.sharding, p.ndim))
+        a.sharding.is_equivalent_to(p.sharding, p.ndim)
+      )
       entry[field + '_shard_shape'] = list(a.addressable_shards[0].data.shape)
     report[k] = entry
   return report
@@ -213,6 +243,7 @@ def sharding_report(params, state) -> dict[str, dict[str, Any]]:
 def update_hlo(tx, params, state, recursive: bool) -> str:
   """Compiled HLO of ``tx.update`` alone, the grads sharded like the params."""
   import jax
+
   grads = params  # Same shapes, dtypes and shardings as the real gradients.
   if recursive:
     fn = lambda g, s, p, pg: tx.update(g, s, p, prev_grads=pg)
@@ -227,9 +258,15 @@ def write(out: str, name: str, text: str) -> None:
     f.write(text)
 
 
-def run_layout(name: str, params_np, data, out: Optional[str] = None,
-               explicit: bool = False, put: Optional[Callable] = None,
-               get_params: Callable = lambda p: p):
+def run_layout(
+  name: str,
+  params_np,
+  data,
+  out: str | None = None,
+  explicit: bool = False,
+  put: Callable | None = None,
+  get_params: Callable = lambda p: p,
+):
   """Global-jit run on one layout: (trajectory, sharding report).
 
   ``put(array, sharding)`` builds a global array (default ``jax.device_put``,
@@ -237,6 +274,7 @@ def run_layout(name: str, params_np, data, out: Optional[str] = None,
   with ``out``, also writes the update's HLO there.
   """
   import jax
+
   put = put or jax.device_put
   _, shardings, batch_sharding = layout(name, explicit)
   tx = make_tx()
@@ -247,8 +285,11 @@ def run_layout(name: str, params_np, data, out: Optional[str] = None,
   tag = name + ('_explicit' if explicit else '')
   if out is not None:  # The state as init leaves it, as the first step sees it.
     for kind in ('anchor', 'recursive'):
-      write(out, f'hlo_{tag}_{kind}_init.txt',
-            update_hlo(tx, params, state, kind == 'recursive'))
+      write(
+        out,
+        f'hlo_{tag}_{kind}_init.txt',
+        update_hlo(tx, params, state, kind == 'recursive'),
+      )
   if explicit:
     # The MLP itself would need explicit reshards under Explicit axes; the
     # optimizer's init and update are what this checks.
@@ -256,21 +297,31 @@ def run_layout(name: str, params_np, data, out: Optional[str] = None,
   steps = jit_steps(tx)
   put_batch = lambda b: tuple(put(a, batch_sharding) for a in b)
   trajectory, final_params, state = run(
-      steps, params, state, data, put_batch, get_params)
+    steps, params, state, data, put_batch, get_params
+  )
   report['after_run'] = sharding_report(final_params, state)
   report['final_params_equivalent'] = {
-      k: bool(p.sharding.is_equivalent_to(shardings[k], p.ndim))
-      for k, p in final_params.items()}
+    k: bool(p.sharding.is_equivalent_to(shardings[k], p.ndim))
+    for k, p in final_params.items()
+  }
   if out is not None:
     # The steady state, as every step after the first sees it.
     for kind in ('anchor', 'recursive'):
-      write(out, f'hlo_{tag}_{kind}.txt',
-            update_hlo(tx, final_params, state, kind == 'recursive'))
+      write(
+        out,
+        f'hlo_{tag}_{kind}.txt',
+        update_hlo(tx, final_params, state, kind == 'recursive'),
+      )
     if name == 'fsdp':  # The whole step: the gradient collectives show here.
       x, y = data
-      write(out, 'hlo_fsdp_step.txt', steps[1].lower(
-          final_params, state, put_batch((x[:MINIBATCH], y[:MINIBATCH]))
-      ).compile().as_text())
+      write(
+        out,
+        'hlo_fsdp_step.txt',
+        steps[1]
+        .lower(final_params, state, put_batch((x[:MINIBATCH], y[:MINIBATCH])))
+        .compile()
+        .as_text(),
+      )
   return trajectory, report
 
 
@@ -289,6 +340,7 @@ def pmean_steps(tx, wrap: Callable, style: str = 'pmean_grads'):
   """
   import jax
   import optax
+
   import spider_optax as so
 
   if style == 'pmean_loss':
@@ -304,7 +356,8 @@ def pmean_steps(tx, wrap: Callable, style: str = 'pmean_grads'):
 
   def recursive(params, state, batch):
     grads, prev_grads = so.paired_grad(loss)(
-        params, so.prev_params(state), batch)
+      params, so.prev_params(state), batch
+    )
     grads = average(grads)
     if style != 'local_prev_grads':
       prev_grads = average(prev_grads)
@@ -316,12 +369,20 @@ def pmean_steps(tx, wrap: Callable, style: str = 'pmean_grads'):
 
 def run_shard_map(params_np, data, style: str = 'pmean_grads') -> np.ndarray:
   import jax
-  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   mesh, _, batch_sharding = layout('dp')
   tx = make_tx()
-  wrap = lambda f: jax.jit(jax.shard_map(
-      f, mesh=mesh, in_specs=(P(), P(), P('data')), out_specs=(P(), P()),
-      check_vma=style == 'pmean_loss'))
+  wrap = lambda f: jax.jit(
+    jax.shard_map(
+      f,
+      mesh=mesh,
+      in_specs=(P(), P(), P('data')),
+      out_specs=(P(), P()),
+      check_vma=style == 'pmean_loss',
+    )
+  )
   params = jax.device_put(params_np, NamedSharding(mesh, P()))
   state = jax.jit(tx.init)(params)
   put = lambda b: jax.device_put(b, batch_sharding)
@@ -330,15 +391,23 @@ def run_shard_map(params_np, data, style: str = 'pmean_grads') -> np.ndarray:
 
 def run_pmap(params_np, data) -> np.ndarray:
   import jax
+
   tx = make_tx()
   n = jax.device_count()
   replicate = lambda t: jax.tree.map(
-      lambda a: np.broadcast_to(a, (n,) + np.shape(a)), t)
+    lambda a: np.broadcast_to(a, (n,) + np.shape(a)), t
+  )
   steps = pmean_steps(tx, lambda f: jax.pmap(f, axis_name='data'))
   state = replicate(jax.device_get(tx.init(params_np)))
   split = lambda b: tuple(a.reshape(n, -1, *a.shape[1:]) for a in b)
-  return run(steps, replicate(params_np), state, data, split,
-             get_params=lambda p: jax.tree.map(lambda a: a[0], p))[0]
+  return run(
+    steps,
+    replicate(params_np),
+    state,
+    data,
+    split,
+    get_params=lambda p: jax.tree.map(lambda a: a[0], p),
+  )[0]
 
 
 def main(argv=None) -> int:
@@ -346,19 +415,26 @@ def main(argv=None) -> int:
   parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
   import jax
+
   if jax.device_count() != 8:
-    sys.exit(f'needs 8 devices, got {jax.devices()}: set XLA_FLAGS='
-             '--xla_force_host_platform_device_count=8 before JAX starts')
+    sys.exit(
+      f'needs 8 devices, got {jax.devices()}: set XLA_FLAGS='
+      '--xla_force_host_platform_device_count=8 before JAX starts'
+    )
   os.makedirs(args.out, exist_ok=True)
   params, data = make_problem()
-  trajectories = {'single': run_single(params, data),
-                  'float64': run_single(params, data, np.float64)}
+  trajectories = {
+    'single': run_single(params, data),
+    'float64': run_single(params, data, np.float64),
+  }
   shardings = {}
   for name in LAYOUTS:
     trajectories[name], shardings[name] = run_layout(
-        name, params, data, args.out)
+      name, params, data, args.out
+    )
   _, shardings['fsdp_explicit'] = run_layout(
-      'fsdp', params, data, args.out, explicit=True)
+    'fsdp', params, data, args.out, explicit=True
+  )
   for style in ('pmean_grads', 'pmean_loss', 'local_prev_grads'):
     trajectories['shard_map_' + style] = run_shard_map(params, data, style)
   trajectories['pmap'] = run_pmap(params, data)

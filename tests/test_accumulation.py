@@ -26,8 +26,10 @@ def grad_np(params, x, y):
 
 def data(seed=0):
   rng = np.random.default_rng(seed)
-  params = {'w': jnp.asarray(rng.normal(size=D), jnp.float32),
-            'b': jnp.float32(0.3)}
+  params = {
+    'w': jnp.asarray(rng.normal(size=D), jnp.float32),
+    'b': jnp.float32(0.3),
+  }
   prev = jax.tree.map(lambda p: p - 0.1, params)
   x = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
   y = jnp.asarray(rng.normal(size=B), jnp.float32)
@@ -41,8 +43,10 @@ def test_microbatches_equal_the_whole_batch(k, jit):
   paired = so.paired_value_and_grad(loss_fn, microbatches=k)
   paired = jax.jit(paired) if jit else paired
   (value, grads), (prev_value, prev_grads) = paired(params, prev, x, y)
-  for point, got_value, got in ((params, value, grads),
-                                (prev, prev_value, prev_grads)):
+  for point, got_value, got in (
+    (params, value, grads),
+    (prev, prev_value, prev_grads),
+  ):
     want, want_value = grad_np(point, x, y)
     np.testing.assert_allclose(got_value, want_value, rtol=1e-5)
     for key in want:  # float32 rounding of sums of B terms of size ~10
@@ -57,9 +61,11 @@ def test_microbatched_step_equals_the_whole_batch_step():
   moved = jax.tree.map(lambda p: p * 0.9, params)
   whole = so.paired_grad(loss_fn)(moved, so.prev_params(state), x, y)
   parts = so.paired_grad(loss_fn, microbatches=4)(
-      moved, so.prev_params(state), x, y)
-  updates = [tx.update(g, state, moved, prev_grads=pg)[0]
-             for g, pg in (whole, parts)]
+    moved, so.prev_params(state), x, y
+  )
+  updates = [
+    tx.update(g, state, moved, prev_grads=pg)[0] for g, pg in (whole, parts)
+  ]
   for a, b in zip(*map(jax.tree.leaves, updates)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
@@ -72,28 +78,34 @@ def test_aux_is_stacked_and_keys_are_folded_per_microbatch():
     noise = jax.random.normal(key, ())
     return loss_fn(params, x, y) + noise, noise
 
-  (value, _), _ = so.paired_value_and_grad(noisy, has_aux=True,
-                                           microbatches=3)(
-                                               params, prev, x, y, key=key)
+  (value, _), _ = so.paired_value_and_grad(noisy, has_aux=True, microbatches=3)(
+    params, prev, x, y, key=key
+  )
   loss, aux = value
   want = [jax.random.normal(jax.random.fold_in(key, i), ()) for i in range(3)]
   np.testing.assert_allclose(aux, want)
-  np.testing.assert_allclose(loss, grad_np(params, x, y)[1] + np.mean(want),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    loss, grad_np(params, x, y)[1] + np.mean(want), rtol=1e-5
+  )
 
 
-@pytest.mark.parametrize('k,message', [
+@pytest.mark.parametrize(
+  'k,message',
+  [
     (5, 'microbatches=5 must divide the batch size, 24'),
     (0, 'microbatches must be a positive int'),
-    (2.0, 'microbatches must be a positive int')])
+    (2.0, 'microbatches must be a positive int'),
+  ],
+)
 def test_bad_microbatches(k, message):
   params, prev, x, y = data()
   with pytest.raises(ValueError, match=message):
     so.paired_grad(loss_fn, microbatches=k)(params, prev, x, y)
 
 
-@pytest.mark.parametrize('tx', [so.spider(0.1), so.mars_adamw(0.1, approx=False),
-                                so.storm(0.1, 0.9)])
+@pytest.mark.parametrize(
+  'tx', [so.spider(0.1), so.mars_adamw(0.1, approx=False), so.storm(0.1, 0.9)]
+)
 def test_multisteps_around_a_paired_transformation_says_what_to_use(tx):
   params, _, _, _ = data()
   state = optax.MultiSteps(tx, every_k_schedule=4).init(params)

@@ -28,8 +28,10 @@ def loss(params, s, z):
 def batches(seed, count):
   rng = np.random.default_rng(seed)
   for _ in range(count):
-    yield (jnp.asarray(rng.uniform(-0.5, 0.5, (BATCH, DIM)), jnp.float32),
-           jnp.asarray(rng.normal(size=(BATCH, DIM)), jnp.float32))
+    yield (
+      jnp.asarray(rng.uniform(-0.5, 0.5, (BATCH, DIM)), jnp.float32),
+      jnp.asarray(rng.normal(size=(BATCH, DIM)), jnp.float32),
+    )
 
 
 def joined(batches, k=8):
@@ -46,10 +48,14 @@ def run(tx, steps=200, x0=4.0, seed=0):
   """SPIDER with 8x larger anchor batches every PERIOD steps: the final params
   and the state after each step."""
   out = loops.run_spider(
-      tx, {'x': jnp.full(DIM, x0, jnp.float32)}, batches(seed, steps),
-      loss_fn=loss, anchor_period=PERIOD,
-      anchor_batches=joined(batches(seed + 1, steps)),
-      trace=lambda params, state, updates: state)
+    tx,
+    {'x': jnp.full(DIM, x0, jnp.float32)},
+    batches(seed, steps),
+    loss_fn=loss,
+    anchor_period=PERIOD,
+    anchor_batches=joined(batches(seed + 1, steps)),
+    trace=lambda params, state, updates: state,
+  )
   return out.params, out.trace
 
 
@@ -91,13 +97,16 @@ def test_update_is_the_clipped_step(auto_run):
   g = {'x': jnp.array([1.0, -2.0, 0.5, 3.0])}
   pg = {'x': jnp.array([0.5, -1.0, 0.0, 1.0])}
   updates, new = tx.update(g, state, params, prev_grads=pg)
-  v = (np.float64(state.inner_state[0].estimate['x'])
-       + np.float64(g['x'] - pg['x']))
+  v = np.float64(state.inner_state[0].estimate['x']) + np.float64(
+    g['x'] - pg['x']
+  )
   want = -0.2 * clip_factor(np.linalg.norm(v), float(new.c0), float(new.c1)) * v
   np.testing.assert_allclose(updates['x'], want, rtol=1e-5)
-  np.testing.assert_allclose(so.diagnostics(new)['clip_factor'],
-                             clip_factor(np.linalg.norm(v), float(new.c0),
-                                         float(new.c1)), rtol=1e-5)
+  np.testing.assert_allclose(
+    so.diagnostics(new)['clip_factor'],
+    clip_factor(np.linalg.norm(v), float(new.c0), float(new.c1)),
+    rtol=1e-5,
+  )
 
 
 def test_auto_clipping_converges(auto_run):
@@ -106,11 +115,13 @@ def test_auto_clipping_converges(auto_run):
 
 
 def test_fit_learning_rate():
-  _, states = run(so.spider(0.2, c0=1.0, epsilon=0.5, fit_learning_rate=True),
-                  steps=60)
+  _, states = run(
+    so.spider(0.2, c0=1.0, epsilon=0.5, fit_learning_rate=True), steps=60
+  )
   s = states[-1]
-  np.testing.assert_allclose(float(s.learning_rate), 1 / (4 * float(s.fit.L0)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    float(s.learning_rate), 1 / (4 * float(s.fit.L0)), rtol=1e-6
+  )
   np.testing.assert_allclose(float(s.c0), 0.5, rtol=1e-5)  # = epsilon
   assert float(states[0].learning_rate) == pytest.approx(0.2)
 

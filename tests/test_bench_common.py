@@ -47,8 +47,12 @@ def test_default_outputs_are_next_to_the_scripts(tmp_path, monkeypatch):
 @pytest.mark.parametrize('name', SCRIPTS)
 def test_every_script_runs_from_its_path_with_the_common_options(name):
   out = subprocess.run(
-      [sys.executable, f'benchmarks/{name}.py', '--help'], cwd=ROOT,
-      capture_output=True, text=True, check=True).stdout
+    [sys.executable, f'benchmarks/{name}.py', '--help'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
   for option in ('--quick', '--no-progress', '--out', '--plot-dir'):
     assert option in out
   assert callable(load_benchmark(name).main)
@@ -59,12 +63,23 @@ def _quadratic_stepper(n, q, s2):
   z = jnp.arange(n, dtype=jnp.float32)[:, None] / n
   loss = lambda w, idx: 0.5 * jnp.mean(jnp.sum((w - z[idx]) ** 2, -1))
   tx = so.spider(0.5)
-  anchor, recursive = (jax.jit(f) for f in common.step_pair(
-      lambda _: tx, lambda w: jax.grad(loss)(w, jnp.arange(n)),
-      so.paired_grad(loss)))
+  anchor, recursive = (
+    jax.jit(f)
+    for f in common.step_pair(
+      lambda _: tx,
+      lambda w: jax.grad(loss)(w, jnp.arange(n)),
+      so.paired_grad(loss),
+    )
+  )
   stepper = common.Stepper(
-      tx.init, lambda w, s, idx: recursive(None, w, s, idx), s2, 2 * s2,
-      lambda w, s: anchor(None, w, s), n, common.spider_schedule(q))
+    tx.init,
+    lambda w, s, idx: recursive(None, w, s, idx),
+    s2,
+    2 * s2,
+    lambda w, s: anchor(None, w, s),
+    n,
+    common.spider_schedule(q),
+  )
   evaluate = lambda w: dict(loss=loss(w, jnp.arange(n)))
   return stepper, evaluate
 
@@ -72,8 +87,15 @@ def _quadratic_stepper(n, q, s2):
 def test_run_budgeted_accounting_and_checkpoints():
   n, q, s2 = 16, 4, 2
   stepper, evaluate = _quadratic_stepper(n, q, s2)
-  run = common.run_budgeted(stepper, jnp.ones(1), rng=np.random.default_rng(0),
-                            n=n, budget=100, every=30, evaluate=evaluate)
+  run = common.run_budgeted(
+    stepper,
+    jnp.ones(1),
+    rng=np.random.default_rng(0),
+    n=n,
+    budget=100,
+    every=30,
+    evaluate=evaluate,
+  )
   # An anchor (16 calls) every 4 steps, 4 calls a recursive step: after each
   # step 16, 20, 24, 28, 44, ..., 84, 100; one more would pass 100.
   assert run.anchors == [0, 4, 8, 12]
@@ -96,8 +118,15 @@ def test_run_budgeted_stops_at_a_non_finite_checkpoint():
     calls.append(w)
     return dict(loss=math.nan if len(calls) > 1 else 1.0)
 
-  run = common.run_budgeted(stepper, jnp.ones(1), rng=np.random.default_rng(0),
-                            n=16, budget=1000, every=20, evaluate=evaluate)
+  run = common.run_budgeted(
+    stepper,
+    jnp.ones(1),
+    rng=np.random.default_rng(0),
+    n=16,
+    budget=1000,
+    every=20,
+    evaluate=evaluate,
+  )
   assert run.diverged and run.curves['steps'] == [0]
   assert run.oracle_calls == 20  # the first checkpoint, at 20 calls
 
@@ -105,8 +134,9 @@ def test_run_budgeted_stops_at_a_non_finite_checkpoint():
 def test_plain_optimizer_step_has_no_anchor():
   loss = lambda w, x: jnp.sum((w - x) ** 2)
   step, _ = common.step_pair(lambda lr: optax.sgd(lr), jax.grad(loss))
-  w, _, info = step(0.25, jnp.zeros(2), optax.sgd(0.25).init(jnp.zeros(2)),
-                    jnp.ones(2))
+  w, _, info = step(
+    0.25, jnp.zeros(2), optax.sgd(0.25).init(jnp.zeros(2)), jnp.ones(2)
+  )
   assert info is None
   np.testing.assert_allclose(w, [0.5, 0.5])
 

@@ -54,7 +54,8 @@ def test_online_shape_and_counts(quick):
         assert r['failed'] == sum(math.isinf(c) for c in r['calls'])
         assert r['median'] == module.common.median(r['calls'])
         assert isinstance(r['hyper'], dict) and isinstance(
-            r['at_grid_edge'], list)
+          r['at_grid_edge'], list
+        )
       finite = [r for r in rows if math.isfinite(r['median'])]
       for slopes in (on['slopes'], on['tail_slopes']):
         if len(finite) == len(rows):
@@ -62,8 +63,11 @@ def test_online_shape_and_counts(quick):
         elif len(finite) < 2:
           assert slopes[method] is None
     # Every method reaches every eps of the quick grid on both problems.
-    assert all(math.isfinite(r['median'])
-               for rows in on['results'].values() for r in rows), name
+    assert all(
+      math.isfinite(r['median'])
+      for rows in on['results'].values()
+      for r in rows
+    ), name
 
 
 def test_oracle_accounting(quick):
@@ -77,8 +81,10 @@ def test_oracle_accounting(quick):
       h = r['hyper']
       for c in r['calls']:
         if math.isfinite(c):
-          assert any(so.theory.oracle_calls(k, h['q'], h['s1'], h['s2']) == c
-                     for k in range(1, c + 1)), (r, c)
+          assert any(
+            so.theory.oracle_calls(k, h['q'], h['s1'], h['s2']) == c
+            for k in range(1, c + 1)
+          ), (r, c)
 
 
 def test_presets(quick):

@@ -30,15 +30,24 @@ def test_quick_overhead(tmp_path_factory):
   for size, row in res['updates'].items():
     assert set(row) == {'spider', 'clip_sgd', 'adam'}
     for method, r in row.items():
-      for key in ('median_s', 'ratio_vs_clip_sgd', 'achieved_bytes_per_s',
-                  'bandwidth_fraction', 'time_over_bytes_bound',
-                  'model_bytes_two_pass', 'model_bytes_ideal', 'hlo_bytes',
-                  'hlo_bandwidth_fraction', 'peak_bytes'):
+      for key in (
+        'median_s',
+        'ratio_vs_clip_sgd',
+        'achieved_bytes_per_s',
+        'bandwidth_fraction',
+        'time_over_bytes_bound',
+        'model_bytes_two_pass',
+        'model_bytes_ideal',
+        'hlo_bytes',
+        'hlo_bandwidth_fraction',
+        'peak_bytes',
+      ):
         assert _positive(r[key]), (size, method, key, r[key])
     assert row['clip_sgd']['ratio_vs_clip_sgd'] == 1.0
     # SPIDER holds v and x_{k-1}: two more parameter-sized arrays than clip.
     assert row['spider']['peak_bytes'] >= row['clip_sgd']['peak_bytes'] + (
-        2 * 4 * int(size))
+      2 * 4 * int(size)
+    )
 
   assert set(res['hlo_by_size']) == set(res['updates'])
   assert set(res['hlo']) == {'spider', 'clip_sgd', 'adam'}
@@ -54,8 +63,11 @@ def test_quick_overhead(tmp_path_factory):
     assert model['params'] > 0
     assert set(model['results']) == {'32', '256'}
     for batch, row in model['results'].items():
-      assert set(row) == {'grad_clip_sgd', 'spider_paired_vmap',
-                          'spider_paired_loop'}
+      assert set(row) == {
+        'grad_clip_sgd',
+        'spider_paired_vmap',
+        'spider_paired_loop',
+      }
       for method, r in row.items():
         assert _positive(r['median_s']), (name, batch, method)
         assert _positive(r['ratio_vs_grad_clip_sgd']), (name, batch, method)

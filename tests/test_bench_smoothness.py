@@ -9,8 +9,13 @@ import pytest
 from benchmark_scripts import run_quick
 
 TASKS = ('digits', 'charlm')
-METHODS = ('fixed', 'auto_clip', 'adaptive_anchor', 'adaptive_minibatch',
-           'auto_both')
+METHODS = (
+  'fixed',
+  'auto_clip',
+  'adaptive_anchor',
+  'adaptive_minibatch',
+  'auto_both',
+)
 PLOTS = ('fit', 'loss', 'anchors')
 
 
@@ -72,8 +77,9 @@ def test_runs_finite_with_positive_oracle_counts(quick_run):
         assert run['anchors'][0] == 0
         # The accounting: anchors cost n, recursive steps 2 S2.
         recursive = run['steps'] - len(run['anchors'])
-        assert run['oracle_calls'] == (len(run['anchors']) * n
-                                       + recursive * 2 * s2)
+        assert run['oracle_calls'] == (
+          len(run['anchors']) * n + recursive * 2 * s2
+        )
         calls = run['curves']['oracle_calls']
         assert calls[0] == 0 and calls[-1] == run['oracle_calls']
         assert all(b > a for a, b in zip(calls, calls[1:]))
@@ -107,8 +113,14 @@ def test_adaptive_anchoring_respects_cap(quick_run):
 
 def test_error_check(quick_run):
   results, _, _ = quick_run
-  keys = ('true_error', 'minibatch_estimate', 'per_sample_estimate',
-          'centred_estimate', 'estimate_norm_sq', 'split_half_estimate')
+  keys = (
+    'true_error',
+    'minibatch_estimate',
+    'per_sample_estimate',
+    'centred_estimate',
+    'estimate_norm_sq',
+    'split_half_estimate',
+  )
   for task in results['tasks'].values():
     check = task['error_check']
     assert len(check['step']) >= 3

@@ -35,8 +35,9 @@ def test_shape(quick_run):
       assert len(method['lr_grid']) == 2
       assert method['n_configs'] == len(method['runs']) == 2
       assert method['best_lr'] in method['lr_grid']
-      run = method['runs'][min(method['runs'],
-                               key=lambda k: method['runs'][k]['final_loss'])]
+      run = method['runs'][
+        min(method['runs'], key=lambda k: method['runs'][k]['final_loss'])
+      ]
       assert run['learning_rate'] == method['best_lr']
       assert run['clip'] == method['best_clip']
       if name in CLIPPED:
@@ -95,10 +96,15 @@ def test_full_grids_equal_budget_and_from_ladders():
     for name in METHODS:
       lrs, scales = train.method_grid(name, settings['full'])
       counts.add(len(lrs) * len(scales))
-      ladder = (train.ADAM_LADDER if name == 'clipped_adam' else
-                train.LADDER if name in CLIPPED else train.FINE_LADDER)
+      ladder = (
+        train.ADAM_LADDER
+        if name == 'clipped_adam'
+        else train.LADDER
+        if name in CLIPPED
+        else train.FINE_LADDER
+      )
       start = ladder.index(lrs[0])  # a window of consecutive values
-      assert tuple(ladder[start:start + len(lrs)]) == tuple(lrs), name
+      assert tuple(ladder[start : start + len(lrs)]) == tuple(lrs), name
       assert len(lrs) >= 3 and (name not in CLIPPED or len(scales) >= 3)
     assert len(counts) == 1
 
@@ -110,8 +116,9 @@ def test_losses_finite_and_best_is_lowest(quick_run):
       curves = method['curves']
       assert all(math.isfinite(v) for v in curves['loss'])
       assert all(math.isfinite(v) and v >= 0 for v in curves['grad_norm'])
-      finite = [r['final_loss'] for r in method['runs'].values()
-                if not r['diverged']]
+      finite = [
+        r['final_loss'] for r in method['runs'].values() if not r['diverged']
+      ]
       assert method['final_loss'] == min(finite)
 
 
@@ -149,8 +156,8 @@ def test_oracle_accounting_and_anchor_schedule(quick_run):
         else:
           assert anchors == list(range(0, steps, period)), name
           assert run['oracle_calls'] == (
-              len(anchors) * n + (steps - len(anchors)) * 2
-              * config['minibatch'])
+            len(anchors) * n + (steps - len(anchors)) * 2 * config['minibatch']
+          )
 
 
 def test_digits_every_method_decreases_loss(quick_run):

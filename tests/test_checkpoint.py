@@ -48,22 +48,45 @@ def _run_worker(phase, out, ckpt, data):
   env = dict(os.environ)
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHONPATH'] = os.pathsep.join(
-      [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
-  cmd = [sys.executable, str(_WORKER), phase, '--out', str(out),
-         '--ckpt', str(ckpt), '--data', str(data), '--q', str(Q),
-         '--k0', str(K0), '--steps', str(NUM_STEPS)]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                        timeout=TIMEOUT_S, cwd=str(_ROOT))
+    [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else [])
+  )
+  cmd = [
+    sys.executable,
+    str(_WORKER),
+    phase,
+    '--out',
+    str(out),
+    '--ckpt',
+    str(ckpt),
+    '--data',
+    str(data),
+    '--q',
+    str(Q),
+    '--k0',
+    str(K0),
+    '--steps',
+    str(NUM_STEPS),
+  ]
+  proc = subprocess.run(
+    cmd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+    cwd=str(_ROOT),
+  )
   assert proc.returncode == 0, (
-      f'{phase} worker failed ({proc.returncode}):\n'
-      f'--- stdout ---\n{proc.stdout[-5000:]}\n'
-      f'--- stderr ---\n{proc.stderr[-10000:]}')
+    f'{phase} worker failed ({proc.returncode}):\n'
+    f'--- stdout ---\n{proc.stdout[-5000:]}\n'
+    f'--- stderr ---\n{proc.stderr[-10000:]}'
+  )
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   """Runs both processes once; returns the directory of their outputs."""
   import importlib.util
+
   spec = importlib.util.spec_from_file_location('checkpoint_worker', _WORKER)
   worker = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(worker)
@@ -89,8 +112,9 @@ def _assert_bitwise_equal(actual, expected, what):
     assert actual[key].dtype == expected[key].dtype, (what, key)
     assert actual[key].shape == expected[key].shape, (what, key)
     assert np.array_equal(actual[key], expected[key]), (
-        f'{what}: leaf {key} differs, max abs diff '
-        f'{np.max(np.abs(actual[key] - expected[key]))}')
+      f'{what}: leaf {key} differs, max abs diff '
+      f'{np.max(np.abs(actual[key] - expected[key]))}'
+    )
 
 
 def _field(flat, name):
@@ -110,28 +134,37 @@ def test_saved_estimator_state_is_mid_epoch(runs, api):
   # K0 updates taken, the last one (step K0 - 1) (K0 - 1) % Q after an anchor.
   assert est["['count']"] == K0
   assert est["['steps_since_anchor']"] == (K0 - 1) % Q > 0
-  assert est["['count']"].dtype == est["['steps_since_anchor']"].dtype == (
-      np.int32)
+  assert (
+    est["['count']"].dtype == est["['steps_since_anchor']"].dtype == (np.int32)
+  )
   # Mid-epoch, x_{k-1} is not the current params and v_k is not zero: losing
   # either would change the next step.
   params = _load(runs, f'{api}_B_params')
-  prev = {k[len("['prev_params']"):]: v
-          for k, v in _field(est, 'prev_params').items()}
+  prev = {
+    k[len("['prev_params']") :]: v
+    for k, v in _field(est, 'prev_params').items()
+  }
   _assert_bitwise_equal(  # Same tree: x_{k-1} is shaped like the params.
-      {k: np.zeros_like(v) for k, v in prev.items()},
-      {k: np.zeros_like(v) for k, v in params.items()}, api)
+    {k: np.zeros_like(v) for k, v in prev.items()},
+    {k: np.zeros_like(v) for k, v in params.items()},
+    api,
+  )
   assert not all(np.array_equal(prev[k], params[k]) for k in params)
   assert any(np.any(v != 0) for v in _field(est, 'estimate').values())
 
 
 @pytest.mark.parametrize('api', APIS)
 def test_restored_state_equals_saved_state(runs, api):
-  _assert_bitwise_equal(_load(runs, f'{api}_C_estimator'),
-                        _load(runs, f'{api}_B_estimator'),
-                        f'{api}: restored estimator state')
-  _assert_bitwise_equal(_load(runs, f'{api}_C_restored_params'),
-                        _load(runs, f'{api}_B_params'),
-                        f'{api}: restored params')
+  _assert_bitwise_equal(
+    _load(runs, f'{api}_C_estimator'),
+    _load(runs, f'{api}_B_estimator'),
+    f'{api}: restored estimator state',
+  )
+  _assert_bitwise_equal(
+    _load(runs, f'{api}_C_restored_params'),
+    _load(runs, f'{api}_B_params'),
+    f'{api}: restored params',
+  )
 
 
 @pytest.mark.parametrize('api', APIS)
@@ -140,8 +173,7 @@ def test_resumed_run_is_bit_identical_to_uninterrupted_run(runs, api):
   _assert_bitwise_equal(c, a, f'{api}: final params, resumed vs uninterrupted')
   losses_a = np.load(runs / f'{api}_A_losses.npy')
   losses_c = np.load(runs / f'{api}_C_losses.npy')
-  assert losses_a.shape == (NUM_STEPS,) and losses_c.shape == (
-      NUM_STEPS - K0,)
+  assert losses_a.shape == (NUM_STEPS,) and losses_c.shape == (NUM_STEPS - K0,)
   assert losses_c.dtype == losses_a.dtype
   np.testing.assert_array_equal(losses_c, losses_a[K0:])
   # The run trained at all, so that agreement is not vacuous.

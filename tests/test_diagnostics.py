@@ -24,9 +24,14 @@ LR, C0, C1 = 0.1, 2.0, 20.0
 
 def run_with_diagnostics(params, data):
   """so.spider(diagnostics=True) on the quartic; so.diagnostics read in jit."""
-  return jax.device_get(run_spider(
-      so.spider(LR, C0, C1, diagnostics=True), params, data,
-      trace=lambda params, state, updates: so.diagnostics(state)))
+  return jax.device_get(
+    run_spider(
+      so.spider(LR, C0, C1, diagnostics=True),
+      params,
+      data,
+      trace=lambda params, state, updates: so.diagnostics(state),
+    )
+  )
 
 
 def reference_diagnostics(params, data):
@@ -45,7 +50,8 @@ def reference_diagnostics(params, data):
       accumulated += diff**2
       ref.step(g, quartic_grad_np(unflatten(x_prev), batch))
     step = global_norm(sub(x, x_prev))
-    out.append({
+    out.append(
+      {
         'grad_norm': global_norm(g),
         'grad_diff_norm': 0.0 if diff is None else diff,
         'step_norm': step,
@@ -56,7 +62,8 @@ def reference_diagnostics(params, data):
         'accumulated_variance': 0.0 if diff is None else np.nan,
         'steps_since_anchor': k % ANCHOR_PERIOD,
         'clip_factor': clip_factor(global_norm(ref.v), C0, C1),
-    })
+      }
+    )
     x_prev = x
   return out
 
@@ -73,8 +80,13 @@ def test_diagnostics_match_hand_computed_values():
     for name, value in w.items():
       # The float32 trajectory agrees with the reference to 2e-4
       # (test_trajectory); differences of nearby gradients lose a little more.
-      np.testing.assert_allclose(np.float64(g[name]), value, rtol=2e-3,
-                                 atol=1e-5, err_msg=f'step {k}, {name}')
+      np.testing.assert_allclose(
+        np.float64(g[name]),
+        value,
+        rtol=2e-3,
+        atol=1e-5,
+        err_msg=f'step {k}, {name}',
+      )
 
 
 def test_diagnostics_need_the_option():
@@ -101,21 +113,31 @@ def run_adaptive(curvature, budget, split, steps=60, period=1000):
   estimates (anchor_due without batch_size), else the minibatch-mean rule.
   """
   rng = np.random.default_rng(0)
+
   def loss(p, batch):  # batch rows: (z_1..z_4, s)
     z, s = batch[:, :4], 1.0 + 0.5 * batch[:, 4]
     return 0.5 * curvature * jnp.mean(s * jnp.sum((p['x'] - z) ** 2, -1))
-  batches = ((jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),)
-             for _ in range(steps))
+
+  batches = (
+    (jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),) for _ in range(steps)
+  )
   run = loops.run_spider(
-      so.spider(0.05 / curvature, diagnostics=True),  # no clip: same path
-      {'x': jnp.full(4, 3.0)}, batches, loss_fn=loss, anchor_period=period,
-      error_budget=budget, batch_size=None if split else 8, split_batch=split)
+    so.spider(0.05 / curvature, diagnostics=True),  # no clip: same path
+    {'x': jnp.full(4, 3.0)},
+    batches,
+    loss_fn=loss,
+    anchor_period=period,
+    error_budget=budget,
+    batch_size=None if split else 8,
+    split_batch=split,
+  )
   return sum(run.anchors)
 
 
 @pytest.mark.parametrize('split,budget', [(False, 0.03), (True, 0.003)])
-def test_adaptive_anchoring_anchors_more_where_curvature_is_higher(split,
-                                                                   budget):
+def test_adaptive_anchoring_anchors_more_where_curvature_is_higher(
+  split, budget
+):
   # lr * a is the same, so the steps are alike; only the curvature differs.
   counts = [run_adaptive(a, budget, split) for a in (1.0, 4.0, 16.0)]
   assert counts[0] < counts[1] < counts[2], counts
@@ -128,8 +150,12 @@ def test_anchor_due_is_the_accumulated_error_over_the_batch():
   state = tx.init(x0)
   _, state = tx.update({'w': jnp.array([4.0, 0.0])}, state, x0)
   x1 = {'w': jnp.array([0.5, 1.0])}
-  _, state = tx.update({'w': jnp.array([3.0, 0.0])}, state, x1,
-                       prev_grads={'w': jnp.array([4.0, 0.0])})
+  _, state = tx.update(
+    {'w': jnp.array([3.0, 0.0])},
+    state,
+    x1,
+    prev_grads={'w': jnp.array([4.0, 0.0])},
+  )
   # accumulated = |g - g'|^2 = 1; over a batch of 4: 0.25.
   assert bool(so.anchor_due(state, 0.24, batch_size=4))
   assert not bool(so.anchor_due(state, 0.26, batch_size=4))
@@ -147,8 +173,9 @@ def test_accumulated_variance_sums_the_passed_estimates():
   _, state = tx.update(g, state, x)  # anchor
   assert float(so.diagnostics(state)['accumulated_variance']) == 0.0
   for variance in (0.3, 0.2):
-    _, state = tx.update(g, state, x, prev_grads=g,
-                         grad_diff_variance=jnp.float32(variance))
+    _, state = tx.update(
+      g, state, x, prev_grads=g, grad_diff_variance=jnp.float32(variance)
+    )
   np.testing.assert_allclose(so.diagnostics(state)['accumulated_variance'], 0.5)
   assert bool(so.anchor_due(state, 0.45))
   assert not bool(so.anchor_due(state, 0.55))
@@ -190,27 +217,49 @@ def test_split_half_sum_is_the_estimators_expected_error():
   rng = np.random.default_rng(1)
   a = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
   y = jnp.asarray(rng.normal(size=n), jnp.float32)
+
   def loss(p, a, y):  # a (d, 1)-smooth non-convex finite sum
     return jnp.mean(jnp.log(1 + (a @ p['x'] - y) ** 2))
+
   tx = so.spider(0.3, diagnostics=True)
   x0 = {'x': jnp.asarray(rng.normal(size=d), jnp.float32)}
 
   def one_run(key):
-    draws = [(a[idx], y[idx]) for idx in (  # with replacement
+    draws = [
+      (a[idx], y[idx])
+      for idx in (  # with replacement
         jax.random.randint(k, (batch,), 0, n)
-        for k in jax.random.split(key, q - 1))]
-    state = loops.run_spider(tx, x0, [(a, y)] + draws, loss_fn=loss,
-                             schedule=[True] + [False] * (q - 1),
-                             split_batch=True, jit=False).state
+        for k in jax.random.split(key, q - 1)
+      )
+    ]
+    state = loops.run_spider(
+      tx,
+      x0,
+      [(a, y)] + draws,
+      loss_fn=loss,
+      schedule=[True] + [False] * (q - 1),
+      split_batch=True,
+      jit=False,
+    ).state
     # v_{q-1} is the estimate of grad f at the params of the last update.
-    true = jnp.sum((state[0].estimate['x']
-                    - jax.grad(loss)(so.prev_params(state), a, y)['x']) ** 2)
+    true = jnp.sum(
+      (
+        state[0].estimate['x']
+        - jax.grad(loss)(so.prev_params(state), a, y)['x']
+      )
+      ** 2
+    )
     return true, so.diagnostics(state)['accumulated_variance']
 
-  true, estimate = map(np.asarray, jax.jit(jax.vmap(one_run))(
-      jax.random.split(jax.random.key(0), runs)))
+  true, estimate = map(
+    np.asarray,
+    jax.jit(jax.vmap(one_run))(jax.random.split(jax.random.key(0), runs)),
+  )
   # Both means carry sampling error; allow 4 standard errors of each.
   tolerance = 4 * np.hypot(true.std(), estimate.std()) / np.sqrt(runs)
   assert true.mean() > 10 * tolerance / 4, 'the error must be measurable'
   assert abs(true.mean() - estimate.mean()) < tolerance, (
-      true.mean(), estimate.mean(), tolerance)
+    true.mean(),
+    estimate.mean(),
+    tolerance,
+  )

@@ -23,17 +23,29 @@ def test_non_positive_hyperparameters(name, bad):
 
 
 @pytest.mark.parametrize('bad', [-0.1, math.nan, math.inf, jnp.array(-1.0)])
-@pytest.mark.parametrize('factory', [
-    so.spider, so.mars_adamw, lambda lr: so.storm(lr, 0.9),
-    lambda lr: so.spider(lr, epsilon=1.0)])
+@pytest.mark.parametrize(
+  'factory',
+  [
+    so.spider,
+    so.mars_adamw,
+    lambda lr: so.storm(lr, 0.9),
+    lambda lr: so.spider(lr, epsilon=1.0),
+  ],
+)
 def test_bad_learning_rates(factory, bad):
   with pytest.raises(ValueError, match='learning_rate must be a finite number'):
     factory(bad)
 
 
-@pytest.mark.parametrize('factory', [
-    so.spider, so.mars_adamw, lambda lr: so.storm(lr, 0.9, approx=True),
-    lambda lr: so.spider(lr, epsilon=1.0)])
+@pytest.mark.parametrize(
+  'factory',
+  [
+    so.spider,
+    so.mars_adamw,
+    lambda lr: so.storm(lr, 0.9, approx=True),
+    lambda lr: so.spider(lr, epsilon=1.0),
+  ],
+)
 @pytest.mark.parametrize('inject', [False, True])
 def test_a_learning_rate_of_zero_is_allowed(factory, inject):
   """As in optax: a warmup from 0, a decay to 0, or a constant 0 (no step)."""
@@ -63,21 +75,34 @@ def _mismatched(kind):
     return {'layer': {'kernel': jnp.ones((2, 3))}}
   if kind == 'shape':
     return {'layer': {'kernel': jnp.ones((2, 4)), 'bias': jnp.zeros(3)}}
-  return {'layer': {'kernel': jnp.ones((2, 3), jnp.bfloat16),
-                    'bias': jnp.zeros(3)}}
+  return {
+    'layer': {'kernel': jnp.ones((2, 3), jnp.bfloat16), 'bias': jnp.zeros(3)}
+  }
 
 
 @pytest.mark.parametrize('jit', [True, False], ids=['jit', 'nojit'])
-@pytest.mark.parametrize('kind,error,message', [
-    ('structure', ValueError,
-     r"prev_grads has no leaf prev_grads\['layer'\]\['bias'\] that grads has"),
-    ('shape', ValueError,
-     r"prev_grads\['layer'\]\['kernel'\] has shape \(2, 4\) but "
-     r"grads\['layer'\]\['kernel'\] has shape \(2, 3\)"),
-    ('dtype', TypeError,
-     r"prev_grads\['layer'\]\['kernel'\] has dtype bfloat16 but "
-     r"grads\['layer'\]\['kernel'\] has dtype float32"),
-])
+@pytest.mark.parametrize(
+  'kind,error,message',
+  [
+    (
+      'structure',
+      ValueError,
+      r"prev_grads has no leaf prev_grads\['layer'\]\['bias'\] that grads has",
+    ),
+    (
+      'shape',
+      ValueError,
+      r"prev_grads\['layer'\]\['kernel'\] has shape \(2, 4\) but "
+      r"grads\['layer'\]\['kernel'\] has shape \(2, 3\)",
+    ),
+    (
+      'dtype',
+      TypeError,
+      r"prev_grads\['layer'\]\['kernel'\] has dtype bfloat16 but "
+      r"grads\['layer'\]\['kernel'\] has dtype float32",
+    ),
+  ],
+)
 def test_prev_grads_mismatch_names_the_leaf(kind, error, message, jit):
   tx = so.spider(0.1)
   update = jax.jit(tx.update) if jit else tx.update
@@ -90,13 +115,17 @@ def test_prev_grads_mismatch_names_the_leaf(kind, error, message, jit):
 def test_grads_mismatching_params():
   tx = so.spider(0.1)
   grads = {'layer': {'kernel': jnp.ones((3, 2)), 'bias': jnp.zeros(3)}}
-  with pytest.raises(ValueError, match=r"grads\['layer'\]\['kernel'\] has shape"):
+  with pytest.raises(
+    ValueError, match=r"grads\['layer'\]\['kernel'\] has shape"
+  ):
     tx.update(grads, tx.init(PARAMS), PARAMS)
 
 
 def test_update_without_params():
   tx = so.spider(0.1)
-  with pytest.raises(ValueError, match=r'needs params: call tx.update\(grads, state, params\)'):
+  with pytest.raises(
+    ValueError, match=r'needs params: call tx.update\(grads, state, params\)'
+  ):
     tx.update(GRADS, tx.init(PARAMS))
 
 

@@ -10,8 +10,9 @@ import pytest
 import loops
 import spider_optax as so
 
-PARAMS = {'layer': {'kernel': jnp.arange(6.0).reshape(2, 3),
-                    'bias': jnp.zeros(3)}}
+PARAMS = {
+  'layer': {'kernel': jnp.arange(6.0).reshape(2, 3), 'bias': jnp.zeros(3)}
+}
 
 
 def tree(value):
@@ -26,7 +27,7 @@ def test_anchor_and_recursive_steps(jit):
   assert int(state.count) == 0
   np.testing.assert_array_equal(state.estimate['layer']['kernel'], 0)
 
-  v, state = update(tree(2.0), state, PARAMS)                  # anchor
+  v, state = update(tree(2.0), state, PARAMS)  # anchor
   np.testing.assert_array_equal(v['layer']['kernel'], 2.0)
   assert (int(state.count), int(state.steps_since_anchor)) == (1, 0)
 
@@ -40,7 +41,7 @@ def test_anchor_and_recursive_steps(jit):
   np.testing.assert_array_equal(v['layer']['bias'], 6.0 - 1.0 - 0.5)
   assert int(state.steps_since_anchor) == 2
 
-  v, state = update(tree(3.0), state, params1)                  # anchor resets
+  v, state = update(tree(3.0), state, params1)  # anchor resets
   np.testing.assert_array_equal(v['layer']['bias'], 3.0)
   assert (int(state.count), int(state.steps_since_anchor)) == (4, 0)
 
@@ -65,9 +66,13 @@ def test_estimator_dtype_for_bfloat16_params():
   # An anchor on ones, then v = 1 + k * 1e-3 over 10 recursive steps: lost in
   # bfloat16 (eps 2**-7), kept in f32.
   run = lambda tx, jit: loops.run_spider(
-      tx, params, [(ones, None)] + [(small, zeros)] * 10,
-      schedule=[True] + [False] * 10, jit=jit,
-      trace=lambda params, state, updates: updates)
+    tx,
+    params,
+    [(ones, None)] + [(small, zeros)] * 10,
+    schedule=[True] + [False] * 10,
+    jit=jit,
+    trace=lambda params, state, updates: updates,
+  )
   out = run(tx, jit=True)
   v = out.trace[-1]
   np.testing.assert_allclose(v['layer']['bias'], 1 + 10 * step, rtol=1e-6)
@@ -92,15 +97,25 @@ def test_spider_updates_bfloat16_params():
   assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(new_params))
 
 
-@pytest.mark.parametrize('wrap', [
+@pytest.mark.parametrize(
+  'wrap',
+  [
     lambda: so.spider(0.1),
     lambda: optax.chain(optax.identity(), so.spider(0.1)),
     lambda: optax.inject_hyperparams(so.spider)(learning_rate=0.1),
     lambda: optax.apply_if_finite(so.spider(0.1), 3),
     lambda: so.apply_if_finite(
-        optax.inject_hyperparams(so.spider)(learning_rate=0.1), 3),
-], ids=['spider', 'chain', 'inject_hyperparams', 'optax_apply_if_finite',
-        'so_apply_if_finite'])
+      optax.inject_hyperparams(so.spider)(learning_rate=0.1), 3
+    ),
+  ],
+  ids=[
+    'spider',
+    'chain',
+    'inject_hyperparams',
+    'optax_apply_if_finite',
+    'so_apply_if_finite',
+  ],
+)
 def test_prev_params_finds_the_estimator(wrap):
   tx = wrap()
   state = tx.init(PARAMS)
@@ -136,14 +151,15 @@ def test_each_step_function_compiles_once():
 
   counted = optax.GradientTransformationExtraArgs(tx.init, update)
   grads = jax.tree.map(jnp.ones_like, params)
-  run = loops.run_spider(counted, params, [(grads, grads)] * 8,
-                         anchor_period=4)
+  run = loops.run_spider(counted, params, [(grads, grads)] * 8, anchor_period=4)
   assert run.anchors == [True, False, False, False] * 2
   assert len(traces) == 2, traces
   chex.assert_trees_all_equal_shapes_and_dtypes(run.state, tx.init(run.params))
 
 
-@pytest.mark.parametrize('recursive', [True, False], ids=['recursive', 'anchor'])
+@pytest.mark.parametrize(
+  'recursive', [True, False], ids=['recursive', 'anchor']
+)
 def test_donated_step_writes_its_state_in_place(recursive):
   # A step that donates params and state must write every output into a
   # donated buffer: a fresh output buffer per step costs a page-faulting
@@ -156,7 +172,11 @@ def test_donated_step_writes_its_state_in_place(recursive):
     updates, state = tx.update(grads, state, params, **extra)
     return optax.apply_updates(params, updates), state
 
-  memory = jax.jit(step, donate_argnums=(0, 1)).lower(
-      params, tx.init(params), params, params).compile().memory_analysis()
+  memory = (
+    jax.jit(step, donate_argnums=(0, 1))
+    .lower(params, tx.init(params), params, params)
+    .compile()
+    .memory_analysis()
+  )
   assert memory.temp_size_in_bytes < 1024  # scalars only; a leaf is 256 B+
   assert memory.output_size_in_bytes - memory.alias_size_in_bytes < 1024

@@ -33,16 +33,20 @@ def trace(grad, x, rng, step=STEP):
   g0, g1 = grad(x), grad(x + d)
   if x.ndim == 1:
     return np.abs(g0), np.abs(g1 - g0) / length
-  return (np.linalg.norm(g0, axis=-1),
-          np.linalg.norm(g1 - g0, axis=-1) / length)
+  return (
+    np.linalg.norm(g0, axis=-1),
+    np.linalg.norm(g1 - g0, axis=-1) / length,
+  )
 
 
 def line_errors(fit, L0, L1, mean_g):
   """Errors of the fitted L0 and L1 * mean_g, relative to the true bound at
   the mean gradient norm: a uniform scale also where L0 or L1 is 0."""
   bound = L0 + L1 * mean_g
-  return (abs(float(fit.L0) - L0) / bound,
-          abs(float(fit.L1) - L1) * mean_g / bound)
+  return (
+    abs(float(fit.L0) - L0) / bound,
+    abs(float(fit.L1) - L1) * mean_g / bound,
+  )
 
 
 # --------------------------------------------------------------------------
@@ -62,23 +66,27 @@ def shifted_exp_case(L0, L1):
   # line h = L0 + L1 g; where f' < 0, h = L0 - L1 |f'| lies below it. Every
   # valid pair has L0' >= L0 (at f' = 0, h = L0) and L1' >= L1 (h/g -> L1
   # as g -> inf): (L0, L1) is the unique tightest pair.
-  return (lambda x: np.exp(L1 * x) - L0 / L1,
-          (-4.0 / L1, 10.0 / L1), (L0, L1), RTOL_FD)
+  return (
+    lambda x: np.exp(L1 * x) - L0 / L1,
+    (-4.0 / L1, 10.0 / L1),
+    (L0, L1),
+    RTOL_FD,
+  )
 
 
 CASES = {
-    # f(x) = exp(2x)/2: f'' = 2 f', samples on h = 2g: (0, 2). L1 < 2
-    # fails as g -> inf, and with L1 = 2 no L0 > 0 is needed.
-    'exp': (lambda x: np.exp(2.0 * x), (-3.0, 3.0), (0.0, 2.0), RTOL_FD),
-    'shifted_exp': shifted_exp_case(2.0, 0.5),
-    'shifted_exp_steep': shifted_exp_case(0.3, 1.5),
-    # f(x) = 3 log cosh(x): f' = 3 tanh x, f'' = 3 (1 - tanh^2) = 3 - g^2/3:
-    # (3, 0), reached only at x = 0. Trimming drops the top 10% of h in the
-    # lowest-g bin, i.e. the 4 samples nearest 0, so L0 is f'' at the 5th
-    # nearest, 3 (1 - tanh^2 x) >= 3 (1 - x^2): within 3% while |x| < 0.17,
-    # which 256 uniform samples on [-3, 3] (14.5 expected there) miss with
-    # probability P(Poisson(14.5) <= 4) < 1e-3.
-    'log_cosh': (lambda x: 3.0 * np.tanh(x), (-3.0, 3.0), (3.0, 0.0), 3e-2),
+  # f(x) = exp(2x)/2: f'' = 2 f', samples on h = 2g: (0, 2). L1 < 2
+  # fails as g -> inf, and with L1 = 2 no L0 > 0 is needed.
+  'exp': (lambda x: np.exp(2.0 * x), (-3.0, 3.0), (0.0, 2.0), RTOL_FD),
+  'shifted_exp': shifted_exp_case(2.0, 0.5),
+  'shifted_exp_steep': shifted_exp_case(0.3, 1.5),
+  # f(x) = 3 log cosh(x): f' = 3 tanh x, f'' = 3 (1 - tanh^2) = 3 - g^2/3:
+  # (3, 0), reached only at x = 0. Trimming drops the top 10% of h in the
+  # lowest-g bin, i.e. the 4 samples nearest 0, so L0 is f'' at the 5th
+  # nearest, 3 (1 - tanh^2 x) >= 3 (1 - x^2): within 3% while |x| < 0.17,
+  # which 256 uniform samples on [-3, 3] (14.5 expected there) miss with
+  # probability P(Poisson(14.5) <= 4) < 1e-3.
+  'log_cosh': (lambda x: 3.0 * np.tanh(x), (-3.0, 3.0), (3.0, 0.0), 3e-2),
 }
 
 
@@ -229,8 +237,12 @@ def fit_reference(g, h, quantile, num_bins):
     return np.nan, np.nan
   g, h = g[valid], h[valid]
   order = np.argsort(g, kind='stable')
-  keep = np.concatenate([h[b] <= np.quantile(h[b], quantile)
-                         for b in np.array_split(order, num_bins)])
+  keep = np.concatenate(
+    [
+      h[b] <= np.quantile(h[b], quantile)
+      for b in np.array_split(order, num_bins)
+    ]
+  )
   order = np.concatenate(np.array_split(order, num_bins))
   return lowest_line_reference(g[order][keep], h[order][keep], g.mean())
 
@@ -240,15 +252,17 @@ def random_trace(seed, size=T):
   outliers and NaN, in float32 as the estimator records them."""
   rng = np.random.default_rng(seed)
   g = 10.0 ** rng.uniform(-1, 2, size)
-  h = (rng.uniform(0.1, 2) + rng.uniform(0, 1) * g) * rng.lognormal(0, 0.3,
-                                                                   size)
+  h = (rng.uniform(0.1, 2) + rng.uniform(0, 1) * g) * rng.lognormal(
+    0, 0.3, size
+  )
   h[rng.choice(size, size // 50, replace=False)] *= 30
   h[rng.choice(size, size // 10, replace=False)] = np.nan
   return g.astype(np.float32), h.astype(np.float32)
 
 
-@pytest.mark.parametrize('quantile, num_bins', [(1.0, 8), (0.9, 8), (0.75, 8),
-                                                (0.5, 3), (1.0, 3)])
+@pytest.mark.parametrize(
+  'quantile, num_bins', [(1.0, 8), (0.9, 8), (0.75, 8), (0.5, 3), (1.0, 3)]
+)
 @pytest.mark.parametrize('seed', range(3))
 def test_matches_brute_force_reference(seed, quantile, num_bins):
   g, h = random_trace(seed)
@@ -257,11 +271,16 @@ def test_matches_brute_force_reference(seed, quantile, num_bins):
   valid = np.isfinite(h)
   m = g[valid].mean(dtype=np.float64)
   # The LP optimum's value: float32 rounding of the data and of the snap.
-  np.testing.assert_allclose(float(fit.L0) + float(fit.L1) * m, L0 + L1 * m,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    float(fit.L0) + float(fit.L1) * m, L0 + L1 * m, rtol=1e-5
+  )
   # The line itself (unique for data in general position).
-  np.testing.assert_allclose([float(fit.L0), float(fit.L1) * m],
-                             [L0, L1 * m], rtol=1e-3, atol=1e-4 * (L0 + L1 * m))
+  np.testing.assert_allclose(
+    [float(fit.L0), float(fit.L1) * m],
+    [L0, L1 * m],
+    rtol=1e-3,
+    atol=1e-4 * (L0 + L1 * m),
+  )
 
 
 @pytest.mark.parametrize('quantile', [1.0, 0.9, 0.6])
@@ -303,8 +322,9 @@ def test_jit_and_numpy_agree():
   assert eager.L0.dtype == eager.L1.dtype == jnp.float32
   assert eager.num_samples.dtype == jnp.int32
   # Float64 and 2-D (steps, k) traces are accepted.
-  again = fit_smoothness(g.astype(np.float64).reshape(16, 16),
-                         h.reshape(16, 16))
+  again = fit_smoothness(
+    g.astype(np.float64).reshape(16, 16), h.reshape(16, 16)
+  )
   np.testing.assert_allclose(again.L1, eager.L1, rtol=1e-6)
 
 
@@ -312,8 +332,9 @@ def test_traced_quantile_matches_static():
   g, h = random_trace(1)
   f = jax.jit(lambda g, h, q: fit_smoothness(g, h, quantile=q))
   for q in (0.9, 0.6):
-    np.testing.assert_allclose(f(g, h, q).L0,
-                               fit_smoothness(g, h, quantile=q).L0, rtol=1e-6)
+    np.testing.assert_allclose(
+      f(g, h, q).L0, fit_smoothness(g, h, quantile=q).L0, rtol=1e-6
+    )
 
 
 def test_nan_slots_are_ignored_like_missing_samples():
@@ -341,8 +362,8 @@ def test_fewer_valid_samples_than_bins_give_nan(filled):
   g = np.full(64, np.nan, np.float32)
   h = np.full(64, np.nan, np.float32)
   g[:filled], h[:filled] = 1.0, 2.0
-  h[filled:filled + 5] = 3.0  # a grad norm without L_hat: not a sample
-  g[filled + 5:filled + 8], h[filled + 5:filled + 8] = -1.0, 1.0  # negative
+  h[filled : filled + 5] = 3.0  # a grad norm without L_hat: not a sample
+  g[filled + 5 : filled + 8], h[filled + 5 : filled + 8] = -1.0, 1.0  # negative
   fit = jax.jit(fit_smoothness)(g, h)
   assert np.isnan(fit.L0) and np.isnan(fit.L1)
   assert int(fit.num_samples) == filled
@@ -362,11 +383,13 @@ def test_exactly_num_bins_samples_fit_and_empty_or_short_traces_do_not():
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('quantile', [0, 0.0, -0.5, 1.5, np.nan, np.inf, None,
-                                      'high', [0.5, 0.9]])
+@pytest.mark.parametrize(
+  'quantile', [0, 0.0, -0.5, 1.5, np.nan, np.inf, None, 'high', [0.5, 0.9]]
+)
 def test_bad_quantile_raises(quantile):
-  with pytest.raises(ValueError,
-                     match=r'quantile must be a number in \(0, 1\]'):
+  with pytest.raises(
+    ValueError, match=r'quantile must be a number in \(0, 1\]'
+  ):
     fit_smoothness(np.ones(16), np.ones(16), quantile=quantile)
 
 
@@ -377,8 +400,11 @@ def test_bad_num_bins_raises(num_bins):
 
 
 def test_mismatched_shapes_raise():
-  with pytest.raises(ValueError, match=r'grad_norms has shape \(5,\) but '
-                     r'smoothness has shape \(6,\)'):
+  with pytest.raises(
+    ValueError,
+    match=r'grad_norms has shape \(5,\) but '
+    r'smoothness has shape \(6,\)',
+  ):
     fit_smoothness(np.ones(5), np.ones(6))
   with pytest.raises(ValueError, match='shape'):
     jax.jit(fit_smoothness)(jnp.ones((4, 2)), jnp.ones(8))

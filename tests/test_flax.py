@@ -27,9 +27,9 @@ from sklearn.datasets import load_digits
 import spider_optax as so
 import spider_optax.flax as sof
 
-Q = 43                                       # ceil(sqrt(1797)): anchor period
-MINIBATCH = 43                               # S2 = q (finite-sum preset)
-STEPS = 215                                  # 5 anchor periods
+Q = 43  # ceil(sqrt(1797)): anchor period
+MINIBATCH = 43  # S2 = q (finite-sum preset)
+STEPS = 215  # 5 anchor periods
 CHECKPOINTS = (10, 50, 200, STEPS)
 HP = dict(learning_rate=1.0, c0=0.1, c1=0.05)  # benchmarks/quickstart.py
 
@@ -45,7 +45,6 @@ N = X.shape[0]
 
 
 class NnxMLP(nnx.Module):
-
   def __init__(self, rngs, param_dtype=jnp.float32):
     self.hidden = nnx.Linear(64, 32, param_dtype=param_dtype, rngs=rngs)
     self.out = nnx.Linear(32, 10, param_dtype=param_dtype, rngs=rngs)
@@ -55,7 +54,6 @@ class NnxMLP(nnx.Module):
 
 
 class LinenMLP(nn.Module):
-
   @nn.compact
   def __call__(self, x):
     h = jnp.tanh(nn.Dense(32, name='hidden')(x))
@@ -108,9 +106,11 @@ def initial_params():
   """
   rng = np.random.default_rng(0)
   dense = lambda fan_in, fan_out: {
-      'kernel': jnp.asarray(rng.standard_normal((fan_in, fan_out))
-                            / np.sqrt(fan_in), jnp.float32),
-      'bias': jnp.zeros(fan_out, jnp.float32)}
+    'kernel': jnp.asarray(
+      rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in), jnp.float32
+    ),
+    'bias': jnp.zeros(fan_out, jnp.float32),
+  }
   return {'hidden': dense(64, 32), 'out': dense(32, 10)}
 
 
@@ -124,8 +124,7 @@ def new_nnx(params, tx, param_dtype=jnp.float32):
 
 
 def new_linen(params, tx):
-  return sof.TrainState.create(apply_fn=LINEN_MODEL.apply, params=params,
-                               tx=tx)
+  return sof.TrainState.create(apply_fn=LINEN_MODEL.apply, params=params, tx=tx)
 
 
 def minibatches(seed=0, count=STEPS):
@@ -142,17 +141,22 @@ def full_data():
 
 def leaves_close(got, want, **tolerance):
   np.testing.assert_equal(jax.tree.structure(got), jax.tree.structure(want))
-  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got),
-                          jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(g, np.float64),
-                               np.asarray(w, np.float64), **tolerance,
-                               err_msg=jax.tree_util.keystr(path))
+  for (path, g), w in zip(
+    jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)
+  ):
+    np.testing.assert_allclose(
+      np.asarray(g, np.float64),
+      np.asarray(w, np.float64),
+      **tolerance,
+      err_msg=jax.tree_util.keystr(path),
+    )
 
 
 def max_abs_diff(a, b):
-  return max(float(jnp.max(jnp.abs(x.astype(jnp.float32) -
-                                   y.astype(jnp.float32))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(jnp.max(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def estimator_state(opt_state):
@@ -180,7 +184,8 @@ def functional_recursive(carry, x, y):
   params, state = carry
   loss = loss_fn(params, x, y)
   grads, prev_grads = so.paired_grad(loss_fn)(
-      params, so.prev_params(state), x, y)
+    params, so.prev_params(state), x, y
+  )
   updates, state = TX.update(grads, state, params, prev_grads=prev_grads)
   return (optax.apply_updates(params, updates), state), loss
 
@@ -217,7 +222,8 @@ def run_segments(api, carry, checkpoints):
     else:
       steps = NNX_STEPS if api == 'nnx' else LINEN_STEPS
       carry, segment = so.spider_loop(
-          *steps, carry, anchors, batches, anchor_period=Q, num_steps=stop)
+        *steps, carry, anchors, batches, anchor_period=Q, num_steps=stop
+      )
       if api == 'nnx':
         model, optimizer = carry
         params[stop] = nnx_params(model)
@@ -225,7 +231,7 @@ def run_segments(api, carry, checkpoints):
       else:
         params[stop], prev[stop] = carry.params, carry.prev_params
     assert len(segment) == stop - start
-    losses += [float(l) for l in segment]
+    losses += [float(loss) for loss in segment]
     start = stop
   return carry, losses, params, prev
 
@@ -235,8 +241,7 @@ def runs():
   """The same 215 steps from the same initial weights, three ways."""
   p0 = initial_params()
   out = {'initial': p0}
-  out['functional'] = run_segments(
-      'functional', (p0, TX.init(p0)), CHECKPOINTS)
+  out['functional'] = run_segments('functional', (p0, TX.init(p0)), CHECKPOINTS)
   out['nnx'] = run_segments('nnx', new_nnx(p0, TX), CHECKPOINTS)
   out['linen'] = run_segments('linen', new_linen(p0, TX), CHECKPOINTS)
   return out
@@ -257,8 +262,9 @@ def test_training_reduces_the_full_loss(runs, api):
     assert float(nnx_loss(carry[0], X, Y)) == pytest.approx(final, rel=1e-6)
     assert int(carry[1].step[...]) == STEPS
   else:
-    assert float(linen_loss(carry.params, X, Y)) == pytest.approx(final,
-                                                                  rel=1e-6)
+    assert float(linen_loss(carry.params, X, Y)) == pytest.approx(
+      final, rel=1e-6
+    )
     assert int(carry.step) == STEPS
   # Step 0 is an anchor on all the data: its loss is the full initial loss.
   assert losses[0] == pytest.approx(initial, rel=1e-5)
@@ -338,10 +344,15 @@ FEW_STEPS = 5
 def after_a_few_steps():
   """Fresh NNX, Linen and functional runs after FEW_STEPS identical steps."""
   p0 = initial_params()
+
   def go(api, carry):
     return run_segments(api, carry, (FEW_STEPS,))[0]
-  return (go('nnx', new_nnx(p0, TX)), go('linen', new_linen(p0, TX)),
-          go('functional', (p0, TX.init(p0))))
+
+  return (
+    go('nnx', new_nnx(p0, TX)),
+    go('linen', new_linen(p0, TX)),
+    go('functional', (p0, TX.init(p0))),
+  )
 
 
 @pytest.fixture
@@ -368,22 +379,29 @@ def test_prev_model_is_the_model_at_prev_params(few):
   (model, optimizer), _, (params, opt_state) = few
   before = nnx_params(model)
   prev = sof.prev_model(model, optimizer)
-  np.testing.assert_allclose(prev(X[:64]),
-                             logits_at(so.prev_params(opt_state), X[:64]),
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(model(X[:64]), logits_at(params, X[:64]),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    prev(X[:64]),
+    logits_at(so.prev_params(opt_state), X[:64]),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  np.testing.assert_allclose(
+    model(X[:64]), logits_at(params, X[:64]), rtol=1e-5, atol=1e-6
+  )
   leaves_close(nnx_params(model), before, rtol=0, atol=0)  # model untouched
   # The copy's params are its own: writing them leaves the model and the
   # optimizer's x_{k-1} alone.
   prev.hidden.kernel[...] = jnp.zeros_like(prev.hidden.kernel[...])
   leaves_close(nnx_params(model), before, rtol=0, atol=0)
-  leaves_close(nnx.to_pure_dict(sof.prev_params(optimizer)),
-               so.prev_params(opt_state), rtol=1e-6, atol=1e-7)
+  leaves_close(
+    nnx.to_pure_dict(sof.prev_params(optimizer)),
+    so.prev_params(opt_state),
+    rtol=1e-6,
+    atol=1e-7,
+  )
 
 
 class WithBatchNorm(nnx.Module):
-
   def __init__(self):
     self.linear = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
     self.norm = nnx.BatchNorm(2, rngs=nnx.Rngs(0))
@@ -406,15 +424,29 @@ def test_prev_model_copies_the_other_state():
 def all_paired_grads(model, optimizer, state, params, opt_state, x, y):
   """Every API's paired gradients, vmapped and not, in one compile."""
   return {
-      f'{api}_{vectorized}': paired
-      for vectorized in (True, False)
-      for api, paired in (
-          ('functional', so.paired_grad(loss_fn, vectorized=vectorized)(
-              params, so.prev_params(opt_state), x, y)),
-          ('nnx', sof.paired_grad(nnx_loss, vectorized=vectorized)(
-              model, optimizer, x, y)),
-          ('linen', so.paired_grad(linen_loss, vectorized=vectorized)(
-              state.params, state.prev_params, x, y)))}
+    f'{api}_{vectorized}': paired
+    for vectorized in (True, False)
+    for api, paired in (
+      (
+        'functional',
+        so.paired_grad(loss_fn, vectorized=vectorized)(
+          params, so.prev_params(opt_state), x, y
+        ),
+      ),
+      (
+        'nnx',
+        sof.paired_grad(nnx_loss, vectorized=vectorized)(
+          model, optimizer, x, y
+        ),
+      ),
+      (
+        'linen',
+        so.paired_grad(linen_loss, vectorized=vectorized)(
+          state.params, state.prev_params, x, y
+        ),
+      ),
+    )
+  }
 
 
 def test_paired_gradients_agree(few):
@@ -443,17 +475,21 @@ def test_nnx_paired_value_and_grad_with_aux(few):
     return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
 
   (value, grads), (prev_value, prev_grads) = sof.paired_value_and_grad(
-      loss_with_aux, has_aux=True)(model, optimizer, x, y)
+    loss_with_aux, has_aux=True
+  )(model, optimizer, x, y)
   prev = so.prev_params(opt_state)
-  for (loss, acc), g, p in ((value, grads, params),
-                            (prev_value, prev_grads, prev)):
+  for (loss, acc), g, p in (
+    (value, grads, params),
+    (prev_value, prev_grads, prev),
+  ):
     np.testing.assert_allclose(loss, full_loss(p, x, y), rtol=1e-5)
     np.testing.assert_allclose(
-        acc, jnp.mean(jnp.argmax(logits_at(p, x), -1) == y))
-    leaves_close(nnx.to_pure_dict(g), grad_at(p, x, y),
-                 rtol=1e-5, atol=1e-7)
+      acc, jnp.mean(jnp.argmax(logits_at(p, x), -1) == y)
+    )
+    leaves_close(nnx.to_pure_dict(g), grad_at(p, x, y), rtol=1e-5, atol=1e-7)
   (g_aux, acc), (pg_aux, prev_acc) = sof.paired_grad(
-      loss_with_aux, has_aux=True)(model, optimizer, x, y)
+    loss_with_aux, has_aux=True
+  )(model, optimizer, x, y)
   assert acc == value[1] and prev_acc == prev_value[1]
   leaves_close(g_aux, grads, rtol=0, atol=0)
   leaves_close(pg_aux, prev_grads, rtol=0, atol=0)
@@ -481,12 +517,17 @@ def test_paired_grad_under_nnx_jit_feeds_optimizer_update(few):
     leaves_close(nnx.to_pure_dict(g), w, rtol=1e-5, atol=1e-7)
   assert int(optimizer.step[...]) == step + 1
   leaves_close(nnx_params(model), want_params, rtol=1e-5, atol=1e-6)
-  leaves_close(nnx.to_pure_dict(sof.prev_params(optimizer)), params,
-               rtol=1e-6, atol=1e-7)  # x_{k-1} is now the old x_k
+  leaves_close(
+    nnx.to_pure_dict(sof.prev_params(optimizer)), params, rtol=1e-6, atol=1e-7
+  )  # x_{k-1} is now the old x_k
   got_state = estimator_state(optimizer.opt_state)
   assert int(got_state.steps_since_anchor) == FEW_STEPS  # recursive, not anchor
-  leaves_close(nnx.to_pure_dict(got_state.estimate),
-               estimator_state(want_state).estimate, rtol=1e-5, atol=1e-7)
+  leaves_close(
+    nnx.to_pure_dict(got_state.estimate),
+    estimator_state(want_state).estimate,
+    rtol=1e-5,
+    atol=1e-7,
+  )
 
 
 # --------------------------------------------------------------------------
@@ -506,7 +547,7 @@ def _check_bf16_run(params_before, params_after, opt_state, losses):
     assert bool(jnp.all(jnp.isfinite(v)))
   for p in jax.tree.leaves(est.prev_params):
     assert p.dtype == jnp.bfloat16
-  assert all(math.isfinite(l) for l in losses)
+  assert all(math.isfinite(loss) for loss in losses)
   # Full float32 loss of the bf16 weights, at the start and at the end.
   to32 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32), t)
   initial = float(full_loss(to32(params_before), X, Y))
@@ -519,7 +560,7 @@ def _check_bf16_run(params_before, params_after, opt_state, losses):
   assert final < 0.3, (initial, final)
   # The per-step losses also fall: the mean of the last period's minibatch
   # losses (0.16 on CPU) against the first period's (1.41).
-  first, last = np.mean(losses[1:Q]), np.mean(losses[-Q + 1:])
+  first, last = np.mean(losses[1:Q]), np.mean(losses[-Q + 1 :])
   assert last < 0.3 * first, (first, last)
   return initial, final
 
@@ -530,22 +571,37 @@ def test_bfloat16_nnx_end_to_end():
   model, optimizer = new_nnx(before, tx, param_dtype=jnp.bfloat16)
   assert model.hidden.kernel[...].dtype == jnp.bfloat16
   (model, optimizer), losses = so.spider_loop(
-      *sof.nnx_steps(nnx_loss), (model, optimizer), full_data(),
-      minibatches(), anchor_period=Q, num_steps=BF16_STEPS)
+    *sof.nnx_steps(nnx_loss),
+    (model, optimizer),
+    full_data(),
+    minibatches(),
+    anchor_period=Q,
+    num_steps=BF16_STEPS,
+  )
   assert sof.prev_params(optimizer)['hidden']['kernel'].dtype == jnp.bfloat16
-  _check_bf16_run(before, nnx_params(model), optimizer.opt_state,
-                  [float(l) for l in losses])
+  _check_bf16_run(
+    before,
+    nnx_params(model),
+    optimizer.opt_state,
+    [float(loss) for loss in losses],
+  )
 
 
 def test_bfloat16_linen_end_to_end():
   params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), initial_params())
   tx = so.spider(**HP, estimator_dtype=jnp.float32)
   state, losses = so.spider_loop(
-      *sof.linen_steps(linen_loss), new_linen(params, tx), full_data(),
-      minibatches(), anchor_period=Q, num_steps=BF16_STEPS)
+    *sof.linen_steps(linen_loss),
+    new_linen(params, tx),
+    full_data(),
+    minibatches(),
+    anchor_period=Q,
+    num_steps=BF16_STEPS,
+  )
   assert int(state.step) == BF16_STEPS
-  _check_bf16_run(params, state.params, state.opt_state,
-                  [float(l) for l in losses])
+  _check_bf16_run(
+    params, state.params, state.opt_state, [float(loss) for loss in losses]
+  )
 
 
 # --------------------------------------------------------------------------
@@ -555,8 +611,9 @@ def test_bfloat16_linen_end_to_end():
 
 def _toy_state(lr=0.5):
   params = {'w': jnp.array([1.0, -2.0, 3.0]), 'b': jnp.array(0.5)}
-  return sof.TrainState.create(apply_fn=None, params=params,
-                               tx=so.spider(lr))  # no clipping: x -= lr * v
+  return sof.TrainState.create(
+    apply_fn=None, params=params, tx=so.spider(lr)
+  )  # no clipping: x -= lr * v
 
 
 def _tree(w, b):
@@ -602,7 +659,8 @@ def test_train_state_apply_gradients_under_jit():
   eager = state.apply_gradients(grads=g).apply_gradients(grads=g, prev_grads=pg)
   jit_anchor = jax.jit(lambda s, g: s.apply_gradients(grads=g))
   jit_recursive = jax.jit(
-      lambda s, g, pg: s.apply_gradients(grads=g, prev_grads=pg))
+    lambda s, g, pg: s.apply_gradients(grads=g, prev_grads=pg)
+  )
   jitted = jit_recursive(jit_anchor(state, g), g, pg)
   leaves_close(jitted.params, eager.params, rtol=1e-6, atol=1e-7)
   leaves_close(jitted.prev_params, eager.prev_params, rtol=0, atol=0)
@@ -610,10 +668,11 @@ def test_train_state_apply_gradients_under_jit():
 
 
 def test_train_state_without_an_estimator():
-  state = sof.TrainState.create(apply_fn=None, params={'w': jnp.ones(2)},
-                                tx=optax.sgd(0.1))
+  state = sof.TrainState.create(
+    apply_fn=None, params={'w': jnp.ones(2)}, tx=optax.sgd(0.1)
+  )
   with pytest.raises(ValueError, match='keeps no previous parameters'):
-    state.prev_params  # pylint: disable=pointless-statement
+    _ = state.prev_params
 
 
 # --------------------------------------------------------------------------
@@ -625,8 +684,13 @@ def test_deprecated_flax_spider_loop_forwards(few):
   (model, optimizer), _, _ = few
   with pytest.warns(DeprecationWarning, match='use so.spider_loop'):
     _, losses = sof.spider_loop(
-        *NNX_STEPS, (model, optimizer), full_data(), minibatches(),
-        anchor_period=Q, num_steps=int(optimizer.opt_state[0].count) + 2)
+      *NNX_STEPS,
+      (model, optimizer),
+      full_data(),
+      minibatches(),
+      anchor_period=Q,
+      num_steps=int(optimizer.opt_state[0].count) + 2,
+    )
   assert len(losses) == 2
 
 
@@ -639,8 +703,9 @@ def test_deprecated_direct_paired_grad_call(few):
   leaves_close(got, want, atol=0)
   with pytest.warns(DeprecationWarning, match='paired_value_and_grad'):
     got = sof.paired_value_and_grad(nnx_loss, model, optimizer, x, y)
-  leaves_close(got, sof.paired_value_and_grad(nnx_loss)(model, optimizer, x, y),
-               atol=0)
+  leaves_close(
+    got, sof.paired_value_and_grad(nnx_loss)(model, optimizer, x, y), atol=0
+  )
 
 
 # --------------------------------------------------------------------------
@@ -654,11 +719,14 @@ BUDGETS = {'heuristic': 2e-4, 'split': 1e-3}
 def recording(steps, kinds):
   """The step functions of ``steps``, noting which kind ran at each step."""
   anchor, recursive = steps
+
   def note(kind, step):
     def wrapped(carry, *batch):
       kinds.append(kind)
       return step(carry, *batch)
+
     return wrapped
+
   return note('anchor', anchor), note('recursive', recursive)
 
 
@@ -669,18 +737,24 @@ def functional_adaptive(params, tx, budget, period, rule):
   split = rule == 'split'
   paired = jax.jit(so.paired_grad(loss_fn, split_batch=split))
   batch_size = None if split else MINIBATCH
-  for k in range(ADAPTIVE_STEPS):
-    if so.is_anchor_step(state, period, error_budget=budget,
-                         batch_size=batch_size):
+  for _ in range(ADAPTIVE_STEPS):
+    if so.is_anchor_step(
+      state, period, error_budget=budget, batch_size=batch_size
+    ):
       kinds.append('anchor')
       updates, state = tx.update(grad(params, X, Y), state, params)
     else:
       kinds.append('recursive')
       grads, prev_grads, *variance = paired(
-          params, so.prev_params(state), *next(batches))
+        params, so.prev_params(state), *next(batches)
+      )
       updates, state = tx.update(
-          grads, state, params, prev_grads=prev_grads,
-          grad_diff_variance=variance[0] if split else None)
+        grads,
+        state,
+        params,
+        prev_grads=prev_grads,
+        grad_diff_variance=variance[0] if split else None,
+      )
     params = optax.apply_updates(params, updates)
   return params, kinds
 
@@ -695,8 +769,9 @@ LINEN_SPLIT_STEPS = sof.linen_steps(linen_loss, split_batch=True)
 def test_spider_loop_adaptive_anchoring(api, period, rule):
   tx = so.spider(**HP, diagnostics=True)
   budget = BUDGETS[rule]
-  want_params, want = functional_adaptive(initial_params(), tx, budget, period,
-                                          rule)
+  want_params, want = functional_adaptive(
+    initial_params(), tx, budget, period, rule
+  )
   kinds = []
   split = rule == 'split'
   if api == 'nnx':
@@ -706,9 +781,15 @@ def test_spider_loop_adaptive_anchoring(api, period, rule):
     steps = recording(LINEN_SPLIT_STEPS if split else LINEN_STEPS, kinds)
     carry = new_linen(initial_params(), tx)
   carry, losses = so.spider_loop(
-      *steps, carry, full_data(), minibatches(), anchor_period=period,
-      num_steps=ADAPTIVE_STEPS, error_budget=budget,
-      batch_size=None if split else MINIBATCH)
+    *steps,
+    carry,
+    full_data(),
+    minibatches(),
+    anchor_period=period,
+    num_steps=ADAPTIVE_STEPS,
+    error_budget=budget,
+    batch_size=None if split else MINIBATCH,
+  )
   assert kinds == want
   # The budget binds: anchors come at uneven intervals, more than the first.
   gaps = np.diff([k for k, kind in enumerate(kinds) if kind == 'anchor'])
@@ -722,13 +803,26 @@ def test_spider_loop_adaptive_anchoring(api, period, rule):
 def test_spider_loop_adaptive_needs_split_batches_or_batch_size():
   tx = so.spider(**HP, diagnostics=True)
   with pytest.raises(ValueError, match='brought none: pass grad_diff_variance'):
-    so.spider_loop(*LINEN_STEPS, new_linen(initial_params(), tx),
-                    full_data(), minibatches(), anchor_period=5, num_steps=3,
-                    error_budget=1.0)
+    so.spider_loop(
+      *LINEN_STEPS,
+      new_linen(initial_params(), tx),
+      full_data(),
+      minibatches(),
+      anchor_period=5,
+      num_steps=3,
+      error_budget=1.0,
+    )
   with pytest.raises(ValueError, match='diagnostics=True'):
-    so.spider_loop(*LINEN_STEPS, new_linen(initial_params(), TX),
-                    full_data(), minibatches(), anchor_period=5, num_steps=2,
-                    error_budget=1.0, batch_size=4)
+    so.spider_loop(
+      *LINEN_STEPS,
+      new_linen(initial_params(), TX),
+      full_data(),
+      minibatches(),
+      anchor_period=5,
+      num_steps=2,
+      error_budget=1.0,
+      batch_size=4,
+    )
 
 
 def test_nnx_split_batch_matches_the_functional_split(few):
@@ -737,9 +831,11 @@ def test_nnx_split_batch_matches_the_functional_split(few):
   (model, optimizer), _, (params, opt_state) = few
   x, y = next(minibatches(seed=9))
   want = so.paired_grad(loss_fn, split_batch=True)(
-      params, so.prev_params(opt_state), x, y)
-  grads, prev_grads, variance = sof.paired_grad(
-      nnx_loss, split_batch=True)(model, optimizer, x, y)
+    params, so.prev_params(opt_state), x, y
+  )
+  grads, prev_grads, variance = sof.paired_grad(nnx_loss, split_batch=True)(
+    model, optimizer, x, y
+  )
   assert isinstance(grads, nnx.State) and isinstance(prev_grads, nnx.State)
   for g, w in zip((grads, prev_grads), want[:2]):
     leaves_close(nnx.to_pure_dict(g), w, rtol=1e-5, atol=1e-7)

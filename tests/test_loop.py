@@ -40,8 +40,15 @@ def fresh():
 
 
 def run(anchor, recursive, carry, anchors, batches, **kwargs):
-  return so.spider_loop(anchor, recursive, carry, anchors, batches,
-                        opt_state_of=lambda c: c[1], **kwargs)
+  return so.spider_loop(
+    anchor,
+    recursive,
+    carry,
+    anchors,
+    batches,
+    opt_state_of=lambda c: c[1],
+    **kwargs,
+  )
 
 
 def numbered(tag):
@@ -51,20 +58,37 @@ def numbered(tag):
 def advanced(steps, q):
   """A carry after ``steps`` updates of the schedule with period ``q``."""
   anchor, recursive, _ = counting_steps()
-  carry, _ = run(anchor, recursive, fresh(), numbered('A'), numbered('m'),
-                 anchor_period=q, num_steps=steps)
+  carry, _ = run(
+    anchor,
+    recursive,
+    fresh(),
+    numbered('A'),
+    numbered('m'),
+    anchor_period=q,
+    num_steps=steps,
+  )
   return carry
 
 
-@pytest.mark.parametrize('q,start,stop', [(1, 0, 5), (5, 0, 23), (43, 0, 100),
-                                          (5, 7, 23), (4, 8, 13), (3, 0, 0),
-                                          (3, 5, 5)])
+@pytest.mark.parametrize(
+  'q,start,stop',
+  [
+    (1, 0, 5),
+    (5, 0, 23),
+    (43, 0, 100),
+    (5, 7, 23),
+    (4, 8, 13),
+    (3, 0, 0),
+    (3, 5, 5),
+  ],
+)
 def test_anchors_exactly_every_q_steps(q, start, stop):
   carry = advanced(start, q)
   anchor, recursive, calls = counting_steps()
   anchors, batches = numbered('A'), numbered('m')
-  carry, losses = run(anchor, recursive, carry, anchors, batches,
-                      anchor_period=q, num_steps=stop)
+  carry, losses = run(
+    anchor, recursive, carry, anchors, batches, anchor_period=q, num_steps=stop
+  )
   steps = range(start, stop)
   assert carry[0] == stop and len(losses) == len(steps)
   assert int(carry[1][0].count) == stop
@@ -75,9 +99,11 @@ def test_anchors_exactly_every_q_steps(q, start, stop):
   # Each kind takes its own batches, in order, and no more than it uses.
   n_anchor = want_kinds.count('anchor')
   assert [c[2] for c in calls if c[0] == 'anchor'] == [
-      ('A', i) for i in range(n_anchor)]
+    ('A', i) for i in range(n_anchor)
+  ]
   assert [c[2] for c in calls if c[0] == 'recursive'] == [
-      ('m', i) for i in range(len(steps) - n_anchor)]
+    ('m', i) for i in range(len(steps) - n_anchor)
+  ]
   assert next(anchors) == ('A', n_anchor)
   assert next(batches) == ('m', len(steps) - n_anchor)
 
@@ -86,15 +112,36 @@ def test_resumed_run_equals_one_run():
   """A run split anywhere continues the schedule from the state's counters."""
   q, stop = 6, 40
   anchor, recursive, whole = counting_steps()
-  run(anchor, recursive, fresh(), numbered('A'), numbered('m'),
-      anchor_period=q, num_steps=stop)
+  run(
+    anchor,
+    recursive,
+    fresh(),
+    numbered('A'),
+    numbered('m'),
+    anchor_period=q,
+    num_steps=stop,
+  )
   for split in (1, 6, 7, 13, 39):
     anchor, recursive, parts = counting_steps()
     anchors, batches = numbered('A'), numbered('m')
-    carry, first = run(anchor, recursive, fresh(), anchors, batches,
-                       anchor_period=q, num_steps=split)
-    carry, second = run(anchor, recursive, carry, anchors, batches,
-                        anchor_period=q, num_steps=stop)
+    carry, first = run(
+      anchor,
+      recursive,
+      fresh(),
+      anchors,
+      batches,
+      anchor_period=q,
+      num_steps=split,
+    )
+    carry, second = run(
+      anchor,
+      recursive,
+      carry,
+      anchors,
+      batches,
+      anchor_period=q,
+      num_steps=stop,
+    )
     assert parts == whole, split
     assert len(first) + len(second) == stop
 
@@ -104,35 +151,68 @@ def test_start_step_that_disagrees_with_the_state_is_an_error():
   carry = advanced(7, 5)
   anchor, recursive, calls = counting_steps()
   with pytest.warns(DeprecationWarning, match='start_step'):
-    with pytest.raises(ValueError, match='start_step=5 but the optimizer state '
-                       'has taken 7 updates'):
-      run(anchor, recursive, carry, numbered('A'), numbered('m'),
-          anchor_period=5, num_steps=10, start_step=5)
+    with pytest.raises(
+      ValueError,
+      match='start_step=5 but the optimizer state has taken 7 updates',
+    ):
+      run(
+        anchor,
+        recursive,
+        carry,
+        numbered('A'),
+        numbered('m'),
+        anchor_period=5,
+        num_steps=10,
+        start_step=5,
+      )
   assert not calls
   with pytest.warns(DeprecationWarning, match='start_step'):
-    run(anchor, recursive, carry, numbered('A'), numbered('m'),
-        anchor_period=5, num_steps=11, start_step=7)
+    run(
+      anchor,
+      recursive,
+      carry,
+      numbered('A'),
+      numbered('m'),
+      anchor_period=5,
+      num_steps=11,
+      start_step=7,
+    )
   assert [c[0] for c in calls] == ['recursive'] * 3 + ['anchor']
 
 
 def test_unpacks_batch_tuples():
   anchor, recursive, calls = counting_steps()
-  run(anchor, recursive, fresh(), [('x', 'y')], [(1, 2, 3)] * 2,
-      anchor_period=3, num_steps=3)
+  run(
+    anchor,
+    recursive,
+    fresh(),
+    [('x', 'y')],
+    [(1, 2, 3)] * 2,
+    anchor_period=3,
+    num_steps=3,
+  )
   assert [c[2] for c in calls] == [('x', 'y'), (1, 2, 3), (1, 2, 3)]
 
 
 def test_runs_out_of_batches():
   anchor, recursive, _ = counting_steps()
   with pytest.raises(ValueError, match='minibatches ran out at step 3 of 5'):
-    run(anchor, recursive, fresh(), [()], [()] * 2, anchor_period=5,
-        num_steps=5)
+    run(
+      anchor, recursive, fresh(), [()], [()] * 2, anchor_period=5, num_steps=5
+    )
 
 
 def test_accepts_a_numpy_integer_anchor_period():
   anchor, recursive, calls = counting_steps()
-  run(anchor, recursive, fresh(), numbered('A'), numbered('m'),
-      anchor_period=np.int64(3), num_steps=6)
+  run(
+    anchor,
+    recursive,
+    fresh(),
+    numbered('A'),
+    numbered('m'),
+    anchor_period=np.int64(3),
+    num_steps=6,
+  )
   assert [c[0] for c in calls] == ['anchor', 'recursive', 'recursive'] * 2
 
 
@@ -140,8 +220,15 @@ def test_accepts_a_numpy_integer_anchor_period():
 def test_rejects_a_bad_anchor_period(q):
   anchor, recursive, calls = counting_steps()
   with pytest.raises(ValueError, match='anchor_period'):
-    run(anchor, recursive, fresh(), numbered('A'), numbered('m'),
-        anchor_period=q, num_steps=10)
+    run(
+      anchor,
+      recursive,
+      fresh(),
+      numbered('A'),
+      numbered('m'),
+      anchor_period=q,
+      num_steps=10,
+    )
   with pytest.raises(ValueError, match='anchor_period'):
     so.is_anchor_step(fresh()[1], q)
   assert not calls
@@ -150,14 +237,17 @@ def test_rejects_a_bad_anchor_period(q):
 def test_finds_the_state_in_a_train_state_like_carry():
   class Carry:
     opt_state = TX.init(X)
+
   assert so.is_anchor_step(Carry.opt_state, 3)
   with pytest.raises(ValueError, match='opt_state_of='):
-    so.spider_loop(*counting_steps()[:2], 0, [()], [()], anchor_period=2,
-                   num_steps=1)
+    so.spider_loop(
+      *counting_steps()[:2], 0, [()], [()], anchor_period=2, num_steps=1
+    )
   with warnings.catch_warnings():
     warnings.simplefilter('error')  # no deprecation on the plain call
-    so.spider_loop(lambda c: (c, 0.0), None, Carry(), [()], [],
-                   anchor_period=2, num_steps=1)
+    so.spider_loop(
+      lambda c: (c, 0.0), None, Carry(), [()], [], anchor_period=2, num_steps=1
+    )
 
 
 @pytest.mark.parametrize('q', [1, 2, 5])

@@ -35,10 +35,14 @@ UNSUPPORTED = 77  # multiprocess_worker.UNSUPPORTED: no gloo in this JAX.
 def _env() -> dict[str, str]:
   env = dict(os.environ)
   env['JAX_PLATFORMS'] = 'cpu'
-  env['XLA_FLAGS'] = ' '.join(filter(None, [
-      env.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=2']))
+  env['XLA_FLAGS'] = ' '.join(
+    filter(
+      None, [env.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=2']
+    )
+  )
   env['PYTHONPATH'] = os.pathsep.join(
-      [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+    [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else [])
+  )
   return env
 
 
@@ -61,17 +65,36 @@ def _run_pair(out: pathlib.Path) -> None:
       log = out / f'process{i}.log'
       logs.append(log)
       with open(log, 'w') as f:
-        procs.append(subprocess.Popen(
-            [sys.executable, str(_WORKER), '--out', str(out),
-             '--coordinator', coordinator,
-             '--num-processes', str(NUM_PROCESSES), '--process-id', str(i)],
-            env=_env(), cwd=str(_ROOT), stdout=f, stderr=subprocess.STDOUT,
-            start_new_session=True))  # Its own process group, to kill.
+        procs.append(
+          subprocess.Popen(
+            [
+              sys.executable,
+              str(_WORKER),
+              '--out',
+              str(out),
+              '--coordinator',
+              coordinator,
+              '--num-processes',
+              str(NUM_PROCESSES),
+              '--process-id',
+              str(i),
+            ],
+            env=_env(),
+            cwd=str(_ROOT),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+          )
+        )  # Its own process group, to kill.
     deadline = time.monotonic() + TIMEOUT_S
     while any(p.poll() is None for p in procs):
       if time.monotonic() > deadline:
-        pytest.fail(f'the processes ran past {TIMEOUT_S} s:\n' + '\n'.join(
-            f'--- process {i} ---\n{_log(log)}' for i, log in enumerate(logs)))
+        pytest.fail(
+          f'the processes ran past {TIMEOUT_S} s:\n'
+          + '\n'.join(
+            f'--- process {i} ---\n{_log(log)}' for i, log in enumerate(logs)
+          )
+        )
       if any(p.returncode not in (None, 0) for p in procs):
         break  # One failed: the other would wait for it until its timeout.
       time.sleep(0.1)
@@ -84,7 +107,8 @@ def _run_pair(out: pathlib.Path) -> None:
   if all(c == UNSUPPORTED for c in codes):
     pytest.skip(f'this JAX has no gloo CPU collectives:\n{_log(logs[0])}')
   assert codes == [0] * NUM_PROCESSES, f'exit codes {codes}:\n' + '\n'.join(
-      f'--- process {i} ---\n{_log(log)}' for i, log in enumerate(logs))
+    f'--- process {i} ---\n{_log(log)}' for i, log in enumerate(logs)
+  )
 
 
 @pytest.fixture(scope='module')
@@ -93,8 +117,13 @@ def results(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
   # The one-process reference first: it runs alone, so that the pair's
   # deadline does not share two CPU cores with a third process.
   proc = subprocess.run(
-      [sys.executable, str(_WORKER), '--out', str(out)], env=_env(),
-      cwd=str(_ROOT), capture_output=True, text=True, timeout=TIMEOUT_S)
+    [sys.executable, str(_WORKER), '--out', str(out)],
+    env=_env(),
+    cwd=str(_ROOT),
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+  )
   assert proc.returncode == 0, proc.stderr[-10000:]
   _run_pair(out)
   loaded = {}
@@ -114,7 +143,8 @@ def test_processes_formed_one_runtime(results):
 def test_processes_agree(results, layout):
   """Every process computes, and reads back, the same global params."""
   np.testing.assert_array_equal(
-      results['process1'][layout], results['process0'][layout])
+    results['process1'][layout], results['process0'][layout]
+  )
 
 
 @pytest.mark.parametrize('layout', ('dp', 'fsdp'))

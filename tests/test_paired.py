@@ -17,17 +17,24 @@ def mlp_loss(params, batch, *, scale=1.0):
 
 def setup(seed=0):
   k = jax.random.split(jax.random.key(seed), 6)
-  params = {'w1': jax.random.normal(k[0], (4, 8)), 'b1': jnp.zeros(8),
-            'w2': jax.random.normal(k[1], (8, 2))}
-  prev = jax.tree.map(lambda p, r: p + 0.3 * jax.random.normal(r, p.shape),
-                      params, {'w1': k[2], 'b1': k[3], 'w2': k[4]})
+  params = {
+    'w1': jax.random.normal(k[0], (4, 8)),
+    'b1': jnp.zeros(8),
+    'w2': jax.random.normal(k[1], (8, 2)),
+  }
+  prev = jax.tree.map(
+    lambda p, r: p + 0.3 * jax.random.normal(r, p.shape),
+    params,
+    {'w1': k[2], 'b1': k[3], 'w2': k[4]},
+  )
   batch = {'x': jax.random.normal(k[5], (16, 4)), 'y': jnp.ones((16, 2))}
   return params, prev, batch
 
 
 def close(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5,
-                                                       atol=1e-6), a, b)
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b
+  )
 
 
 @pytest.mark.parametrize('vectorized', [True, False])
@@ -46,8 +53,9 @@ def test_paired_grad_equals_two_grad_calls(vectorized, jit):
 @pytest.mark.parametrize('vectorized', [True, False])
 def test_paired_value_and_grad_with_aux_and_kwargs(vectorized):
   params, prev, batch = setup()
-  paired = so.paired_value_and_grad(mlp_loss, has_aux=True,
-                                    vectorized=vectorized)
+  paired = so.paired_value_and_grad(
+    mlp_loss, has_aux=True, vectorized=vectorized
+  )
   got, prev_got = jax.jit(paired)(params, prev, batch, scale=3.0)
   want = jax.value_and_grad(mlp_loss, has_aux=True)(params, batch, scale=3.0)
   prev_want = jax.value_and_grad(mlp_loss, has_aux=True)(prev, batch, scale=3.0)
@@ -57,8 +65,9 @@ def test_paired_value_and_grad_with_aux_and_kwargs(vectorized):
 
 def test_paired_grad_with_aux():
   params, prev, batch = setup()
-  (grads, aux), (prev_grads, prev_aux) = so.paired_grad(
-      mlp_loss, has_aux=True)(params, prev, batch)
+  (grads, aux), (prev_grads, prev_aux) = so.paired_grad(mlp_loss, has_aux=True)(
+    params, prev, batch
+  )
   want, want_aux = jax.grad(mlp_loss, has_aux=True)(params, batch)
   close((grads, aux), (want, want_aux))
   close((prev_grads, prev_aux), jax.grad(mlp_loss, has_aux=True)(prev, batch))
@@ -66,25 +75,32 @@ def test_paired_grad_with_aux():
 
 def test_same_randomness_at_both_points():
   """A dropout key passed as an argument is shared: same mask at both points."""
+
   def dropout_loss(params, x, key):
     keep = jax.random.bernoulli(key, 0.5, x.shape)
     return jnp.sum(jnp.where(keep, x, 0.0) * params['w'])
+
   params, prev = {'w': jnp.ones(32)}, {'w': 2 * jnp.ones(32)}
   x, key = jnp.ones(32), jax.random.key(3)
   grads, prev_grads = so.paired_grad(dropout_loss)(params, prev, x, key)
   np.testing.assert_array_equal(grads['w'], prev_grads['w'])  # linear loss
-  np.testing.assert_array_equal(grads['w'], jax.grad(dropout_loss)(params, x, key)['w'])
+  np.testing.assert_array_equal(
+    grads['w'], jax.grad(dropout_loss)(params, x, key)['w']
+  )
 
 
 def test_mismatched_prev_params_names_the_leaf():
   params, prev, batch = setup()
   prev['w1'] = prev['w1'][:3]
   loss = lambda p, b: mlp_loss(p, b)[0]
-  with pytest.raises(ValueError, match=r"prev_params\['w1'\] has shape \(3, 8\)"):
+  with pytest.raises(
+    ValueError, match=r"prev_params\['w1'\] has shape \(3, 8\)"
+  ):
     so.paired_grad(loss)(params, prev, batch)
 
 
 # --- split_batch: the two halves and the variance estimate -----------------
+
 
 def lsq_loss(params, x, y):
   """Mean over samples of (x_i . w + c - y_i)^2; gradients written in NumPy."""
@@ -92,7 +108,7 @@ def lsq_loss(params, x, y):
 
 
 def lsq_per_sample_grads_np(params, x, y):
-  """Per-sample gradients in float64: r_i = x_i.w + c - y_i, grad = 2 r_i (x_i, 1)."""
+  """Per-sample float64 gradients: r_i = x_i.w + c - y_i, 2 r_i (x_i, 1)."""
   w, c = np.float64(params['w']), np.float64(params['c'])
   x, y = np.float64(x), np.float64(y)
   r = x @ w + c - y
@@ -112,18 +128,28 @@ def lsq_setup(b, seed=0):
 @pytest.mark.parametrize('jit', [True, False], ids=['jit', 'nojit'])
 def test_split_batch_matches_float64_reference(b, vectorized, jit):
   params, prev, x, y = lsq_setup(b)
-  paired = so.paired_value_and_grad(lsq_loss, vectorized=vectorized,
-                                    split_batch=True)
+  paired = so.paired_value_and_grad(
+    lsq_loss, vectorized=vectorized, split_batch=True
+  )
   paired = jax.jit(paired) if jit else paired
-  (value, grads), (prev_value, prev_grads), variance = paired(params, prev, x, y)
+  (value, grads), (prev_value, prev_grads), variance = paired(
+    params, prev, x, y
+  )
 
-  g, pg = lsq_per_sample_grads_np(params, x, y), lsq_per_sample_grads_np(prev, x, y)
+  g, pg = (
+    lsq_per_sample_grads_np(params, x, y),
+    lsq_per_sample_grads_np(prev, x, y),
+  )
   flat = lambda t: np.concatenate([np.ravel(t['w']), np.ravel(t['c'])])
   np.testing.assert_allclose(flat(grads), g.mean(0), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(flat(prev_grads), pg.mean(0), rtol=1e-5, atol=1e-5)
-  residual = lambda p: np.float64(x) @ np.float64(p['w']) + np.float64(p['c']) - np.float64(y)
+  residual = lambda p: (
+    np.float64(x) @ np.float64(p['w']) + np.float64(p['c']) - np.float64(y)
+  )
   np.testing.assert_allclose(value, np.mean(residual(params) ** 2), rtol=1e-5)
-  np.testing.assert_allclose(prev_value, np.mean(residual(prev) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(
+    prev_value, np.mean(residual(prev) ** 2), rtol=1e-5
+  )
   m = b // 2
   d = g - pg
   want = m * (b - m) / b**2 * np.sum((d[:m].mean(0) - d[m:].mean(0)) ** 2)
@@ -140,15 +166,22 @@ def test_split_batch_variance_is_unbiased():
   is Var(d_bar) = sigma^2 / b, sigma^2 the population variance of d_i."""
   n, b, draws = 40, 6, 20000
   params, prev, x, y = lsq_setup(n, seed=3)
-  d = lsq_per_sample_grads_np(params, x, y) - lsq_per_sample_grads_np(prev, x, y)
+  d = lsq_per_sample_grads_np(params, x, y) - lsq_per_sample_grads_np(
+    prev, x, y
+  )
   sigma2 = np.mean(np.sum((d - d.mean(0)) ** 2, axis=1))
   idx = jax.random.randint(jax.random.key(0), (draws, b), 0, n)
   split = so.paired_grad(lsq_loss, split_batch=True)
-  estimates = np.asarray(jax.jit(jax.vmap(
-      lambda i: split(params, prev, x[i], y[i])[2]))(idx), np.float64)
+  estimates = np.asarray(
+    jax.jit(jax.vmap(lambda i: split(params, prev, x[i], y[i])[2]))(idx),
+    np.float64,
+  )
   standard_error = estimates.std() / np.sqrt(draws)
   assert abs(estimates.mean() - sigma2 / b) < 4 * standard_error, (
-      estimates.mean(), sigma2 / b, standard_error)
+    estimates.mean(),
+    sigma2 / b,
+    standard_error,
+  )
 
 
 def test_split_batch_errors():
@@ -183,22 +216,24 @@ def test_split_batch_halves_draw_their_own_dropout(vectorized, jit):
   params, prev = {'w': jnp.arange(1.0, 7.0)}, {'w': jnp.ones(6)}
   x = jnp.tile(jnp.linspace(-1.0, 1.0, 6), (b, 1))  # every sample the same
   key = jax.random.key(0)
-  paired = so.paired_grad(dropout_loss, vectorized=vectorized,
-                          split_batch=True)
+  paired = so.paired_grad(dropout_loss, vectorized=vectorized, split_batch=True)
   paired = jax.jit(paired) if jit else paired
   grads, prev_grads, variance = paired(params, prev, x, key=key)
 
-  grad = lambda p, half, i: np.float64(jax.grad(dropout_loss)(
-      p, half, key=jax.random.fold_in(key, i))['w'])
+  grad = lambda p, half, i: np.float64(
+    jax.grad(dropout_loss)(p, half, key=jax.random.fold_in(key, i))['w']
+  )
   g_a, g_b = grad(params, x[:m], 0), grad(params, x[m:], 1)
   pg_a, pg_b = grad(prev, x[:m], 0), grad(prev, x[m:], 1)
   want = m * (b - m) / b**2 * np.sum(((g_a - pg_a) - (g_b - pg_b)) ** 2)
   assert want > 1.0, 'the masks of the halves must differ for this test'
   np.testing.assert_allclose(variance, want, rtol=1e-5)  # one shared key: 0
-  np.testing.assert_allclose(grads['w'], (m * g_a + (b - m) * g_b) / b,
-                             rtol=1e-5)
-  np.testing.assert_allclose(prev_grads['w'], (m * pg_a + (b - m) * pg_b) / b,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    grads['w'], (m * g_a + (b - m) * g_b) / b, rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    prev_grads['w'], (m * pg_a + (b - m) * pg_b) / b, rtol=1e-5
+  )
 
 
 def test_split_batch_refuses_a_legacy_key():
@@ -206,5 +241,9 @@ def test_split_batch_refuses_a_legacy_key():
   typed key."""
   paired = so.paired_grad(dropout_loss, split_batch=True)
   with pytest.raises(TypeError, match='pass a typed key'):
-    paired({'w': jnp.ones(6)}, {'w': jnp.zeros(6)}, jnp.ones((4, 6)),
-           key=jax.random.PRNGKey(0))
+    paired(
+      {'w': jnp.ones(6)},
+      {'w': jnp.zeros(6)},
+      jnp.ones((4, 6)),
+      key=jax.random.PRNGKey(0),
+    )

@@ -26,8 +26,8 @@ import loops  # noqa: E402  (the tests' SPIDER loop, tests/loops.py)
 import reference  # noqa: E402  (float64 NumPy reference, tests/reference.py)
 
 # Unit roundoff u = eps / 2: |fl(a op b) - (a op b)| <= u |a op b|.
-U32 = float(jnp.finfo(jnp.float32).eps) / 2       # 2^-24
-U16 = float(jnp.finfo(jnp.bfloat16).eps) / 2      # 2^-8
+U32 = float(jnp.finfo(jnp.float32).eps) / 2  # 2^-24
+U16 = float(jnp.finfo(jnp.bfloat16).eps) / 2  # 2^-8
 UNIT_ROUNDOFF = {jnp.dtype(jnp.float32): U32, jnp.dtype(jnp.bfloat16): U16}
 
 
@@ -37,8 +37,12 @@ UNIT_ROUNDOFF = {jnp.dtype(jnp.float32): U32, jnp.dtype(jnp.bfloat16): U16}
 
 # Leaf i sits at one of these paths (leaf names are unique and never collide
 # with the sub-dict names, so any combination is a valid nested dict).
-_PATHS = (lambda i: (f'w{i}',), lambda i: ('layer', f'w{i}'),
-          lambda i: ('layer', 'inner', f'w{i}'), lambda i: ('head', f'w{i}'))
+_PATHS = (
+  lambda i: (f'w{i}',),
+  lambda i: ('layer', f'w{i}'),
+  lambda i: ('layer', 'inner', f'w{i}'),
+  lambda i: ('head', f'w{i}'),
+)
 
 
 @st.composite
@@ -46,8 +50,10 @@ def tree_specs(draw, dtypes=(jnp.float32, jnp.bfloat16)):
   """(paths, shapes, dtype) of a random nested-dict pytree."""
   n_leaves = draw(st.integers(1, 4))
   paths = [draw(st.sampled_from(_PATHS))(i) for i in range(n_leaves)]
-  shapes = [tuple(draw(st.lists(st.integers(1, 4), min_size=0, max_size=3)))
-            for _ in range(n_leaves)]
+  shapes = [
+    tuple(draw(st.lists(st.integers(1, 4), min_size=0, max_size=3)))
+    for _ in range(n_leaves)
+  ]
   dtype = jnp.dtype(draw(st.sampled_from(dtypes)))
   return paths, shapes, dtype
 
@@ -131,25 +137,54 @@ def spider_runs(draw):
   # under the bfloat16 rounding of large params.
   param_scale = lr * grad_scale * draw(log_uniform(0.1, 10.0))
   seed = draw(st.integers(0, 2**32 - 1))
-  return (spec, estimator_dtype, steps, c0, c1, lr, schedule, grad_scale,
-          param_scale, seed)
+  return (
+    spec,
+    estimator_dtype,
+    steps,
+    c0,
+    c1,
+    lr,
+    schedule,
+    grad_scale,
+    param_scale,
+    seed,
+  )
 
 
 @settings(max_examples=25, deadline=None)
 @given(spider_runs())
 def test_spider_trajectory_and_state_match_float64_reference(run):
-  (spec, estimator_dtype, steps, c0, c1, lr, schedule, grad_scale, param_scale,
-   seed) = run
+  (
+    spec,
+    estimator_dtype,
+    steps,
+    c0,
+    c1,
+    lr,
+    schedule,
+    grad_scale,
+    param_scale,
+    seed,
+  ) = run
   rng = np.random.default_rng(seed)
   learning_rate = (lambda k: lr / (1.0 + 0.5 * k)) if schedule else lr
   tx = so.spider(learning_rate, c0, c1, estimator_dtype=estimator_dtype)
 
   params = random_tree(spec, rng, param_scale)
-  grad_pairs = [(random_tree(spec, rng, grad_scale),  # prev_grads: unused
-                 random_tree(spec, rng, grad_scale))  # by anchors
-                for _ in steps]
-  out = loops.run_spider(tx, params, grad_pairs, schedule=steps,
-                         trace=lambda params, state, updates: (params, state))
+  grad_pairs = [
+    (
+      random_tree(spec, rng, grad_scale),  # prev_grads: unused
+      random_tree(spec, rng, grad_scale),
+    )  # by anchors
+    for _ in steps
+  ]
+  out = loops.run_spider(
+    tx,
+    params,
+    grad_pairs,
+    schedule=steps,
+    trace=lambda params, state, updates: (params, state),
+  )
   state = tx.init(params)
   ref = reference.Spider(to_flat64(params), learning_rate, c0, c1)
   estimate_dtype = jnp.dtype(estimator_dtype or spec[2])
@@ -170,11 +205,12 @@ def test_spider_trajectory_and_state_match_float64_reference(run):
   # Relative error of the package's clip factor: the float32 norm (squared in
   # the c1 term) and the divisions.
   factor_rel = 2 * norm_rel_error(n) + 3 * U32
-  est_err = 0.0    # bound on ||v_pkg - v_ref||_2
+  est_err = 0.0  # bound on ||v_pkg - v_ref||_2
   param_err = 0.0  # bound on ||x_pkg - x_ref||_2
   since_anchor = 0
   for k, (anchor, (grads, prev_grads), (new_params, state)) in enumerate(
-      zip(steps, grad_pairs, out.trace)):
+    zip(steps, grad_pairs, out.trace)
+  ):
     g64, pg64 = to_flat64(grads), to_flat64(prev_grads)
     old_params, params = params, new_params
     x_ref = ref.step(g64) if anchor else ref.step(g64, pg64)
@@ -191,10 +227,12 @@ def test_spider_trajectory_and_state_match_float64_reference(run):
     if since_anchor == 0:  # v = grads in the estimator dtype, bit for bit
       # (NumPy's ml_dtypes cast rounds to nearest even, as XLA does.)
       assert jax.tree.map(bits, est.estimate) == jax.tree.map(
-          lambda g: bits(np.asarray(g).astype(estimate_dtype)), grads)
+        lambda g: bits(np.asarray(g).astype(estimate_dtype)), grads
+      )
     # x_{k-1} of the next step: exactly the params given to this update.
     assert jax.tree.map(bits, so.prev_params(state)) == jax.tree.map(
-        bits, old_params)
+      bits, old_params
+    )
     assert all(leaf.dtype == spec[2] for leaf in jax.tree.leaves(params))
 
     # Trajectory.
@@ -203,8 +241,9 @@ def test_spider_trajectory_and_state_match_float64_reference(run):
       est_err = u_cast * reference.global_norm(g64)
     else:  # casts of g and g', then v + (g - g'): two roundings
       diff = {key: g64[key] - pg64[key] for key in g64}
-      est_err += (u_cast * (reference.global_norm(g64) + reference.global_norm(pg64))
-                  + u_est * (reference.global_norm(diff) + v_norm))
+      est_err += u_cast * (
+        reference.global_norm(g64) + reference.global_norm(pg64)
+      ) + u_est * (reference.global_norm(diff) + v_norm)
     lr_k = learning_rate(k) if schedule else lr
     step_len = lr_k * reference.clip_factor(v_norm, c0, c1) * v_norm
     # The Jacobian of u -> phi(||u||) u, phi = min(1, c0/r, c1/r^2), has norm
@@ -216,11 +255,15 @@ def test_spider_trajectory_and_state_match_float64_reference(run):
     # the float32 learning rate add relative errors; storing x_{k+1} rounds in
     # float32 (p + u) and then in the params' dtype.
     lipschitz = reference.clip_factor(max(v_norm - est_err, 0.0), c0, c1)
-    param_err += (lr_k * lipschitz * est_err
-                  + step_len * (factor_rel + 2 * u_est + 2 * U32)
-                  + (U32 + u_param) * reference.global_norm(x_ref))
+    param_err += (
+      lr_k * lipschitz * est_err
+      + step_len * (factor_rel + 2 * u_est + 2 * U32)
+      + (U32 + u_param) * reference.global_norm(x_ref)
+    )
     x_pkg = to_flat64(params)
-    error = reference.global_norm({key: x_pkg[key] - x_ref[key] for key in x_ref})
+    error = reference.global_norm(
+      {key: x_pkg[key] - x_ref[key] for key in x_ref}
+    )
     # Factor 2: slack for the second-order terms the bound leaves out.
     assert error <= 2 * param_err + 1e-30, (k, error, param_err)
 
@@ -231,10 +274,17 @@ def test_spider_trajectory_and_state_match_float64_reference(run):
 
 
 @settings(max_examples=25, deadline=None)
-@given(tree_specs(), optional_threshold, optional_threshold,
-       log_uniform(1e-3, 1e3), log_uniform(1e-3, 1.0), st.integers(0, 2**32 - 1))
-def test_relaxed_clip_and_step_length_match_float64_factor(spec, c0, c1, scale,
-                                                           lr, seed):
+@given(
+  tree_specs(),
+  optional_threshold,
+  optional_threshold,
+  log_uniform(1e-3, 1e3),
+  log_uniform(1e-3, 1.0),
+  st.integers(0, 2**32 - 1),
+)
+def test_relaxed_clip_and_step_length_match_float64_factor(
+  spec, c0, c1, scale, lr, seed
+):
   rng = np.random.default_rng(seed)
   updates = random_tree(spec, rng, scale)
   params = random_tree(spec, rng)
@@ -245,8 +295,11 @@ def test_relaxed_clip_and_step_length_match_float64_factor(spec, c0, c1, scale,
   def run(updates, params):
     clipped = clip.update(updates, clip.init(updates))[0]
     step = tx.update(updates, tx.init(params), params)[0]  # anchor: v = updates
-    by_optax = (optax.clip_by_global_norm(c0).update(updates, ())[0]
-                if c0 is not None else updates)
+    by_optax = (
+      optax.clip_by_global_norm(c0).update(updates, ())[0]
+      if c0 is not None
+      else updates
+    )
     return clipped, step, by_optax
 
   clipped, step, by_optax = run(updates, params)
@@ -264,8 +317,8 @@ def test_relaxed_clip_and_step_length_match_float64_factor(spec, c0, c1, scale,
   for key, out in to_flat64(clipped).items():
     expected = factor * u64[key]
     np.testing.assert_array_less(
-        np.abs(out - expected), 1.01 * rel * np.abs(expected) + 1e-37,
-        err_msg=key)
+      np.abs(out - expected), 1.01 * rel * np.abs(expected) + 1e-37, err_msg=key
+    )
 
   # With c1 = None it is optax.clip_by_global_norm(c0), within the rounding
   # of both. optax computes in the input dtype: the norm ((n + 2) u), c0
@@ -275,8 +328,9 @@ def test_relaxed_clip_and_step_length_match_float64_factor(spec, c0, c1, scale,
     b64 = to_flat64(by_optax)
     for key, out in to_flat64(clipped).items():
       np.testing.assert_array_less(
-          np.abs(out - b64[key]),
-          1.01 * (rel + rel_optax) * np.abs(factor * u64[key]) + 1e-37)
+        np.abs(out - b64[key]),
+        1.01 * (rel + rel_optax) * np.abs(factor * u64[key]) + 1e-37,
+      )
 
   # Step length lr * min(||v||, c0, c1/||v||): below each of the three bounds
   # and equal to the smallest.
@@ -288,7 +342,7 @@ def test_relaxed_clip_and_step_length_match_float64_factor(spec, c0, c1, scale,
     bounds.append(lr * c1 / v)
   # Factor rounding plus two roundings of the update in its dtype (clip, then
   # the learning rate) and the float32 learning rate.
-  rel = (2 * norm_rel_error(size(spec)) + 4 * U32 + 2 * UNIT_ROUNDOFF[spec[2]])
+  rel = 2 * norm_rel_error(size(spec)) + 4 * U32 + 2 * UNIT_ROUNDOFF[spec[2]]
   assert length <= min(bounds) * (1 + rel)
   assert length >= min(bounds) * (1 - rel)
 
@@ -323,14 +377,18 @@ def test_zero_updates_stay_exactly_zero(spec, c0, c1):
 
 def loss_fn(params, batch, *, offset=0.0):
   """Sum over leaves and entries of  w tanh(p) + s/2 (p - offset)^2."""
-  return sum(jnp.sum(batch['w'] * jnp.tanh(p) + 0.5 * batch['s'] * (p - offset)**2)
-             for p in jax.tree.leaves(params))
+  return sum(
+    jnp.sum(batch['w'] * jnp.tanh(p) + 0.5 * batch['s'] * (p - offset) ** 2)
+    for p in jax.tree.leaves(params)
+  )
 
 
 def loss_grad_np(flat_params, w, s, offset):
-  """Hand-written float64 gradient of loss_fn: w (1 - tanh^2 p) + s (p - offset)."""
-  return {k: w * (1.0 - np.tanh(p)**2) + s * (p - offset)
-          for k, p in flat_params.items()}
+  """Float64 gradient of loss_fn by hand: w (1 - tanh^2 p) + s (p - offset)."""
+  return {
+    k: w * (1.0 - np.tanh(p) ** 2) + s * (p - offset)
+    for k, p in flat_params.items()
+  }
 
 
 @settings(max_examples=20, deadline=None)
@@ -338,19 +396,28 @@ def loss_grad_np(flat_params, w, s, offset):
 def test_paired_grad_equals_two_grads(spec, vectorized, has_aux, seed):
   rng = np.random.default_rng(seed)
   params, prev_params = random_tree(spec, rng), random_tree(spec, rng)
-  batch = {'w': jnp.asarray(rng.normal(), spec[2]),
-           's': jnp.asarray(rng.uniform(0.5, 2.0), spec[2])}
+  batch = {
+    'w': jnp.asarray(rng.normal(), spec[2]),
+    's': jnp.asarray(rng.uniform(0.5, 2.0), spec[2]),
+  }
   offset = jnp.asarray(rng.normal(), spec[2])  # a keyword argument, shared
-  fn = ((lambda p, b, offset: (loss_fn(p, b, offset=offset), {'p': p, 'b': b}))
-        if has_aux else loss_fn)
+  fn = (
+    (lambda p, b, offset: (loss_fn(p, b, offset=offset), {'p': p, 'b': b}))
+    if has_aux
+    else loss_fn
+  )
   single = jax.grad(fn, has_aux=has_aux)
 
   @jax.jit
   def run(params, prev_params, batch, offset):
     paired = so.paired_grad(fn, has_aux=has_aux, vectorized=vectorized)
-    return (paired(params, prev_params, batch, offset=offset),
-            (single(params, batch, offset=offset),
-             single(prev_params, batch, offset=offset)))
+    return (
+      paired(params, prev_params, batch, offset=offset),
+      (
+        single(params, batch, offset=offset),
+        single(prev_params, batch, offset=offset),
+      ),
+    )
 
   (first, second), expected = run(params, prev_params, batch, offset)
   if has_aux:  # aux comes back as from jax.grad, for each point
@@ -375,11 +442,13 @@ def test_paired_grad_equals_two_grads(spec, vectorized, has_aux, seed):
       # Two separate jax.grad calls: the same ops, up to a few units in the
       # last place if XLA fuses the batched and the single computation
       # differently.
-      np.testing.assert_array_less(np.abs(g - ref_g), 4 * u * magnitude + 1e-30,
-                                   err_msg=key)
+      np.testing.assert_array_less(
+        np.abs(g - ref_g), 4 * u * magnitude + 1e-30, err_msg=key
+      )
       # And the hand-written float64 gradient, at the dtype's accuracy (tanh,
       # its square, two products and two sums: a handful of roundings).
-      np.testing.assert_array_less(np.abs(g - want64[key]),
-                                   16 * u * magnitude + 1e-30, err_msg=key)
+      np.testing.assert_array_less(
+        np.abs(g - want64[key]), 16 * u * magnitude + 1e-30, err_msg=key
+      )
     for g, ref_g in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       assert g.dtype == ref_g.dtype == spec[2] and g.shape == ref_g.shape

@@ -29,12 +29,20 @@ def test_readme_set_up_commands_match_ci():
 def test_flax_diff_is_the_real_change_and_small():
   """The README's diff is the difference of its two Flax loops, and small."""
   import difflib
+
   text = README.read_text()
-  section = text[text.index('## From your Flax loop to SPIDER'):]
+  section = text[text.index('## From your Flax loop to SPIDER') :]
   before, after = re.findall(r'```python\n(.*?)```', section, re.DOTALL)[:2]
   shown = re.search(r'```diff\n(.*?)```', section, re.DOTALL).group(1)
-  real = ''.join(list(difflib.unified_diff(
-      before.splitlines(True), after.splitlines(True), n=1))[2:])
+  real = ''.join(
+    list(
+      difflib.unified_diff(before.splitlines(True), after.splitlines(True), n=1)
+    )[2:]
+  )
   assert shown == real
-  added = [l for l in real.splitlines() if l.startswith('+') and l[1:].strip()]
+  added = [
+    line
+    for line in real.splitlines()
+    if line.startswith('+') and line[1:].strip()
+  ]
   assert len(added) <= 10

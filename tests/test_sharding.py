@@ -35,7 +35,10 @@ TIMEOUT_S = 300  # The worker takes ~20 s on 2 CPU cores.
 LAYOUTS = ('dp', 'fsdp', '2d')
 SPLIT_LAYOUTS = ('fsdp', '2d', 'fsdp_explicit')  # Params split over devices.
 DATA_PARALLEL_RUNS = LAYOUTS + (
-    'shard_map_pmean_grads', 'shard_map_pmean_loss', 'pmap')
+  'shard_map_pmean_grads',
+  'shard_map_pmean_loss',
+  'pmap',
+)
 
 
 @pytest.fixture(scope='module')
@@ -44,17 +47,27 @@ def results(tmp_path_factory) -> pathlib.Path:
   out = tmp_path_factory.mktemp('sharding')
   env = dict(os.environ)
   env['JAX_PLATFORMS'] = 'cpu'
-  env['XLA_FLAGS'] = ' '.join(filter(None, [
-      env.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=8']))
+  env['XLA_FLAGS'] = ' '.join(
+    filter(
+      None, [env.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=8']
+    )
+  )
   env['PYTHONPATH'] = os.pathsep.join(
-      [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else []))
+    [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else [])
+  )
   proc = subprocess.run(
-      [sys.executable, str(_WORKER), '--out', str(out)], env=env,
-      capture_output=True, text=True, timeout=TIMEOUT_S, cwd=str(_ROOT))
+    [sys.executable, str(_WORKER), '--out', str(out)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT_S,
+    cwd=str(_ROOT),
+  )
   assert proc.returncode == 0, (
-      f'sharding worker failed ({proc.returncode}):\n'
-      f'--- stdout ---\n{proc.stdout[-5000:]}\n'
-      f'--- stderr ---\n{proc.stderr[-10000:]}')
+    f'sharding worker failed ({proc.returncode}):\n'
+    f'--- stdout ---\n{proc.stdout[-5000:]}\n'
+    f'--- stderr ---\n{proc.stderr[-10000:]}'
+  )
   return out
 
 
@@ -76,27 +89,41 @@ def trajectories(results) -> dict[str, np.ndarray]:
 
 def _phases(layout):
   # Under Explicit axes the worker checks init and the update only.
-  return ('after_init',) if layout == 'fsdp_explicit' else (
-      'after_init', 'after_run')
+  return (
+    ('after_init',)
+    if layout == 'fsdp_explicit'
+    else ('after_init', 'after_run')
+  )
 
 
-@pytest.mark.parametrize('layout,phase', [
-    (layout, phase) for layout in LAYOUTS + ('fsdp_explicit',)
-    for phase in _phases(layout)])
+@pytest.mark.parametrize(
+  'layout,phase',
+  [
+    (layout, phase)
+    for layout in LAYOUTS + ('fsdp_explicit',)
+    for phase in _phases(layout)
+  ],
+)
 def test_state_shardings_equal_param_shardings(shardings, layout, phase):
   for leaf, e in shardings[layout][phase].items():
     for field in ('estimate', 'prev_params'):
       assert e[field + '_equivalent'], (
-          f'{layout}, {phase}: state.{field}[{leaf!r}] is sharded '
-          f'{e[field + "_spec"]}, the params {e["params_spec"]}')
+        f'{layout}, {phase}: state.{field}[{leaf!r}] is sharded '
+        f'{e[field + "_spec"]}, the params {e["params_spec"]}'
+      )
       assert e[field + '_shard_shape'] == e['params_shard_shape'], (
-          layout, phase, leaf, field)
+        layout,
+        phase,
+        leaf,
+        field,
+      )
 
 
 @pytest.mark.parametrize('layout', LAYOUTS)
 def test_params_keep_their_sharding_through_the_run(shardings, layout):
-  assert all(shardings[layout]['final_params_equivalent'].values()), (
-      shardings[layout]['final_params_equivalent'])
+  assert all(shardings[layout]['final_params_equivalent'].values()), shardings[
+    layout
+  ]['final_params_equivalent']
 
 
 @pytest.mark.parametrize('layout', SPLIT_LAYOUTS)
@@ -113,8 +140,9 @@ def test_each_device_holds_its_share_of_the_state(shardings, layout):
       for field in ('params', 'estimate', 'prev_params'):
         shard = e[field + '_shard_shape']
         assert np.prod(shard) * ways == np.prod(e['global_shape']), (
-            f'{layout}, {phase}: a device holds {shard} of {field}[{leaf!r}] '
-            f"{e['global_shape']}, not 1/{ways} of it")
+          f'{layout}, {phase}: a device holds {shard} of {field}[{leaf!r}] '
+          f'{e["global_shape"]}, not 1/{ways} of it'
+        )
     assert split == 3, (layout, phase)  # w1, b1, w2; b2 is replicated.
 
 
@@ -122,13 +150,20 @@ def test_each_device_holds_its_share_of_the_state(shardings, layout):
 # Communication in the update
 # --------------------------------------------------------------------------
 
-_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
-                'ragged-all-to-all', 'collective-permute',
-                'collective-broadcast')
+_COLLECTIVES = (
+  'all-reduce',
+  'all-gather',
+  'reduce-scatter',
+  'all-to-all',
+  'ragged-all-to-all',
+  'collective-permute',
+  'collective-broadcast',
+)
 # `%name = <shape> <opcode>(operands), attributes`; a tuple shape such as
 # `(f32[], f32[])` holds spaces, hence the lazy match up to the opcode.
 _INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([a-z][a-z0-9\-]*)\(', re.M)
+  r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+([a-z][a-z0-9\-]*)\(', re.M
+)
 _ARRAY = re.compile(r'\b([a-z]+[0-9]*)\[([0-9,]*)\]')
 
 
@@ -151,22 +186,29 @@ def test_collectives_parser():
   %s = f32[] reduce(%p, %z), dimensions={0,1}, to_apply=%r
   """
   assert collectives(hlo) == [
-      ('all-reduce', [('f32', ''), ('f32', '')]),
-      ('all-gather', [('f32', '16,8')]),
-      ('all-reduce-start', [('f32', '4')])]
+    ('all-reduce', [('f32', ''), ('f32', '')]),
+    ('all-gather', [('f32', '16,8')]),
+    ('all-reduce-start', [('f32', '4')]),
+  ]
 
 
 @pytest.mark.parametrize('kind', ('anchor', 'recursive'))
-@pytest.mark.parametrize('layout,phase', [
-    (layout, phase) for layout in LAYOUTS + ('fsdp_explicit',)
-    for phase in _phases(layout)])
+@pytest.mark.parametrize(
+  'layout,phase',
+  [
+    (layout, phase)
+    for layout in LAYOUTS + ('fsdp_explicit',)
+    for phase in _phases(layout)
+  ],
+)
 def test_update_adds_only_the_norm_all_reduce(results, layout, phase, kind):
   """``tx.update`` alone, on the state after init or after the run: scalar
   float32 all-reduces (the partial sums of squares of the global norm), and
   nothing of parameter size."""
   suffix = '_init' if phase == 'after_init' else ''
   found = collectives(
-      (results / f'hlo_{layout}_{kind}{suffix}.txt').read_text())
+    (results / f'hlo_{layout}_{kind}{suffix}.txt').read_text()
+  )
   for opcode, arrays in found:
     assert opcode.startswith('all-reduce') and arrays, found
     assert all(a == ('f32', '') for a in arrays), found
@@ -223,14 +265,16 @@ def test_float32_rounding_scale(trajectories):
 def test_trajectory_equals_single_device(trajectories, run):
   drift = np.abs(trajectories[run] - trajectories['single']).max(axis=1)
   assert drift.max() <= tolerance(trajectories), (
-      f'{run}: per-step max |sharded - single device| {drift}, tolerance '
-      f'{tolerance(trajectories):.3g}')
+    f'{run}: per-step max |sharded - single device| {drift}, tolerance '
+    f'{tolerance(trajectories):.3g}'
+  )
 
 
 def test_tolerance_catches_unaveraged_prev_grads(trajectories):
   """A shard_map step that averages grads but not prev_grads: anchors agree,
   recursive steps do not, by far more than the tolerance."""
-  drift = np.abs(trajectories['shard_map_local_prev_grads']
-                 - trajectories['single']).max(axis=1)
+  drift = np.abs(
+    trajectories['shard_map_local_prev_grads'] - trajectories['single']
+  ).max(axis=1)
   assert drift[0] <= tolerance(trajectories), drift  # Step 0 is an anchor.
   assert drift[1:].min() > 1e3 * tolerance(trajectories), drift

@@ -48,7 +48,8 @@ def assert_common(p, L0, L1, epsilon, initial_gap):
     assert p.learning_rate * p.c0 <= 1 / L1 * (1 + REL)
   assert_ceil(p.steps, 8 * initial_gap * (L0 / epsilon**2 + L1 / epsilon))
   assert p.oracle_calls == simulated_oracle_calls(
-      p.steps, p.anchor_period, p.anchor_batch_size, p.minibatch_size)
+    p.steps, p.anchor_period, p.anchor_batch_size, p.minibatch_size
+  )
 
 
 @st.composite
@@ -82,7 +83,7 @@ def test_online_preset_follows_its_formulas(smooth, sigma):
   assert p.minibatch_size == 2 * p.anchor_period
   # The anchor's error sigma^2/S1 and the epoch's drift q (eps/2)^2 / S2 add
   # up to at most eps^2/4 (step 2 of the derivation).
-  drift = p.anchor_period * (epsilon / 2)**2 / p.minibatch_size
+  drift = p.anchor_period * (epsilon / 2) ** 2 / p.minibatch_size
   assert sigma**2 / p.anchor_batch_size + drift <= epsilon**2 / 4 * (1 + REL)
 
 
@@ -96,21 +97,28 @@ def test_finite_sum_preset_follows_its_formulas(smooth, n):
   q = p.anchor_period
   assert q == p.minibatch_size
   assert q * q >= n > (q - 1) * (q - 1)  # q = ceil(sqrt(n)), exactly
-  drift = q * (epsilon / 2)**2 / p.minibatch_size
+  drift = q * (epsilon / 2) ** 2 / p.minibatch_size
   assert drift <= epsilon**2 / 4 * (1 + REL)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 3000), st.integers(1, 50), st.integers(1, 10**4),
-       st.integers(1, 10**3))
+@given(
+  st.integers(0, 3000),
+  st.integers(1, 50),
+  st.integers(1, 10**4),
+  st.integers(1, 10**3),
+)
 def test_oracle_calls_counts_the_schedule(steps, q, s1, s2):
   assert so.theory.oracle_calls(steps, q, s1, s2) == simulated_oracle_calls(
-      steps, q, s1, s2)
+    steps, q, s1, s2
+  )
 
 
 def test_l1_zero_drops_c1():
-  for p in (so.theory.online(2.0, 0.0, 5.0, 1.0),
-            so.theory.finite_sum(100, 2.0, 0.0, 5.0)):
+  for p in (
+    so.theory.online(2.0, 0.0, 5.0, 1.0),
+    so.theory.finite_sum(100, 2.0, 0.0, 5.0),
+  ):
     assert p.c1 is None
     assert p.learning_rate * p.c0 == pytest.approx(5.0 / (4 * 2.0))
 
@@ -121,8 +129,9 @@ def test_l1_zero_drops_c1():
 
 
 def log_log_slope(x, y):
-  return np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)),
-                    1)[0]
+  return np.polyfit(
+    np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1
+  )[0]
 
 
 def test_online_oracle_calls_grow_like_eps_to_the_minus_3():
@@ -152,8 +161,9 @@ def test_finite_sum_oracle_calls_grow_like_sqrt_n():
 def test_finite_sum_oracle_calls_are_n_when_few_steps_are_needed():
   # A tiny initial gap: K = 1, one full gradient, O(n).
   ns = [2**k for k in range(10, 21, 2)]
-  presets = [so.theory.finite_sum(n, 1.0, 1.0, 0.5, initial_gap=1e-3)
-             for n in ns]
+  presets = [
+    so.theory.finite_sum(n, 1.0, 1.0, 0.5, initial_gap=1e-3) for n in ns
+  ]
   assert all(p.steps == 1 for p in presets)
   assert [p.oracle_calls for p in presets] == ns
 
@@ -181,7 +191,9 @@ def finite_sum(**kwargs):
 
 
 @pytest.mark.parametrize('preset', [online, finite_sum])
-@pytest.mark.parametrize('kwargs, fragment', [
+@pytest.mark.parametrize(
+  'kwargs, fragment',
+  [
     (dict(L0=1.0, L1=2.0, epsilon=0.6), 'exceeds L0/L1'),
     (dict(L0=0.0), 'L0 must be positive'),
     (dict(L0=-1.0), 'L0 must be positive'),
@@ -193,7 +205,8 @@ def finite_sum(**kwargs):
     (dict(initial_gap=-2.0), 'initial_gap must be positive'),
     (dict(L1=-0.5), 'L1 must be >= 0'),
     (dict(L1=NAN), 'L1 must be >= 0'),
-])
+  ],
+)
 def test_bad_smoothness_arguments_raise(preset, kwargs, fragment):
   with pytest.raises(ValueError, match=fragment):
     preset(**kwargs)
@@ -214,8 +227,9 @@ def test_bad_n_raises(n):
 INF = float('inf')
 
 
-@pytest.mark.parametrize('kwargs', [dict(L0=INF), dict(initial_gap=INF),
-                                    dict(sigma=INF), dict(L1=INF)])
+@pytest.mark.parametrize(
+  'kwargs', [dict(L0=INF), dict(initial_gap=INF), dict(sigma=INF), dict(L1=INF)]
+)
 def test_infinite_arguments_raise_value_error(kwargs):
   with pytest.raises(ValueError, match=next(iter(kwargs))):
     online(**kwargs)
@@ -278,8 +292,9 @@ def make_run(p, s, max_steps):
     # The full gradient (n oracle calls), or one with-replacement minibatch
     # at both points (2 S2).
     rows = s[jax.random.randint(sub, (batch,), 0, N)]
-    x, state, _ = jax.lax.cond(k % q == 0, lambda: anchor(x, state, s),
-                               lambda: recursive(x, state, rows))
+    x, state, _ = jax.lax.cond(
+      k % q == 0, lambda: anchor(x, state, s), lambda: recursive(x, state, rows)
+    )
     cost = jnp.where(k % q == 0, N, 2 * batch)
     return x, state, key, k + 1, calls + cost
 
@@ -289,8 +304,13 @@ def make_run(p, s, max_steps):
 
   @jax.jit
   def run(x0, key):
-    carry = (x0, tx.init(x0), key, jnp.zeros([], jnp.int32),
-             jnp.zeros([], jnp.int32))
+    carry = (
+      x0,
+      tx.init(x0),
+      key,
+      jnp.zeros([], jnp.int32),
+      jnp.zeros([], jnp.int32),
+    )
     x, _, _, k, calls = jax.lax.while_loop(keep_going, step, carry)
     return k, calls, full_gradient_norm(x)
 
@@ -301,13 +321,15 @@ def empirical_oracle_calls(x0_value, seeds=(0, 1, 2)):
   rng = np.random.default_rng(0)
   half = rng.uniform(-0.5, 0.5, size=(N // 2, D))
   s = np.concatenate([half, -half]).astype(np.float32)
-  assert np.all(np.abs(s) <= 0.5) and np.all(s[: N // 2] + s[N // 2:] == 0)
+  assert np.all(np.abs(s) <= 0.5) and np.all(s[: N // 2] + s[N // 2 :] == 0)
   x0 = np.full(D, x0_value, np.float32)
   initial_gap = float(np.sum(2 * np.cosh(np.float64(x0))) - 2 * D)
   p = so.theory.finite_sum(N, L0, L1, EPSILON, initial_gap=initial_gap)
   run = make_run(p, s, max_steps=p.steps)
-  results = [tuple(map(float, run(jnp.asarray(x0), jax.random.key(seed))))
-             for seed in seeds]
+  results = [
+    tuple(map(float, run(jnp.asarray(x0), jax.random.key(seed))))
+    for seed in seeds
+  ]
   return p, results
 
 
@@ -321,4 +343,5 @@ def test_finite_sum_reaches_epsilon_within_predicted_oracle_calls(x0_value):
     assert calls <= p.oracle_calls, (calls, p.oracle_calls)
     # The count is the SPEC's: ceil(k/q) anchors of n, the rest 2 S2 each.
     assert calls == so.theory.oracle_calls(
-        int(k), p.anchor_period, p.anchor_batch_size, p.minibatch_size)
+      int(k), p.anchor_period, p.anchor_batch_size, p.minibatch_size
+    )

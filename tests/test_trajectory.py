@@ -1,4 +1,4 @@
-"""so.spider's trajectory against the float64 NumPy reference (tests/reference.py)."""
+"""so.spider's trajectory against the float64 reference (tests/reference.py)."""
 
 import itertools
 
@@ -19,9 +19,15 @@ STEPS, ANCHOR_PERIOD, MINIBATCH = 40, 5, 8
 
 
 def quartic_loss(params, batch):
-  r = batch['x'] @ params['layer']['kernel'] + params['layer']['bias'] - batch['y']
-  return jnp.mean(0.25 * jnp.sum(r**2, axis=1) ** 2
-                  + 0.25 * jnp.sum((params['u'] - batch['z']) ** 4, axis=1))
+  r = (
+    batch['x'] @ params['layer']['kernel']
+    + params['layer']['bias']
+    - batch['y']
+  )
+  return jnp.mean(
+    0.25 * jnp.sum(r**2, axis=1) ** 2
+    + 0.25 * jnp.sum((params['u'] - batch['z']) ** 4, axis=1)
+  )
 
 
 def minibatches(data, seed=1):
@@ -32,14 +38,26 @@ def minibatches(data, seed=1):
     yield {k: v[idx] for k, v in data.items()}
 
 
-def run_spider(tx, params, data, *, jit=True,
-               trace=lambda params, state, updates: flatten(params)):
+def run_spider(
+  tx,
+  params,
+  data,
+  *,
+  jit=True,
+  trace=lambda params, state, updates: flatten(params),
+):
   """so.spider on the quartic: full-batch anchors every q steps, a minibatch
   drawn every step; trace(params, state, updates) after each step."""
   return loops.run_spider(
-      tx, params, ((batch,) for batch in minibatches(data)),
-      loss_fn=quartic_loss, anchor_period=ANCHOR_PERIOD,
-      anchor_batches=itertools.repeat((data,)), jit=jit, trace=trace).trace
+    tx,
+    params,
+    ((batch,) for batch in minibatches(data)),
+    loss_fn=quartic_loss,
+    anchor_period=ANCHOR_PERIOD,
+    anchor_batches=itertools.repeat((data,)),
+    jit=jit,
+    trace=trace,
+  ).trace
 
 
 def run_reference(params, data, learning_rate, c0, c1):
@@ -58,9 +76,9 @@ def run_reference(params, data, learning_rate, c0, c1):
 
 
 CLIPPING = {
-    'sarah': (None, None),          # constant step
-    'normalised': (0.5, None),      # SPIDER-SFO
-    'l0_l1': (2.0, 20.0),           # c1 while |v| > c1/c0 = 10, then c0
+  'sarah': (None, None),  # constant step
+  'normalised': (0.5, None),  # SPIDER-SFO
+  'l0_l1': (2.0, 20.0),  # c1 while |v| > c1/c0 = 10, then c0
 }
 
 
@@ -81,8 +99,12 @@ def test_trajectory_matches_float64_reference(clipping, jit):
   for k, (g, w) in enumerate(zip(got, want)):
     for name in w:
       np.testing.assert_allclose(
-          np.asarray(g[name], np.float64), w[name], rtol=2e-4, atol=2e-5,
-          err_msg=f'step {k}, leaf {name}')
+        np.asarray(g[name], np.float64),
+        w[name],
+        rtol=2e-4,
+        atol=2e-5,
+        err_msg=f'step {k}, leaf {name}',
+      )
 
 
 def test_trajectory_float64_exact():
@@ -91,10 +113,16 @@ def test_trajectory_float64_exact():
   lr, c0, c1 = 0.1, *CLIPPING['l0_l1']
   with jax.enable_x64(True):
     to64 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), t)
-    got = run_spider(so.spider(lr, c0, c1), to64(params64), to64(data64),
-                     jit=True)
+    got = run_spider(
+      so.spider(lr, c0, c1), to64(params64), to64(data64), jit=True
+    )
   want, _ = run_reference(params64, data64, lr, c0, c1)
   for k, (g, w) in enumerate(zip(got, want)):
     for name in w:
-      np.testing.assert_allclose(np.asarray(g[name]), w[name], rtol=1e-10,
-                                 atol=1e-12, err_msg=f'step {k}, leaf {name}')
+      np.testing.assert_allclose(
+        np.asarray(g[name]),
+        w[name],
+        rtol=1e-10,
+        atol=1e-12,
+        err_msg=f'step {k}, leaf {name}',
+      )
