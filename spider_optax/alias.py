@@ -194,19 +194,18 @@ def mars_adamw(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, spider_optax as so
-    >>> target = jnp.array([1.0, 2.0, 3.0])
-    >>> def loss_fn(params, batch):  # least squares, minimum 0 at target
-    ...   return jnp.mean((batch @ (params['w'] - target)) ** 2)
-    >>> batches = jax.random.normal(jax.random.key(0), (300, 8, 3))
-    >>> params = {'w': jnp.zeros(3)}
+    >>> scales = jax.random.uniform(jax.random.key(0), (300, 16, 2))
+    >>> b_min = jnp.array([1.0, -1.0])
+    >>> loss_fn = lambda p, s: jnp.mean(jnp.sum((s * (p['b'] - b_min)) ** 2, 1))
+    >>> params = {'b': jnp.zeros(2)}
     >>> tx = so.mars_adamw(optax.cosine_decay_schedule(0.1, 300))
     >>> state = tx.init(params)
-    >>> for batch in batches:
-    ...   updates, state = tx.update(jax.grad(loss_fn)(params, batch), state,
-    ...                              params)
+    >>> for s in scales:  # one gradient per step: AdamW's cost
+    ...   grads = jax.grad(loss_fn)(params, s)
+    ...   updates, state = tx.update(grads, state, params)
     ...   params = optax.apply_updates(params, updates)
-    >>> print(params['w'].round(2))
-    [1. 2. 3.]
+    >>> print(params['b'].round(2))
+    [ 1. -1.]
 
   Args:
     learning_rate: a float >= 0 or an optax schedule (0 is allowed, e.g.
@@ -318,11 +317,11 @@ def storm(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, spider_optax as so
-    >>> target = jnp.array([1.0, 2.0, 3.0])
-    >>> def loss_fn(params, batch):  # least squares, minimum 0 at target
-    ...   return jnp.mean((batch @ (params['w'] - target)) ** 2)
-    >>> batches = jax.random.normal(jax.random.key(0), (100, 8, 3))
-    >>> params = {'w': jnp.zeros(3)}
+    >>> def loss_fn(params, noise):  # a noisy bowl, minimum at x = 2
+    ...   x = params['x']
+    ...   return jnp.sum((x - 2.0) ** 2) + jnp.mean(noise) * x[0]
+    >>> batches = 0.1 * jax.random.normal(jax.random.key(1), (100, 8))
+    >>> params = {'x': jnp.zeros(2)}
     >>> tx = so.storm(learning_rate=0.1, beta=0.9, c0=1.0)
     >>> state = tx.init(params)
     >>> for batch in batches:  # one minibatch at both points
@@ -331,8 +330,8 @@ def storm(
     ...   updates, state = tx.update(grads, state, params,
     ...                              prev_grads=prev_grads)
     ...   params = optax.apply_updates(params, updates)
-    >>> print(params['w'].round(2))
-    [1. 2. 3.]
+    >>> print(params['x'].round(1))
+    [2. 2.]
 
   Args:
     learning_rate: a float >= 0 or an optax schedule (0 is allowed, e.g.

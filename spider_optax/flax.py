@@ -16,6 +16,7 @@ Import it as ``spider_optax.flax`` (or ``so.flax``); it needs the ``flax``
 extra: ``pip install 'spider-optax[flax]'``.
 """
 
+import typing
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,9 @@ from flax.training import train_state
 from spider_optax import lookup
 from spider_optax import loop
 from spider_optax import paired
+
+if typing.TYPE_CHECKING:
+  from typing_extensions import Unpack
 
 # --------------------------------------------------------------------------
 # NNX
@@ -44,15 +48,41 @@ def prev_params(optimizer: nnx.Optimizer) -> Any:
   return nnx.as_pure(lookup.prev_params(optimizer.opt_state))
 
 
-def _loss_of_params(loss_fn, model: nnx.Module, optimizer: nnx.Optimizer):
-  """``loss_fn`` as a function of the ``optimizer.wrt`` params, and those."""
+def _loss_of_params(
+  loss_fn: Callable[..., Any],
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  has_aux: bool,
+) -> tuple[Callable[..., Any], Any]:
+  """``loss_fn`` as a function of the ``optimizer.wrt`` params, and those.
+
+  The function returns ``(loss, (aux, state))``: ``aux`` is ``loss_fn``'s
+  (None without ``has_aux``) and ``state`` the model's other state after the
+  call (BatchNorm statistics, RNG counters), as plain arrays. Every call
+  starts from the same snapshot of that state, so both points of a paired
+  evaluation see the same dropout masks; write the ``state`` of x_k back
+  with :func:`_write_back` so that the running statistics and the RNG
+  streams advance once per step. (The snapshot is plain arrays, merged into
+  fresh Variables inside each trace: Flax refuses writes to Variables made
+  at another trace level.)
+  """
   graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
-  return (
-    lambda p, *args, **kwargs: loss_fn(
-      nnx.merge(graphdef, p, rest), *args, **kwargs
-    ),
-    params,
-  )
+  rest = nnx.as_pure(rest)
+
+  def loss_of_params(p, *args, **kwargs):
+    copy = nnx.merge(graphdef, p, rest)
+    out = loss_fn(copy, *args, **kwargs)
+    loss, aux = out if has_aux else (out, None)
+    return loss, (aux, nnx.as_pure(nnx.split(copy, optimizer.wrt, ...)[2]))
+
+  return loss_of_params, params
+
+
+def _write_back(model: nnx.Module, value: Any, has_aux: bool) -> Any:
+  """Writes x_k's model state into ``model``; returns ``loss_fn``'s value."""
+  loss, (aux, state) = value
+  nnx.update(model, state)
+  return (loss, aux) if has_aux else loss
 
 
 def _prev_like(params: nnx.State, optimizer: nnx.Optimizer) -> nnx.State:
@@ -81,8 +111,7 @@ def paired_value_and_grad(
   loss_fn: Callable[..., Any],
   has_aux: Any = False,
   *args: Any,
-  vectorized: bool = True,
-  split_batch: bool = False,
+  **options: 'Unpack[paired.PairedOptions]',
 ) -> Any:
   """``nnx.value_and_grad(loss_fn)`` at the model's params and at x_{k-1}.
 
@@ -99,27 +128,23 @@ def paired_value_and_grad(
   ``nnx.State`` of the ``optimizer.wrt`` variables, ready for
   ``optimizer.update(model, grads, prev_grads=prev_grads)``.
 
-  ``loss_fn`` reads the model's other state but does not write it back: pass
-  dropout keys through ``kwargs`` rather than advancing an ``nnx.Rngs``
-  inside. With ``split_batch=True`` a third output is the variance estimate
-  for adaptive anchoring, and typed PRNG keys in ``kwargs`` get each half's
-  index folded in (see :func:`spider_optax.paired_value_and_grad`).
+  The model's other state (BatchNorm statistics, RNG counters) is read from
+  one snapshot at both points, so that Dropout draws the same masks there,
+  and written back once, from x_k's evaluation. With ``split_batch=True`` a
+  third output is the variance estimate for adaptive anchoring, and typed
+  PRNG keys in ``kwargs`` get each half's index folded in (see
+  :func:`spider_optax.paired_value_and_grad`).
 
   The old form ``paired_value_and_grad(loss_fn, model, optimizer, *args)``
   still works, with a ``DeprecationWarning``.
   """
-  if isinstance(has_aux, nnx.Module):  # The deprecated direct call.
-    _warn_direct_call('paired_value_and_grad')
-    model, optimizer, *batch = has_aux, *args
-    return paired_value_and_grad(
-      loss_fn, vectorized=vectorized, split_batch=split_batch
-    )(model, optimizer, *batch)
-  return _on_model(
-    paired.paired_value_and_grad,
+  return _nnx_form(
+    False,
+    'paired_value_and_grad',
     loss_fn,
     has_aux,
-    vectorized=vectorized,
-    split_batch=split_batch,
+    args,
+    options,
   )
 
 
@@ -127,8 +152,7 @@ def paired_grad(
   loss_fn: Callable[..., Any],
   has_aux: Any = False,
   *args: Any,
-  vectorized: bool = True,
-  split_batch: bool = False,
+  **options: 'Unpack[paired.PairedOptions]',
 ) -> Any:
   """``nnx.grad(loss_fn)`` at the model's params and at x_{k-1}, one batch.
 
@@ -143,34 +167,41 @@ def paired_grad(
   :func:`paired_value_and_grad`; the old direct form
   ``paired_grad(loss_fn, model, optimizer, *args)`` is deprecated.
   """
-  if isinstance(has_aux, nnx.Module):  # The deprecated direct call.
-    _warn_direct_call('paired_grad')
+  return _nnx_form(True, 'paired_grad', loss_fn, has_aux, args, options)
+
+
+def _nnx_form(
+  grads_only: bool,
+  name: str,
+  loss_fn: Callable[..., Any],
+  has_aux: Any,
+  args: tuple[Any, ...],
+  options: Any,
+) -> Any:
+  """:func:`spider_optax.paired_value_and_grad` on an NNX model.
+
+  Or :func:`spider_optax.paired_grad` with ``grads_only``. ``has_aux`` an
+  ``nnx.Module`` is the deprecated direct call
+  ``name(loss_fn, model, optimizer, *batch)``, evaluated at once.
+  """
+  if isinstance(has_aux, nnx.Module):
+    _warn_direct_call(name)
     model, optimizer, *batch = has_aux, *args
-    return paired_grad(loss_fn, vectorized=vectorized, split_batch=split_batch)(
+    return _nnx_form(grads_only, name, loss_fn, False, (), options)(
       model, optimizer, *batch
     )
-  return _on_model(
-    paired.paired_grad,
-    loss_fn,
-    has_aux,
-    vectorized=vectorized,
-    split_batch=split_batch,
-  )
 
-
-def _on_model(
-  paired_fn: Callable[..., Callable],
-  loss_fn: Callable[..., Any],
-  has_aux: bool,
-  **options: Any,
-) -> Callable[..., Any]:
-  """``paired_fn`` (a functional paired gradient) on an NNX model."""
-
-  def on_model(model, optimizer, *args, **kwargs):
-    loss_of_params, params = _loss_of_params(loss_fn, model, optimizer)
-    return paired_fn(loss_of_params, has_aux, **options)(
-      params, _prev_like(params, optimizer), *args, **kwargs
+  def on_model(model, optimizer, *batch, **kwargs):
+    loss_of_params, params = _loss_of_params(loss_fn, model, optimizer, has_aux)
+    (value, grads), (prev_value, prev_grads), *variance = (
+      paired.paired_value_and_grad(loss_of_params, True, **options)(
+        params, _prev_like(params, optimizer), *batch, **kwargs
+      )
     )
+    value = _write_back(model, value, has_aux)
+    prev_value = (prev_value[0], prev_value[1][0]) if has_aux else prev_value[0]
+    out = (value, grads), (prev_value, prev_grads), *variance
+    return paired.grads_of(out, has_aux) if grads_only else out
 
   return on_model
 
@@ -181,13 +212,14 @@ def _warn_direct_call(name: str) -> None:
     f'so.flax.{name}(loss_fn)(model, optimizer, *batch), the convention of '
     f'so.{name}.',
     DeprecationWarning,
-    stacklevel=3,
+    stacklevel=4,
   )
 
 
 def nnx_steps(
   loss_fn: Callable[..., Any],
   *,
+  has_aux: bool = False,
   split_batch: bool = False,
 ) -> tuple[Callable, Callable]:
   """Jitted ``(anchor_step, recursive_step)`` for an NNX model.
@@ -196,14 +228,17 @@ def nnx_steps(
   ((model, optimizer), loss)`` and update the model and optimizer in place
   (and return them, for :func:`spider_optax.spider_loop`). The anchor step
   takes the gradient of ``loss_fn(model, *batch, **kwargs)`` on a large batch
-  (or all the data),
-  the recursive step the paired gradients on a minibatch. The loss returned is
-  at the current params, before the update.
+  (or all the data), the recursive step the paired gradients on a minibatch.
+  The loss returned is at the current params, before the update; with
+  ``has_aux=True`` it is ``(loss, aux)``, as ``loss_fn`` returns.
 
-  ``loss_fn`` must not write model state (BatchNorm in training mode, Dropout
-  drawing from the model's own ``nnx.Rngs``): the two points are evaluated
-  from one snapshot of it. Pass dropout keys as keyword arguments instead
-  (with ``split_batch=True``, typed keys; each half folds in its index).
+  The model's own state works as written: BatchNorm in training mode
+  normalises each point with the batch's statistics at that point, and the
+  running statistics are updated once per step, from x_k; Dropout drawing
+  from the model's ``nnx.Rngs`` draws the same masks at both points, and the
+  stream advances once per step. (Augmentation: draw it once per step,
+  outside ``loss_fn``, and pass the augmented batch, so that both points see
+  the same samples.)
 
   With ``split_batch=True`` the recursive step evaluates the minibatch as two
   halves and passes the variance estimate to the update
@@ -215,15 +250,17 @@ def nnx_steps(
 
   @nnx.jit
   def anchor(model, optimizer, *batch, **kwargs):
-    loss_of_params, params = _loss_of_params(loss_fn, model, optimizer)
-    loss, grads = jax.value_and_grad(loss_of_params)(params, *batch, **kwargs)
+    loss_of_params, params = _loss_of_params(loss_fn, model, optimizer, has_aux)
+    value, grads = jax.value_and_grad(loss_of_params, has_aux=True)(
+      params, *batch, **kwargs
+    )
     optimizer.update(model, grads)
-    return loss
+    return _write_back(model, value, has_aux)
 
   @nnx.jit
   def recursive(model, optimizer, *batch, **kwargs):
     (loss, grads), (_, prev_grads), *variance = paired_value_and_grad(
-      loss_fn, split_batch=split_batch
+      loss_fn, has_aux, split_batch=split_batch
     )(model, optimizer, *batch, **kwargs)
     optimizer.update(
       model, grads, prev_grads=prev_grads, **_variance_arg(variance)

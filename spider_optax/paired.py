@@ -2,7 +2,7 @@
 
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +10,20 @@ import numpy as np
 
 from spider_optax import _checks
 from spider_optax.clipping import global_norm
+
+if typing.TYPE_CHECKING:
+  from typing_extensions import Unpack
+
+
+class PairedOptions(TypedDict, total=False):
+  """The keyword options of every paired-gradient function.
+
+  See :func:`paired_value_and_grad` for what each does.
+  """
+
+  vectorized: bool
+  split_batch: bool
+  microbatches: int
 
 
 def paired_value_and_grad(
@@ -59,13 +73,18 @@ def paired_value_and_grad(
   ``grad_diff_variance=``; :func:`spider_optax.anchor_due` then anchors on
   the sum of these estimates since the last anchor. It needs a
   ``loss_fn`` that averages over the batch, ``args`` whose leaves all share
-  the batch axis first (``kwargs`` are shared, e.g. an RNG key), and
-  ``has_aux=False``. Every typed PRNG key in ``kwargs`` (``jax.random.key``)
-  has the half's index folded in, so that the halves draw independent dropout
-  masks, as two independent minibatches would: with one shared mask the
-  halves' difference would miss the dropout noise, and the estimate would
-  read 0 where dropout is the only noise. The two points of each half still
-  share theirs. Legacy ``uint32`` keys are refused with a hint.
+  the batch axis first (``kwargs`` are shared, e.g. an RNG key). With
+  ``has_aux=True`` the halves' aux outputs are combined as their values
+  are: floating-point leaves by the weighted mean (a BatchNorm's running
+  statistics: exact for the mean, without the between-halves term for the
+  variance), other leaves from the first half (an RNG counter, which both
+  halves advanced alike). Every typed PRNG key in ``kwargs``
+  (``jax.random.key``) has the half's index folded in, so that the halves
+  draw independent dropout masks, as two independent minibatches would:
+  with one shared mask the halves' difference would miss the dropout noise,
+  and the estimate would read 0 where dropout is the only noise. The two
+  points of each half still share theirs. Legacy ``uint32`` keys are refused
+  with a hint.
 
   Examples:
     >>> import jax.numpy as jnp, spider_optax as so
@@ -93,8 +112,9 @@ def paired_value_and_grad(
       result is the micro-batches' mean, which for a ``loss_fn`` that
       averages over the batch is the whole batch's value and gradients, at
       both points, to float32 rounding. Typed PRNG keys in ``kwargs`` get the
-      micro-batch's index folded in; with ``has_aux=True`` each aux leaf is
-      stacked along a new first axis, one entry per micro-batch. This is the
+      micro-batch's index folded in; with ``has_aux=True`` the aux outputs
+      are combined as the halves of ``split_batch`` are (see above). This is
+      the
       way to accumulate ``grads`` and ``prev_grads`` together:
       ``optax.MultiSteps`` averages ``grads`` but passes on only the last
       micro-batch's ``prev_grads``.
@@ -104,11 +124,6 @@ def paired_value_and_grad(
     ``(value_and_grad at params, value_and_grad at prev_params)``, and with
     ``split_batch`` the float32 variance estimate as a third element.
   """
-  if split_batch and has_aux:
-    raise ValueError(
-      'split_batch=True needs has_aux=False: the aux outputs '
-      'of two half batches have no mean to return.'
-    )
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
   def one_pair(params, prev_params, *args, **kwargs):
@@ -131,9 +146,7 @@ def paired_value_and_grad(
 
   _checks.check_count('microbatches', microbatches)
   paired = (
-    one_pair
-    if microbatches == 1
-    else _accumulated(one_pair, microbatches, has_aux)
+    one_pair if microbatches == 1 else _accumulated(one_pair, microbatches)
   )
   if not split_batch:
     return paired
@@ -154,9 +167,7 @@ def paired_value_and_grad(
       )
       for i, half in enumerate((lambda x: x[:m], lambda x: x[m:]))
     )
-    mean = lambda u, v: jax.tree.map(
-      lambda x, y: ((m * x + (b - m) * y) / b).astype(x.dtype), u, v
-    )
+    mean = lambda u, v: _combine((u, v), (m / b, (b - m) / b))
     # d_A - d_B = (g_A - g'_A) - (g_B - g'_B), in float32 for the norm.
     diff = lambda a, pa, b_, pb: (
       (a.astype(jnp.float32) - pa.astype(jnp.float32))
@@ -171,48 +182,74 @@ def paired_value_and_grad(
   return paired_halves
 
 
-def _accumulated(
-  paired: Callable[..., Any], k: int, has_aux: bool
-) -> Callable[..., Any]:
-  """``paired`` over ``k`` micro-batches in a scan, as one batch's mean."""
+def _is_float(x: Any) -> bool:
+  return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
-  def split_aux(out):
-    """((value, grads), (prev_value, prev_grads)): the sums, and the aux."""
-    if not has_aux:
-      return out, None
-    ((loss, aux), grads), ((prev_loss, prev_aux), prev_grads) = out
-    return ((loss, grads), (prev_loss, prev_grads)), (aux, prev_aux)
+
+def _combine(parts: tuple[Any, ...], weights: tuple[float, ...]) -> Any:
+  """The parts' weighted mean, leaf by leaf; non-float leaves from the first.
+
+  The one rule by which split halves and micro-batches make one batch's
+  values, gradients and aux outputs (a BatchNorm's running statistics are
+  floats, an RNG counter or key is not: all parts advanced it alike).
+  """
+
+  def leaf(*xs):
+    if not _is_float(xs[0]):
+      return xs[0]
+    total = sum(
+      w * x.astype(jnp.promote_types(x.dtype, jnp.float32))
+      for w, x in zip(weights, xs)
+    )
+    return jnp.asarray(total).astype(xs[0].dtype)
+
+  return jax.tree.map(leaf, *parts)
+
+
+def _accumulated(paired: Callable[..., Any], k: int) -> Callable[..., Any]:
+  """``paired`` over ``k`` micro-batches in a scan.
+
+  Combined as by :func:`_combine` with equal weights, summing float leaves
+  as it goes.
+  """
 
   def accumulated(params, prev_params, *args, **kwargs):
     b = _batch_size(args, f'microbatches={k}')
     if b % k:
       raise ValueError(f'microbatches={k} must divide the batch size, {b}.')
     chunks = jax.tree.map(lambda x: x.reshape(k, b // k, *x.shape[1:]), args)
-    step = lambda i, chunk: split_aux(
+    step = lambda i, chunk: jax.tree.flatten(
       paired(
         params,
         prev_params,
         *chunk,
         **_fold_keys(kwargs, i, f'microbatches={k}'),
       )
-    )
-    shapes = jax.eval_shape(step, 0, jax.tree.map(lambda x: x[0], chunks))[0]
+    )[0]
+    shapes = jax.eval_shape(step, 0, jax.tree.map(lambda x: x[0], chunks))
+    floats = [_is_float(x) for x in shapes]
     wide = lambda x: jnp.promote_types(x.dtype, jnp.float32)
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, wide(x)), shapes)
+    zeros = [jnp.zeros(x.shape, wide(x)) for x, f in zip(shapes, floats) if f]
 
     def body(total, xs):
-      summed, aux = step(*xs)
-      return jax.tree.map(
-        lambda t, x: t + x.astype(t.dtype), total, summed
-      ), aux
+      leaves = step(*xs)
+      summed = [x for x, f in zip(leaves, floats) if f]
+      others = [x for x, f in zip(leaves, floats) if not f]
+      return [t + x.astype(t.dtype) for t, x in zip(total, summed)], others
 
-    total, aux = jax.lax.scan(body, zeros, (jnp.arange(k), chunks))
-    mean = jax.tree.map(lambda t, x: (t / k).astype(x.dtype), total, shapes)
-    if not has_aux:
-      return mean
-    ((loss, grads), (prev_loss, prev_grads)) = mean
-    aux, prev_aux = typing.cast(tuple[Any, Any], aux)
-    return ((loss, aux), grads), ((prev_loss, prev_aux), prev_grads)
+    total, others = jax.lax.scan(body, zeros, (jnp.arange(k), chunks))
+    total, others = iter(total), iter(others)
+    leaves = [
+      (next(total) / k).astype(x.dtype) if f else next(others)[0]
+      for x, f in zip(shapes, floats)
+    ]
+    treedef = jax.tree.structure(
+      jax.eval_shape(
+        lambda c: paired(params, prev_params, *c, **kwargs),
+        jax.tree.map(lambda x: x[0], chunks),
+      )
+    )
+    return jax.tree.unflatten(treedef, leaves)
 
   return accumulated
 
@@ -272,10 +309,7 @@ def _batch_size(args: tuple[Any, ...], option: str) -> int:
 def paired_grad(
   loss_fn: Callable[..., Any],
   has_aux: bool = False,
-  *,
-  vectorized: bool = True,
-  split_batch: bool = False,
-  microbatches: int = 1,
+  **options: 'Unpack[PairedOptions]',
 ) -> Callable[..., tuple[Any, ...]]:
   r"""``jax.grad(loss_fn)`` at two parameter sets on one batch.
 
@@ -298,7 +332,7 @@ def paired_grad(
                                    prev_grads=prev_grads,
                                    grad_diff_variance=variance)
 
-  See :func:`paired_value_and_grad` for the arguments.
+  See :func:`paired_value_and_grad` for the arguments and ``options``.
 
   Examples:
     >>> import jax.numpy as jnp, spider_optax as so
@@ -308,20 +342,14 @@ def paired_grad(
     >>> print(grads['w'], prev_grads['w'])
     36.0 18.0
   """
-  paired = paired_value_and_grad(
-    loss_fn,
-    has_aux,
-    vectorized=vectorized,
-    split_batch=split_batch,
-    microbatches=microbatches,
-  )
+  paired = paired_value_and_grad(loss_fn, has_aux, **options)
 
-  def paired_grads(params, prev_params, *args, **kwargs):
-    (value, grads), (prev_value, prev_grads), *variance = paired(
-      params, prev_params, *args, **kwargs
-    )
-    if has_aux:
-      return (grads, value[1]), (prev_grads, prev_value[1])
-    return (grads, prev_grads, *variance)
+  return lambda *args, **kwargs: grads_of(paired(*args, **kwargs), has_aux)
 
-  return paired_grads
+
+def grads_of(values_and_grads: tuple[Any, ...], has_aux: bool) -> tuple:
+  """:func:`paired_grad`'s outputs from :func:`paired_value_and_grad`'s."""
+  (value, grads), (prev_value, prev_grads), *variance = values_and_grads
+  if has_aux:
+    return (grads, value[1]), (prev_grads, prev_value[1]), *variance
+  return (grads, prev_grads, *variance)

@@ -75,14 +75,10 @@ safe rather than tight. Where a problem's constants are unknown, use the
 presets for their scalings and tune the overall factor.
 
 References:
-  Reisizadeh, Li, Das, Jadbabaie, `Variance-reduced Clipping for Non-convex
-  Optimization <https://arxiv.org/abs/2303.00883>`_, 2023.
-
-  Fang, Li, Lin, Zhang, `SPIDER: Near-Optimal Non-Convex Optimization via
-  Stochastic Path Integrated Differential Estimator
-  <https://arxiv.org/abs/1807.01695>`_, NeurIPS 2018.
-
-  Zhang, He, Sra, Jadbabaie, `Why gradient clipping accelerates training
+  The clipped learning rate and its rates: Reisizadeh, Li, Das, Jadbabaie,
+  arXiv 2303.00883, 2023 (see :func:`spider_optax.spider`). The estimator:
+  Fang, Li, Lin, Zhang, NeurIPS 2018. (L0, L1)-smoothness: Zhang, He, Sra,
+  Jadbabaie, `Why gradient clipping accelerates training
   <https://arxiv.org/abs/1905.11881>`_, ICLR 2020.
 """
 

@@ -70,7 +70,7 @@ def test_microbatched_step_equals_the_whole_batch_step():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_aux_is_stacked_and_keys_are_folded_per_microbatch():
+def test_aux_is_averaged_and_keys_are_folded_per_microbatch():
   params, prev, x, y = data()
   key = jax.random.key(7)
 
@@ -83,7 +83,7 @@ def test_aux_is_stacked_and_keys_are_folded_per_microbatch():
   )
   loss, aux = value
   want = [jax.random.normal(jax.random.fold_in(key, i), ()) for i in range(3)]
-  np.testing.assert_allclose(aux, want)
+  np.testing.assert_allclose(aux, np.mean(want), rtol=1e-6)  # float aux: mean
   np.testing.assert_allclose(
     loss, grad_np(params, x, y)[1] + np.mean(want), rtol=1e-5
   )
@@ -111,3 +111,17 @@ def test_multisteps_around_a_paired_transformation_says_what_to_use(tx):
   state = optax.MultiSteps(tx, every_k_schedule=4).init(params)
   with pytest.raises(ValueError, match=r'microbatches=k'):
     so.prev_params(state)
+
+
+def test_non_float_aux_comes_from_the_first_microbatch():
+  params, prev, x, y = data()
+
+  def with_counter(params, x, y):
+    return loss_fn(params, x, y), (jnp.int32(7) + 0 * x.shape[0], x[0, 0])
+
+  (value, _), _ = so.paired_value_and_grad(
+    with_counter, has_aux=True, microbatches=4
+  )(params, prev, x, y)
+  counter, first = value[1]
+  assert counter.dtype == jnp.int32 and int(counter) == 7
+  np.testing.assert_allclose(first, np.mean(np.asarray(x)[::6, 0]), rtol=1e-6)

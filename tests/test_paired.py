@@ -184,10 +184,30 @@ def test_split_batch_variance_is_unbiased():
   )
 
 
+def test_split_batch_with_aux_combines_the_halves():
+  """Float aux leaves: the halves' weighted mean; others: the first half's."""
+  params, prev, x, y = lsq_setup(7)
+
+  def with_aux(params, x, y):
+    return lsq_loss(params, x, y), (jnp.mean(y), jnp.int32(3))
+
+  (grads, (mean_y, count)), _, variance = so.paired_grad(
+    with_aux, has_aux=True, split_batch=True
+  )(params, prev, x, y)
+  np.testing.assert_allclose(
+    mean_y, np.mean(np.asarray(y, np.float64)), rtol=1e-5
+  )
+  assert count.dtype == jnp.int32 and int(count) == 3
+  want, _, want_variance = so.paired_grad(lsq_loss, split_batch=True)(
+    params, prev, x, y
+  )
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  np.testing.assert_allclose(variance, want_variance, rtol=1e-6)
+
+
 def test_split_batch_errors():
   params, prev, x, y = lsq_setup(8)
-  with pytest.raises(ValueError, match='has_aux=False'):
-    so.paired_grad(mlp_loss, has_aux=True, split_batch=True)
   split = so.paired_grad(lsq_loss, split_batch=True)
   with pytest.raises(ValueError, match=r'args\[1\] has first axis 7'):
     split(params, prev, x, y[:7])
