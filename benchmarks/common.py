@@ -1,9 +1,10 @@
 """What every benchmark shares.
 
-- :func:`parser` and :func:`main`: one command line (``--quick``,
-  ``--no-progress``, ``--out``, ``--plot-dir``; outputs in ``benchmarks/out/``
-  by default, wherever the script runs from), one progress bar, and one way
-  to print, plot and write the results with the :func:`environment`.
+- :func:`parser` and :func:`main` (both at once: :func:`script`): one
+  command line (``--quick``, ``--no-progress``, ``--out``, ``--plot-dir``;
+  outputs in ``benchmarks/out/`` by default, wherever the script runs from),
+  one progress bar, and one way to print, plot and write the results with the
+  :func:`environment`.
 - :func:`step_pair`: SPIDER's anchor and recursive steps (the anchor step is
   also the step of a plain optimizer such as clipped SGD or Adam).
 - :func:`run_budgeted`: the training loop of a fixed budget of oracle calls,
@@ -48,8 +49,10 @@ Results = dict[str, Any]
 
 # ------------------------------------------------------------ the script ---
 
-def parser(name: str, doc: str | None, *, tasks: Sequence[str] = ()
-           ) -> argparse.ArgumentParser:
+
+def parser(
+  name: str, doc: str | None, *, tasks: Sequence[str] = ()
+) -> argparse.ArgumentParser:
   """The options every benchmark takes; a script adds its own.
 
   Args:
@@ -58,29 +61,46 @@ def parser(name: str, doc: str | None, *, tasks: Sequence[str] = ()
     tasks: the names of its tasks, if it has several: a ``--tasks`` option
       chooses among them (default: all).
   """
-  p = argparse.ArgumentParser(prog=f'python -m benchmarks.{name}',
-                              description=(doc or name).split('\n')[0])
-  p.add_argument('--quick', action='store_true',
-                 help='small budgets and grids: the smoke test the tests run')
-  p.add_argument('--no-progress', action='store_true',
-                 help='no progress bar')
-  p.add_argument('--out', type=pathlib.Path, default=OUT_DIR / f'{name}.json',
-                 help='the JSON results (default: %(default)s)')
-  p.add_argument('--plot-dir', type=pathlib.Path, default=OUT_DIR,
-                 help='the folder of the PNG plots (default: %(default)s)')
+  p = argparse.ArgumentParser(
+    prog=f'python -m benchmarks.{name}',
+    description=(doc or name).split('\n')[0],
+  )
+  p.add_argument(
+    '--quick',
+    action='store_true',
+    help='small budgets and grids: the smoke test the tests run',
+  )
+  p.add_argument('--no-progress', action='store_true', help='no progress bar')
+  p.add_argument(
+    '--out',
+    type=pathlib.Path,
+    default=OUT_DIR / f'{name}.json',
+    help='the JSON results (default: %(default)s)',
+  )
+  p.add_argument(
+    '--plot-dir',
+    type=pathlib.Path,
+    default=OUT_DIR,
+    help='the folder of the PNG plots (default: %(default)s)',
+  )
   if tasks:
-    p.add_argument('--tasks', nargs='+', default=list(tasks), choices=tasks,
-                   help='the tasks to run (default: all)')
+    p.add_argument(
+      '--tasks',
+      nargs='+',
+      default=list(tasks),
+      choices=tasks,
+      help='the tasks to run (default: all)',
+    )
   return p
 
 
 def main(
-    cli: argparse.ArgumentParser,
-    argv: Sequence[str] | None,
-    experiment: Callable[[argparse.Namespace, tqdm.tqdm], Results],
-    *,
-    report: Callable[[Results], str],
-    plots: Callable[[Results, pathlib.Path], Any],
+  cli: argparse.ArgumentParser,
+  argv: Sequence[str] | None,
+  experiment: Callable[[argparse.Namespace, tqdm.tqdm], Results],
+  *,
+  report: Callable[[Results], str],
+  plots: Callable[[Results, pathlib.Path], Any],
 ) -> Results:
   """Runs a benchmark from its command line.
 
@@ -100,35 +120,71 @@ def main(
   """
   options = cli.parse_args(argv)
   start = time.perf_counter()
-  with tqdm.tqdm(desc=cli.prog.split('.')[-1], unit='run', file=sys.stderr,
-                 disable=options.no_progress) as bar:
-    results: Results = dict(mode='quick' if options.quick else 'full',
-                            **experiment(options, bar),
-                            environment=environment())
+  with tqdm.tqdm(
+    desc=cli.prog.split('.')[-1],
+    unit='run',
+    file=sys.stderr,
+    disable=options.no_progress,
+  ) as bar:
+    results: Results = dict(
+      mode='quick' if options.quick else 'full',
+      **experiment(options, bar),
+      environment=environment(),
+    )
   print(report(results))
   options.plot_dir.mkdir(parents=True, exist_ok=True)
   results['plots'] = plots(results, options.plot_dir)
   results['wall_time_s'] = time.perf_counter() - start
   write_json(options.out, results)
-  print(f'\nwall time {results["wall_time_s"]:.1f} s; wrote {options.out} '
-        f'and the plots in {options.plot_dir}')
+  print(f'\nwall time {results["wall_time_s"]:.1f} s; wrote')
+  for path in (options.out, *results['plots']):
+    print(f'  {path}')
   return results
+
+
+def script(
+  name: str,
+  doc: str | None,
+  argv: Sequence[str] | None,
+  experiment: Callable[[argparse.Namespace, tqdm.tqdm], Results],
+  report: Callable[[Results], str],
+  plots: Callable[[Results, pathlib.Path], Any],
+  tasks: Sequence[str] = (),
+) -> Results:
+  """:func:`main` under the :func:`parser` of script ``name``, for a script
+  that adds no options of its own: its ``main(argv)`` is
+  ``script(name, __doc__, argv, experiment, report, plots)``."""
+  cli = parser(name, doc, tasks=tasks)
+  return main(cli, argv, experiment, report=report, plots=plots)
 
 
 def environment() -> dict[str, Any]:
   """The hardware, versions and date of this run."""
   memory = os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
   return dict(
-      date=datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec='seconds'),
-      cpu=_cpu_name(), cpu_count=os.cpu_count(),
-      memory_gib=round(memory / 2**30, 1),
-      platform=platform.platform(), python=platform.python_version(),
-      jax_backend=jax.default_backend(),
-      jax_devices=[f'{d} ({d.device_kind})' for d in jax.devices()],
-      versions={name: _version(name) for name in (
-          'jax', 'jaxlib', 'optax', 'numpy', 'scikit-learn', 'matplotlib',
-          'spider-optax')})
+    date=datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec='seconds'
+    ),
+    cpu=_cpu_name(),
+    cpu_count=os.cpu_count(),
+    memory_gib=round(memory / 2**30, 1),
+    platform=platform.platform(),
+    python=platform.python_version(),
+    jax_backend=jax.default_backend(),
+    jax_devices=[f'{d} ({d.device_kind})' for d in jax.devices()],
+    versions={
+      name: _version(name)
+      for name in (
+        'jax',
+        'jaxlib',
+        'optax',
+        'numpy',
+        'scikit-learn',
+        'matplotlib',
+        'spider-optax',
+      )
+    },
+  )
 
 
 def _cpu_name() -> str:
@@ -167,8 +223,10 @@ def _plain(x: Any) -> Any:
 def pyplot() -> Any:
   """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 
@@ -181,9 +239,16 @@ def save_plot(fig: Any, plot_dir: pathlib.Path, name: str) -> str:
   return str(path)
 
 
-def label_axes(ax: Any, xlabel: str, ylabel: str, title: str = '', *,
-               xscale: str = 'linear', yscale: str = 'linear',
-               legend: bool = True) -> None:
+def label_axes(
+  ax: Any,
+  xlabel: str,
+  ylabel: str,
+  title: str = '',
+  *,
+  xscale: str = 'linear',
+  yscale: str = 'linear',
+  legend: bool = True,
+) -> None:
   """Labels, scales, a light grid and a small legend."""
   ax.set(xlabel=xlabel, ylabel=ylabel, xscale=xscale, yscale=yscale)
   ax.set_title(title, fontsize=9)
@@ -192,8 +257,13 @@ def label_axes(ax: Any, xlabel: str, ylabel: str, title: str = '', *,
     ax.legend(fontsize=8)
 
 
-def curves_plot(runs: dict[str, dict[str, list[float]]], n: int, title: str,
-                plot_dir: pathlib.Path, name: str) -> str:
+def curves_plot(
+  runs: dict[str, dict[str, list[float]]],
+  n: int,
+  title: str,
+  plot_dir: pathlib.Path,
+  name: str,
+) -> str:
   """Loss and gradient norm against oracle calls, loss against wall time.
 
   Args:
@@ -210,13 +280,19 @@ def curves_plot(runs: dict[str, dict[str, list[float]]], n: int, title: str,
   fig, axes = pyplot().subplots(1, 3, figsize=(16, 4.5))
   for label, c in runs.items():
     passes = np.asarray(c['oracle_calls']) / n
-    for ax, (x, y) in zip(axes, ((passes, 'loss'), (passes, 'grad_norm'),
-                                 (c['wall_time_s'], 'loss'))):
+    for ax, (x, y) in zip(
+      axes,
+      ((passes, 'loss'), (passes, 'grad_norm'), (c['wall_time_s'], 'loss')),
+    ):
       ax.plot(x, c[y], label=label)
-  for ax, (x, y) in zip(axes, (
+  for ax, (x, y) in zip(
+    axes,
+    (
       ('stochastic gradients / n', 'full training loss'),
       ('stochastic gradients / n', 'full-gradient norm'),
-      ('wall time [s] (steps only)', 'full training loss'))):
+      ('wall time [s] (steps only)', 'full training loss'),
+    ),
+  ):
     label_axes(ax, x, y, yscale='log', legend=ax is axes[0])
   fig.suptitle(title, fontsize=10)
   return save_plot(fig, plot_dir, name)
@@ -224,13 +300,14 @@ def curves_plot(runs: dict[str, dict[str, list[float]]], n: int, title: str,
 
 # ------------------------------------------------------------- the steps ---
 
+
 def step_pair(
-    make_tx: Callable[[Any], optax.GradientTransformation],
-    grad_fn: Callable[..., Any],
-    paired_fn: Callable[..., tuple[Any, ...]] | None = None,
-    *,
-    info: Callable[[Any, Any], Any] | None = None,
-    other_point: Callable[[Any], Params] = so.prev_params,
+  make_tx: Callable[[Any], optax.GradientTransformation],
+  grad_fn: Callable[..., Any],
+  paired_fn: Callable[..., tuple[Any, ...]] | None = None,
+  *,
+  info: Callable[[Any, Any], Any] | None = None,
+  other_point: Callable[[Any], Params] = so.prev_params,
 ) -> tuple[Step, Step]:
   """SPIDER's anchor and recursive steps, pure functions to jit, vmap or cond.
 
@@ -256,8 +333,11 @@ def step_pair(
 
   def finish(params, hp, updates_and_state):
     updates, state = updates_and_state
-    return (optax.apply_updates(params, updates), state,
-            None if info is None else info(state, hp))
+    return (
+      optax.apply_updates(params, updates),
+      state,
+      None if info is None else info(state, hp),
+    )
 
   def anchor(hp, params, state, *batch):
     tx = make_tx(hp)
@@ -268,16 +348,19 @@ def step_pair(
     grads, prev, *variance = paired_fn(params, other_point(state), *batch)
     extra = dict(grad_diff_variance=variance[0]) if variance else {}
     tx = cast(optax.GradientTransformationExtraArgs, make_tx(hp))
-    return finish(params, hp, tx.update(grads, state, params,
-                                        prev_grads=prev, **extra))
+    return finish(
+      params, hp, tx.update(grads, state, params, prev_grads=prev, **extra)
+    )
 
   return anchor, recursive
 
 
 # Gradients computed before the step, passed as its batch: step_pair(make_tx,
 # *GIVEN) updates with them (for gradients jitted apart, or none at all).
-GIVEN = (lambda params, grads: grads,
-         lambda params, other, grads, prev_grads: (grads, prev_grads))
+GIVEN = (
+  lambda params, grads: grads,
+  lambda params, other, grads, prev_grads: (grads, prev_grads),
+)
 
 
 def ceil_sqrt(n: int) -> int:
@@ -287,13 +370,17 @@ def ceil_sqrt(n: int) -> int:
 
 # -------------------------------------------------------------- the loop ---
 
+
 def spider_schedule(
-    anchor_period: int, *, error_budget: float | None = None,
-    batch_size: int | None = None,
+  anchor_period: int,
+  *,
+  error_budget: float | None = None,
+  batch_size: int | None = None,
 ) -> Callable[[Any, int], bool]:
   """``(state, k) -> so.is_anchor_step(state, ...)``, for :class:`Stepper`."""
   return lambda state, k: so.is_anchor_step(
-      state, anchor_period, error_budget=error_budget, batch_size=batch_size)
+    state, anchor_period, error_budget=error_budget, batch_size=batch_size
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +399,7 @@ class Stepper:
     is_anchor: ``(state, k) -> bool``, whether step ``k`` is an anchor:
       :func:`spider_schedule` for SPIDER.
   """
+
   init: Callable[[Params], Any]
   step: Step
   batch_size: int
@@ -337,6 +425,7 @@ class Run:
     params: the final params.
     infos: what each step returned third (device values).
   """
+
   steps: int
   oracle_calls: int
   wall_time_s: float
@@ -348,20 +437,23 @@ class Run:
 
   def record(self) -> Results:
     """The run for the JSON: all but the params and the infos."""
-    return {k: v for k, v in dataclasses.asdict(self).items()
-            if k not in ('params', 'infos')}
+    return {
+      k: v
+      for k, v in dataclasses.asdict(self).items()
+      if k not in ('params', 'infos')
+    }
 
 
 def run_budgeted(
-    stepper: Stepper,
-    params: Params,
-    *,
-    rng: np.random.Generator,
-    n: int,
-    budget: int,
-    every: int,
-    evaluate: Callable[[Params], dict[str, Any]],
-    compile_first: bool = True,
+  stepper: Stepper,
+  params: Params,
+  *,
+  rng: np.random.Generator,
+  n: int,
+  budget: int,
+  every: int,
+  evaluate: Callable[[Params], dict[str, Any]],
+  compile_first: bool = True,
 ) -> Run:
   """Takes steps while the next step's oracle cost fits in ``budget``.
 
@@ -394,7 +486,8 @@ def run_budgeted(
     if stepper.anchor is not None:
       warm = stepper.anchor(*warm)[:2]
     jax.block_until_ready(
-        stepper.step(*warm, np.zeros(stepper.batch_size, np.int32)))
+      stepper.step(*warm, np.zeros(stepper.batch_size, np.int32))
+    )
   curves: dict[str, list[float]] = {}
   anchors, infos = [], []
   k = calls = 0
@@ -407,8 +500,9 @@ def run_budgeted(
     values = {key: float(v) for key, v in evaluate(params).items()}
     finite = all(math.isfinite(v) for v in values.values())
     if finite:
-      for key, v in dict(steps=k, oracle_calls=calls, wall_time_s=seconds,
-                         **values).items():
+      for key, v in dict(
+        steps=k, oracle_calls=calls, wall_time_s=seconds, **values
+      ).items():
         curves.setdefault(key, []).append(v)
     clock = time.perf_counter()
     return not finite
@@ -439,6 +533,7 @@ def run_budgeted(
 
 # ------------------------------------------------------------ the numbers ---
 
+
 def median(values: Iterable[float | None]) -> float:
   """The median over runs, where a failed run counts as +inf.
 
@@ -449,8 +544,11 @@ def median(values: Iterable[float | None]) -> float:
   finished (with an even count, both middle ones), and ``math.inf``, a failed
   median, otherwise.
   """
-  return float(np.median([math.inf if v is None or not math.isfinite(v)
-                          else v for v in values]))
+  return float(
+    np.median(
+      [math.inf if v is None or not math.isfinite(v) else v for v in values]
+    )
+  )
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -458,12 +556,16 @@ def finite_or_none(x: float | None) -> float | None:
   return x if x is not None and math.isfinite(x) else None
 
 
-def loglog_slope(xs: Sequence[float], ys: Sequence[float | None]
-                 ) -> float | None:
+def loglog_slope(
+  xs: Sequence[float], ys: Sequence[float | None]
+) -> float | None:
   """Least-squares slope of log y against log x over the points where both
   are finite and positive; None with fewer than 2."""
-  pts = [(x, y) for x, y in zip(xs, ys) if y is not None
-         and 0 < x < math.inf and 0 < y < math.inf]
+  pts = [
+    (x, y)
+    for x, y in zip(xs, ys)
+    if y is not None and 0 < x < math.inf and 0 < y < math.inf
+  ]
   if len(pts) < 2:
     return None
   lx, ly = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])

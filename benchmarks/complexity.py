@@ -435,39 +435,33 @@ def online(problem: Problem, cfg: dict, bar, tag: int = 0) -> dict:
   spider_edges = dict(
     lr_scale=(lams[0], lams[-1]), batch_scale=(GRIDS['batch_scales'][0],)
   )
+
+  def spider_group(variant, eps, pairs, generator):
+    """The configurations of ``variant`` at (lambda, mu) in ``pairs``, and
+    their calls to the stop (one group of :func:`run_group`)."""
+    configs, p = _spider_configs(problem, variant, eps, pairs)
+    return configs, run_group(
+      problem,
+      'spider',
+      configs,
+      eps,
+      seeds,
+      generator,
+      chunk=128,
+      budget=SPIDER_BUDGET['calls'],
+      max_steps=SPIDER_BUDGET['steps'],
+      q=p.anchor_period,
+    )
+
   for i, eps in enumerate(eps_grid):
     rng = lambda group, i=i: np.random.default_rng([tag, i, group])
     for v, variant in enumerate(SPIDER_VARIANTS):
-      configs, p = _spider_configs(problem, variant, eps, scales)
-      calls_to = run_group(
-        problem,
-        'spider',
-        configs,
-        eps,
-        seeds,
-        rng(v),
-        chunk=128,
-        budget=SPIDER_BUDGET['calls'],
-        max_steps=SPIDER_BUDGET['steps'],
-        q=p.anchor_period,
-      )
+      configs, calls_to = spider_group(variant, eps, scales, rng(v))
       results[variant].append(_best_row(eps, configs, calls_to, spider_edges))
       bar.update(1)
       if variant in preset:  # the preset as is: lambda = mu = 1, own group
-        configs, p = _spider_configs(problem, variant, eps, [(1.0, 1.0)])
+        _, calls_to = spider_group(variant, eps, [(1.0, 1.0)], rng(v))
         gap = float(tasks.f_value(problem, problem.x0(jnp.float32(eps)), eps))
-        calls_to = run_group(
-          problem,
-          'spider',
-          configs,
-          eps,
-          seeds,
-          rng(v),
-          chunk=128,
-          budget=SPIDER_BUDGET['calls'],
-          max_steps=SPIDER_BUDGET['steps'],
-          q=p.anchor_period,
-        )
         preset[variant]['calls'].append([_count(c) for c in calls_to[0]])
         preset[variant]['median'].append(common.median(calls_to[0]))
         preset[variant]['predicted'].append(
@@ -825,13 +819,7 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs both problems and the finite sum; prints, plots, writes JSON."""
-  return common.main(
-    common.parser('complexity', __doc__),
-    argv,
-    experiment,
-    report=report,
-    plots=plots,
-  )
+  return common.script('complexity', __doc__, argv, experiment, report, plots)
 
 
 if __name__ == '__main__':

@@ -657,13 +657,7 @@ def plots(res: dict[str, Any], plot_dir: pathlib.Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Measures, prints the tables, writes JSON and PNGs."""
-  return common.main(
-    common.parser('overhead', __doc__),
-    argv,
-    experiment,
-    report=report,
-    plots=plots,
-  )
+  return common.script('overhead', __doc__, argv, experiment, report, plots)
 
 
 if __name__ == '__main__':

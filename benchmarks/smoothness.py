@@ -112,66 +112,53 @@ LABELS = dict(
   adaptive_minibatch='adaptive anchoring (minibatch-mean heuristic)',
   auto_both='automatic clipping + adaptive anchoring',
 )
-COLORS = dict(
-  fixed='C0',
-  auto_clip='C1',
-  adaptive_anchor='C2',
-  adaptive_minibatch='C4',
-  auto_both='C3',
-)
+COLORS = dict(zip(METHODS, ('C0', 'C1', 'C2', 'C4', 'C3')))
 CAP_PERIODS = 4  # adaptive anchoring: at most 4 q0 steps between anchors
 EVAL_EVERY_PASSES = 0.5
 # so.theory.fit_smoothness's defaults.
 FIT: dict[str, Any] = dict(quantile=0.9, num_bins=8)
 
-# Grids. ``eps`` (automatic clipping) and ``eps_a`` (anchor budget eps_a^2/8)
-# are spaced by ~3 and centred where they match the hand-tuned run: eps =
+# Grids, each a (full, quick) pair: SHARED holds those of both tasks.
+# ``eps`` (automatic clipping) and ``eps_a`` (anchor budget eps_a^2/8) are
+# spaced by ~3 and centred where they match the hand-tuned run: eps =
 # 4 lr L0 c0 for the fitted L0 (so.spider's c0 = eps / (4 lr L0)), and eps_a
 # around the error the hand-tuned recursion accumulates per period.
+SHARED: dict[str, tuple[Any, Any]] = dict(
+  seeds=(3, 2),
+  c_scale=((1 / 3, 1.0, 3.0), (1.0,)),
+  q_scale=((0.5, 1.0, 2.0, 4.0), (1.0, 2.0)),
+)
+
+
+def _task(hand: dict[str, float], **grids: tuple[Any, Any]) -> dict[str, Any]:
+  """A task's hand-tuned settings and its full and quick grids, from its
+  (full, quick) pairs ``grids`` and SHARED."""
+  grids.update(SHARED)
+  order = 'n budget_passes seeds lr c_scale q_scale eps eps_a'.split()
+  return dict(
+    hand=hand,
+    **{
+      mode: {k: grids[k][i] for k in order if k in grids}
+      for i, mode in enumerate(('full', 'quick'))
+    },
+  )
+
+
 TASKS: dict[str, dict[str, Any]] = dict(
-  digits=dict(
-    hand=dict(lr=1.0, c0=0.1, c1=0.05),  # quickstart.py's tuned values
-    full=dict(
-      budget_passes=60,
-      seeds=3,
-      lr=(0.5, 1.0, 2.0),
-      c_scale=(1 / 3, 1.0, 3.0),
-      q_scale=(0.5, 1.0, 2.0, 4.0),
-      eps=(0.1, 0.3, 1.0),
-      eps_a=(0.01, 0.03, 0.1),
-    ),
-    quick=dict(
-      budget_passes=8,
-      seeds=2,
-      lr=(1.0,),
-      c_scale=(1.0,),
-      q_scale=(1.0, 2.0),
-      eps=(0.1, 0.3),
-      eps_a=(0.01, 0.03),
-    ),
+  digits=_task(
+    dict(lr=1.0, c0=0.1, c1=0.05),  # quickstart.py's tuned values
+    budget_passes=(60, 8),
+    lr=((0.5, 1.0, 2.0), (1.0,)),
+    eps=((0.1, 0.3, 1.0), (0.1, 0.3)),
+    eps_a=((0.01, 0.03, 0.1), (0.01, 0.03)),
   ),
-  charlm=dict(
-    hand=dict(lr=3.0, c0=1.0, c1=1.0),  # train.py's settings and best lr
-    full=dict(
-      n=512,
-      budget_passes=32,
-      seeds=3,
-      lr=(1.0, 3.0, 10.0),
-      c_scale=(1 / 3, 1.0, 3.0),
-      q_scale=(0.5, 1.0, 2.0, 4.0),
-      eps=(1.0, 3.0, 10.0),
-      eps_a=(0.3, 1.0, 3.0),
-    ),
-    quick=dict(
-      n=128,
-      budget_passes=4,
-      seeds=2,
-      lr=(3.0,),
-      c_scale=(1.0,),
-      q_scale=(1.0, 2.0),
-      eps=(1.0, 3.0),
-      eps_a=(0.3, 1.0),
-    ),
+  charlm=_task(
+    dict(lr=3.0, c0=1.0, c1=1.0),  # train.py's settings and best lr
+    n=(512, 128),
+    budget_passes=(32, 4),
+    lr=((1.0, 3.0, 10.0), (3.0,)),
+    eps=((1.0, 3.0, 10.0), (1.0, 3.0)),
+    eps_a=((0.3, 1.0, 3.0), (0.3, 1.0)),
   ),
 )
 
@@ -277,16 +264,28 @@ def make_steps(task: tasks.Task) -> dict[str, Any]:
   return steps
 
 
-def stepper(
-  steps: dict[str, Any], setting: dict[str, Any], n: int, s2: int
-) -> common.Stepper:
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What every run on a task shares: the steps of :func:`make_steps`, n,
+  the minibatch size S2, and the budget and the checkpoint spacing in oracle
+  calls."""
+
+  steps: dict[str, Any]
+  n: int
+  s2: int
+  budget: int
+  every: int
+
+
+def stepper(setup: Setup, setting: dict[str, Any]) -> common.Stepper:
   """The run of ``setting``: its kind ('fixed' or 'auto'), lr, c0, c1, eps,
   q (the period, or the cap under adaptive anchoring) and anchor rule:
   'every_q', 'split' (``so.anchor_due(state, error_budget)``) or 'minibatch'
   (``so.anchor_due(state, error_budget, S2)``), applied by
   ``so.is_anchor_step``."""
   hp = {k: jnp.float32(setting[k] or 1.0) for k in ('lr', 'c0', 'c1', 'eps')}
-  anchor, recursive = steps[setting['kind']]
+  anchor, recursive = setup.steps[setting['kind']]
+  s2 = setup.s2
   schedule = common.spider_schedule(
     setting['q'],
     error_budget=setting['error_budget'],
@@ -298,19 +297,13 @@ def stepper(
     batch_size=s2,
     cost=2 * s2,
     anchor=functools.partial(anchor, hp),
-    anchor_cost=n,
+    anchor_cost=setup.n,
     is_anchor=schedule,
   )
 
 
 def error_check(
-  steps: dict[str, Any],
-  setting: dict[str, Any],
-  params: Any,
-  n: int,
-  s2: int,
-  budget: int,
-  seed: int,
+  setup: Setup, setting: dict[str, Any], params: Any, seed: int
 ) -> dict[str, Any]:
   """What ``so.anchor_due`` estimates against the estimator's true error.
 
@@ -326,8 +319,8 @@ def error_check(
   to E||v_k - grad f(x_k)||^2 (the steps' mean gradient change is no error).
   The last two need per-sample gradients.
   """
-  q = setting['q']
-  base = stepper(steps, setting, n, s2)
+  q, steps, s2 = setting['q'], setup.steps, setup.s2
+  base = stepper(setup, setting)
   probes = {1, q // 4, q // 2, (3 * q) // 4, q - 1} - {0}
   rows, sums = [], dict(k=0, lemma=0.0, centred=0.0)
 
@@ -364,9 +357,9 @@ def error_check(
     dataclasses.replace(base, anchor=anchor, step=recursive),
     params,
     rng=np.random.default_rng(seed),
-    n=n,
-    budget=budget,
-    every=budget + 1,
+    n=setup.n,
+    budget=setup.budget,
+    every=setup.budget + 1,
     evaluate=lambda p: {},
     compile_first=False,
   ).steps
@@ -411,25 +404,19 @@ def error_check(
 
 
 def run(
-  steps: dict[str, Any],
-  setting: dict[str, Any],
-  params: Any,
-  n: int,
-  s2: int,
-  budget: int,
-  every: int,
-  seed: int,
+  setup: Setup, setting: dict[str, Any], params: Any, seed: int
 ) -> dict[str, Any]:
   """One run at ``setting`` until the next step's cost would pass ``budget``;
   the training loss at the checkpoints, the loss and gradient norm at the
   end, and the per-step trace of the estimator's diagnostics."""
+  steps = setup.steps
   r = common.run_budgeted(
-    stepper(steps, setting, n, s2),
+    stepper(setup, setting),
     params,
     rng=np.random.default_rng(seed),
-    n=n,
-    budget=budget,
-    every=every,
+    n=setup.n,
+    budget=setup.budget,
+    every=setup.every,
     evaluate=lambda p: dict(loss=steps['loss'](p)),
   )
   final_loss, final_grad_norm = steps['final'](r.params)
@@ -585,7 +572,7 @@ def run_task(name: str, mode: str, bar: tqdm.tqdm) -> dict[str, Any]:
   q0 = s2 = common.ceil_sqrt(n)  # as theory.finite_sum
   budget = g['budget_passes'] * n
   every = max(1, int(EVAL_EVERY_PASSES * n))
-  steps = make_steps(task)
+  setup = Setup(make_steps(task), n, s2, budget, every)
   seeds = list(range(g['seeds']))
   params = {0: task.params}
   params.update({s: build_task(name, mode, s).params for s in seeds[1:]})
@@ -594,7 +581,7 @@ def run_task(name: str, mode: str, bar: tqdm.tqdm) -> dict[str, Any]:
     bar.set_postfix_str(
       f'{name}/{setting["kind"]} lr={setting["lr"]:g} seed={seed}'
     )
-    r = run(steps, setting, params[seed], n, s2, budget, every, seed)
+    r = run(setup, setting, params[seed], seed)
     bar.update(1)
     return r
 
@@ -619,7 +606,7 @@ def run_task(name: str, mode: str, bar: tqdm.tqdm) -> dict[str, Any]:
       hand_run = match[0] if match else go(hand_setting, 0)
       picture = smoothness_picture(hand_run)
       bar.set_postfix_str(f'{name}/error check')
-      check = error_check(steps, hand_setting, params[0], n, s2, budget, 0)
+      check = error_check(setup, hand_setting, params[0], 0)
       i = min(range(len(runs)), key=lambda j: _key(runs[j]))
       best['fixed'] = settings[i]
       more = grid('fixed_q', g, hand, q0, best)
@@ -831,13 +818,8 @@ def plots(results: dict[str, Any], plot_dir: pathlib.Path) -> dict[str, str]:
           label=LABELS[method] if i == 0 else None,
         )
     for key, ls in (('a', ':'), ('b', '--')):
-      ax.axhline(
-        t['targets'][key],
-        color='k',
-        ls=ls,
-        lw=0.8,
-        label=f'target {key.upper()}',
-      )
+      label = f'target {key.upper()}'
+      ax.axhline(t['targets'][key], color='k', ls=ls, lw=0.8, label=label)
     common.label_axes(
       ax,
       'stochastic gradients / n',

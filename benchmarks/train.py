@@ -81,6 +81,17 @@ from benchmarks import tasks  # noqa: E402
 
 METHODS = ('spider', 'sarah', 'svrg', 'clipped_sgd', 'clipped_adam')
 CLIPPED = ('spider', 'clipped_sgd', 'clipped_adam')  # tuned thresholds
+# A method's fields that its best run sets (None while no run is finite).
+BEST_FIELDS = (
+  'best_lr',
+  'best_clip',
+  'best_clip_scale',
+  'edge',
+  'edge_lr',
+  'edge_clip',
+  'final_loss',
+  'final_grad_norm',
+)
 SGD_BATCH = 32
 
 # Learning-rate ladders: every lr grid below is a window of consecutive values
@@ -438,14 +449,7 @@ def best_of(
     if clipped
     else None,
     n_configs=len(runs),
-    best_lr=None,
-    best_clip=None,
-    best_clip_scale=None,
-    edge=None,
-    edge_lr=None,
-    edge_clip=None,
-    final_loss=None,
-    final_grad_norm=None,
+    **dict.fromkeys(BEST_FIELDS),  # set below if a run is finite
     runs=runs,
     best_picked_by='lowest final full training loss',
   )
