@@ -5,7 +5,8 @@ What it measures, on the machine it runs on (all in one run):
 1. Jitted optimizer update time (update + ``optax.apply_updates``) for flat
    float32 parameter pytrees (4 leaves) of 1e5 .. 1e8 parameters:
    ``so.spider(lr, c0, c1)`` recursive step, ``optax.chain(
-   optax.clip_by_global_norm(c), optax.sgd(lr))`` and ``optax.adam(lr)``.
+   optax.clip_by_global_norm(c), optax.sgd(lr))``, ``optax.adam(lr)``,
+   ``optax.adamw(lr)`` and ``so.mars_adamw(lr)`` (approx mode, one gradient).
    Every method is jitted with params and optimizer state donated (fair to all:
    each updates its buffers in place), compiled and warmed up outside the
    timing, and timed interleaved (the order of the methods rotates every
@@ -18,11 +19,13 @@ What it measures, on the machine it runs on (all in one run):
    are never written out). Two columns:
    - ``ideal`` (one pass, as if the global norm were free): SPIDER reads
      g, g', v, x and writes v, x_prev, x: 7 arrays; clip+SGD reads g, x and
-     writes x: 3; Adam reads g, m, v, x and writes m, v, x: 7.
+     writes x: 3; Adam and AdamW read g, m, v, x and write m, v, x: 7; MARS
+     (approx) also reads and writes the kept gradient g_{k-1}: 9.
    - ``two_pass`` (the minimum given that the global norm must be complete
      before any element can be scaled): SPIDER pass 1 reads g, g', v, writes v
      (and reduces ||v||), pass 2 reads v, x, writes x, x_prev: 8 arrays;
-     clip+SGD reads g (norm), then g, x and writes x: 4; Adam has no norm: 7.
+     clip+SGD reads g (norm), then g, x and writes x: 4; Adam has no norm: 7;
+     MARS reads g, g_{k-1} for the norm of c_k, then the 9 arrays: 11.
    The machine's achievable memory bandwidth is measured with a jitted
    ``y = a*x + y`` (3 arrays moved) and a copy over a large array; each method's
    bandwidth fraction is ``two_pass bytes / time / measured bandwidth``.
@@ -73,12 +76,18 @@ from benchmarks import common  # noqa: E402
 from benchmarks import tasks  # noqa: E402
 
 LR, C0, C1, CLIP = 0.01, 1.0, 10.0, 1.0
-METHODS = ('spider', 'clip_sgd', 'adam')
+METHODS = ('spider', 'clip_sgd', 'adam', 'adamw', 'mars_adamw')
 BASELINE = 'clip_sgd'
 # Arrays of P float32 each update moves (see the module docstring).
 BYTES_MODEL = {
-  'ideal': {'spider': 7, 'clip_sgd': 3, 'adam': 7},
-  'two_pass': {'spider': 8, 'clip_sgd': 4, 'adam': 7},
+  'ideal': {'spider': 7, 'clip_sgd': 3, 'adam': 7, 'adamw': 7, 'mars_adamw': 9},
+  'two_pass': {
+    'spider': 8,
+    'clip_sgd': 4,
+    'adam': 7,
+    'adamw': 7,
+    'mars_adamw': 11,
+  },
 }
 TRAIN_METHODS = ('grad_clip_sgd', 'spider_paired_vmap', 'spider_paired_loop')
 
@@ -104,6 +113,10 @@ def _tx(method: str) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(LR))
   if method == 'adam':
     return optax.adam(LR)
+  if method == 'adamw':
+    return optax.adamw(LR)
+  if method == 'mars_adamw':
+    return so.mars_adamw(LR)
   raise ValueError(method)
 
 
@@ -351,6 +364,8 @@ def update_steps(size: int, key: jax.Array) -> dict[str, Timed]:
     ),
     clip_sgd=plain('clip_sgd'),
     adam=plain('adam'),
+    adamw=plain('adamw'),
+    mars_adamw=plain('mars_adamw'),
   )
 
 

@@ -28,7 +28,7 @@ def test_quick_overhead(tmp_path_factory):
 
   assert set(res['updates']) == {'100000', '1000000'}
   for size, row in res['updates'].items():
-    assert set(row) == {'spider', 'clip_sgd', 'adam'}
+    assert set(row) == {'spider', 'clip_sgd', 'adam', 'adamw', 'mars_adamw'}
     for method, r in row.items():
       for key in (
         'median_s',
@@ -50,7 +50,7 @@ def test_quick_overhead(tmp_path_factory):
     )
 
   assert set(res['hlo_by_size']) == set(res['updates'])
-  assert set(res['hlo']) == {'spider', 'clip_sgd', 'adam'}
+  assert set(res['hlo']) == {'spider', 'clip_sgd', 'adam', 'adamw', 'mars_adamw'}
   for a in res['hlo'].values():
     assert a['n_passes'] >= 1 and a['entry_fusions'] >= 1
     assert _positive(a['bytes_moved_per_param'])

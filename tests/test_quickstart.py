@@ -1,5 +1,7 @@
 """Smoke test of benchmarks/quickstart.py in --quick mode, run in-process."""
 
+import contextlib
+import io
 import json
 import math
 import subprocess
@@ -11,13 +13,39 @@ from benchmark_scripts import ROOT
 from benchmark_scripts import run_quick
 
 METHODS = ('spider', 'clipped_sgd')
-CURVES = ('steps', 'oracle_calls', 'wall_time_s', 'loss', 'grad_norm',
-          'accuracy')
+CURVES = (
+  'steps',
+  'oracle_calls',
+  'wall_time_s',
+  'loss',
+  'grad_norm',
+  'accuracy',
+)
 
 
 @pytest.fixture(scope='module')
-def quick_run(tmp_path_factory):
-  return run_quick('quickstart', tmp_path_factory, '--seed', '0')
+def printed_run(tmp_path_factory):
+  """The quick run and what it printed."""
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    run = run_quick('quickstart', tmp_path_factory, '--seed', '0')
+  return run, printed.getvalue()
+
+
+@pytest.fixture(scope='module')
+def quick_run(printed_run):
+  return printed_run[0]
+
+
+@pytest.fixture(scope='module')
+def capsys_output(printed_run):
+  return printed_run[1]
+
+
+@pytest.fixture(scope='module')
+def finite_sum(quick_run):
+  """Part 1's results, as the finite-sum tests read them."""
+  return quick_run[0]['finite_sum']
 
 
 def test_writes_the_returned_results_as_json(quick_run):
@@ -27,8 +55,8 @@ def test_writes_the_returned_results_as_json(quick_run):
   assert results['environment']['versions']['jax']
 
 
-def test_both_methods_present(quick_run):
-  results, _, _ = quick_run
+def test_both_methods_present(finite_sum):
+  results = finite_sum
   assert set(results['methods']) == set(METHODS)
   for name in METHODS:
     curves = results['methods'][name]['curves']
@@ -39,8 +67,8 @@ def test_both_methods_present(quick_run):
 
 
 @pytest.mark.parametrize('name', METHODS)
-def test_oracle_calls_increase_and_end_at_the_budget(quick_run, name):
-  results, _, _ = quick_run
+def test_oracle_calls_increase_and_end_at_the_budget(finite_sum, name):
+  results = finite_sum
   config, method = results['config'], results['methods'][name]
   calls = method['curves']['oracle_calls']
   steps = method['curves']['steps']
@@ -52,21 +80,25 @@ def test_oracle_calls_increase_and_end_at_the_budget(quick_run, name):
   # A method stops at the first step that would overrun the budget, so it
   # ends below the budget by less than its costliest step (a full-gradient
   # anchor for SPIDER, one batch for SGD).
-  costliest = {'spider': config['n'],
-               'clipped_sgd': config['clipped_sgd']['batch_size']}[name]
+  costliest = {
+    'spider': config['n'],
+    'clipped_sgd': config['clipped_sgd']['batch_size'],
+  }[name]
   assert config['budget'] - costliest < calls[-1] <= config['budget']
 
 
-def test_spider_oracle_accounting(quick_run):
+def test_spider_oracle_accounting(finite_sum):
   """n per anchor (every q steps), 2 * S2 per recursive step."""
-  results, _, _ = quick_run
+  results = finite_sum
   cfg = results['config']['spider']
   spider = results['methods']['spider']
   steps = spider['steps']
   assert spider['anchors'] == list(range(0, steps, cfg['anchor_period']))
   anchors = len(spider['anchors'])
-  expected = (anchors * cfg['anchor_batch_size']
-              + (steps - anchors) * 2 * cfg['minibatch_size'])
+  expected = (
+    anchors * cfg['anchor_batch_size']
+    + (steps - anchors) * 2 * cfg['minibatch_size']
+  )
   assert spider['oracle_calls'] == expected
   assert cfg['anchor_batch_size'] == results['config']['n'] == 1797
   assert cfg['anchor_period'] == cfg['minibatch_size'] == 43
@@ -74,10 +106,11 @@ def test_spider_oracle_accounting(quick_run):
 
 
 @pytest.mark.parametrize('name', METHODS)
-def test_metrics_are_finite(quick_run, name):
-  curves = quick_run[0]['methods'][name]['curves']
-  for loss, g, acc in zip(curves['loss'], curves['grad_norm'],
-                          curves['accuracy']):
+def test_metrics_are_finite(finite_sum, name):
+  curves = finite_sum['methods'][name]['curves']
+  for loss, g, acc in zip(
+    curves['loss'], curves['grad_norm'], curves['accuracy']
+  ):
     assert math.isfinite(loss) and loss > 0, loss
     assert math.isfinite(g) and g >= 0, g
     assert 0.0 <= acc <= 1.0, acc
@@ -85,15 +118,15 @@ def test_metrics_are_finite(quick_run, name):
   assert times[0] == 0 and all(a <= b for a, b in zip(times, times[1:]))
 
 
-def test_same_start_for_both_methods(quick_run):
-  results, _, _ = quick_run
+def test_same_start_for_both_methods(finite_sum):
+  results = finite_sum
   first = [results['methods'][name]['curves'] for name in METHODS]
   assert first[0]['loss'][0] == first[1]['loss'][0]
   assert first[0]['grad_norm'][0] == first[1]['grad_norm'][0]
 
 
-def test_spider_decreases_the_training_loss(quick_run):
-  loss = quick_run[0]['methods']['spider']['curves']['loss']
+def test_spider_decreases_the_training_loss(finite_sum):
+  loss = finite_sum['methods']['spider']['curves']['loss']
   assert loss[-1] < 0.5 * loss[0], loss
 
 
@@ -105,11 +138,67 @@ def test_plot(quick_run):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
-@pytest.mark.parametrize('command', (['benchmarks/quickstart.py'],
-                                     ['-m', 'benchmarks.quickstart']))
+@pytest.mark.parametrize(
+  'command', (['benchmarks/quickstart.py'], ['-m', 'benchmarks.quickstart'])
+)
 def test_runs_as_a_script_and_as_a_module_from_the_root(command):
-  out = subprocess.run([sys.executable, *command, '--help'], cwd=ROOT,
-                       capture_output=True, text=True, check=True).stdout
-  for option in ('--quick', '--no-progress', '--out', '--plot-dir',
-                 '--budget', '--seed'):
+  out = subprocess.run(
+    [sys.executable, *command, '--help'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
+  for option in (
+    '--quick',
+    '--no-progress',
+    '--out',
+    '--plot-dir',
+    '--seed',
+  ):
     assert option in out
+
+
+def test_deep_net_methods_get_equal_gradient_evaluations(quick_run):
+  deep = quick_run[0]['deep_net']
+  calls = {name: r['oracle_calls'] for name, r in deep['methods'].items()}
+  assert set(calls) == {'mars_adamw', 'clip_adamw'}
+  assert (
+    len(set(calls.values())) == 1 and deep['config']['budget'] in calls.values()
+  )
+  for r in deep['methods'].values():
+    c = r['curves']
+    assert len(c['val_loss']) >= 3
+    assert all(
+      math.isfinite(v) and v > 0 for v in c['val_loss'] + c['train_loss']
+    )
+    assert c['val_loss'][-1] < c['val_loss'][0]  # it learns
+
+
+def test_summary_states_the_json_figures(quick_run, capsys_output):
+  """Each figure the summary prints is the one in the JSON, as rounded."""
+  results, _, _ = quick_run
+  s = results['summary']
+  fs = results['finite_sum']['methods']
+  dn = results['deep_net']['methods']
+  assert s['spider_grad_norm'] == fs['spider']['curves']['grad_norm'][-1]
+  assert s['grad_norm_ratio'] == pytest.approx(
+    fs['clipped_sgd']['curves']['grad_norm'][-1]
+    / fs['spider']['curves']['grad_norm'][-1]
+  )
+  assert s['mars_val_loss'] == dn['mars_adamw']['curves']['val_loss'][-1]
+  assert s['adamw_val_loss'] == dn['clip_adamw']['curves']['val_loss'][-1]
+  text = capsys_output
+  assert f'{s["grad_norm_ratio"]:.1f}x closer to a stationary point' in text
+  assert (
+    f'validation loss of {s["mars_val_loss"]:.3f} against '
+    f'{s["adamw_val_loss"]:.3f}' in text
+  )
+  for term in ('gradient evaluations', 'passes', '|grad f|', 'val loss'):
+    assert f'  {term} ' in text
+
+
+def test_prints_the_path_of_each_file(quick_run, capsys_output):
+  results, out, _ = quick_run
+  for path in (str(out), *results['plots']):
+    assert f'  {path}\n' in capsys_output
