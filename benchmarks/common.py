@@ -137,7 +137,10 @@ def main(
   results['wall_time_s'] = time.perf_counter() - start
   write_json(options.out, results)
   print(f'\nwall time {results["wall_time_s"]:.1f} s; wrote')
-  for path in (options.out, *results['plots']):
+  written = results['plots']
+  if isinstance(written, dict):
+    written = list(written.values())
+  for path in (options.out, *written):
     print(f'  {path}')
   return results
 

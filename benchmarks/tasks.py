@@ -48,6 +48,7 @@ class Task(NamedTuple):
     data: ``(x, y)``, the n samples.
     description: one line for tables and plots.
   """
+
   loss_fn: Loss
   params: Params
   data: tuple[jax.Array, jax.Array]
@@ -67,14 +68,22 @@ L2 = 1e-4
 def mlp_init(seed: int, sizes: tuple[int, ...]) -> list[dict[str, jax.Array]]:
   """LeCun-normal weights, zero biases: layers ``sizes[i] -> sizes[i+1]``."""
   rng = np.random.default_rng(seed)
-  return [{'w': jnp.asarray(rng.standard_normal((m, k), np.float32)
-                            / np.sqrt(m, dtype=np.float32)),
-           'b': jnp.zeros(k)} for m, k in zip(sizes[:-1], sizes[1:])]
+  return [
+    {
+      'w': jnp.asarray(
+        rng.standard_normal((m, k), np.float32) / np.sqrt(m, dtype=np.float32)
+      ),
+      'b': jnp.zeros(k),
+    }
+    for m, k in zip(sizes[:-1], sizes[1:])
+  ]
 
 
 def mlp_logits(
-    params: list[dict[str, jax.Array]], x: jax.Array, *,
-    activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+  params: list[dict[str, jax.Array]],
+  x: jax.Array,
+  *,
+  activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
 ) -> jax.Array:
   for layer in params[:-1]:
     x = activation(x @ layer['w'] + layer['b'])
@@ -82,13 +91,16 @@ def mlp_logits(
 
 
 def mlp_loss(
-    params: list[dict[str, jax.Array]], x: jax.Array, y: jax.Array, *,
-    activation: Callable[[jax.Array], jax.Array] = jnp.tanh, l2: float = L2,
+  params: list[dict[str, jax.Array]],
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  activation: Callable[[jax.Array], jax.Array] = jnp.tanh,
+  l2: float = L2,
 ) -> jax.Array:
   """Mean cross-entropy over the batch plus (l2/2) * ||weights||^2."""
   logits = mlp_logits(params, x, activation=activation)
-  loss = jnp.mean(
-      optax.softmax_cross_entropy_with_integer_labels(logits, y))
+  loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
   if l2:
     loss = loss + 0.5 * l2 * sum(jnp.sum(p['w'] ** 2) for p in params)
   return loss
@@ -97,14 +109,20 @@ def mlp_loss(
 def digits_task(seed: int) -> Task:
   """sklearn digits and the MLP 64-32-10 (tanh), init from ``seed``."""
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
   digits = load_digits()
   x = jnp.asarray(np.asarray(digits.data, np.float32) / 16.0)
   y = jnp.asarray(digits.target, jnp.int32)
-  return Task(mlp_loss, mlp_init(seed, (x.shape[1], HIDDEN, 10)), (x, y),
-              f'sklearn digits, MLP 64-{HIDDEN}-10 tanh, L2={L2}')
+  return Task(
+    mlp_loss,
+    mlp_init(seed, (x.shape[1], HIDDEN, 10)),
+    (x, y),
+    f'sklearn digits, MLP 64-{HIDDEN}-10 tanh, L2={L2}',
+  )
 
 
 # ---------------------------------------------------------------- charlm ---
+
 
 def pydoc_text() -> str:
   """The pydoc help topics, whitespace collapsed (433k characters)."""
@@ -123,15 +141,20 @@ def load_text() -> str:
 def lstm_init(seed: int, vocab: int, embed: int, hidden: int) -> Params:
   rng = np.random.default_rng(seed)
   normal = lambda shape, scale: jnp.asarray(
-      rng.standard_normal(shape, np.float32) * np.float32(scale))
+    rng.standard_normal(shape, np.float32) * np.float32(scale)
+  )
   b = np.zeros(4 * hidden, np.float32)
-  b[hidden:2 * hidden] = 1.0  # forget-gate bias 1
+  b[hidden : 2 * hidden] = 1.0  # forget-gate bias 1
   return dict(
-      embed=normal((vocab, embed), 1.0 / math.sqrt(embed)),
-      lstm=dict(w=normal((embed + hidden, 4 * hidden),
-                         1.0 / math.sqrt(embed + hidden)), b=jnp.asarray(b)),
-      out=dict(w=normal((hidden, vocab), 1.0 / math.sqrt(hidden)),
-               b=jnp.zeros(vocab)))
+    embed=normal((vocab, embed), 1.0 / math.sqrt(embed)),
+    lstm=dict(
+      w=normal((embed + hidden, 4 * hidden), 1.0 / math.sqrt(embed + hidden)),
+      b=jnp.asarray(b),
+    ),
+    out=dict(
+      w=normal((hidden, vocab), 1.0 / math.sqrt(hidden)), b=jnp.zeros(vocab)
+    ),
+  )
 
 
 def lstm_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -141,8 +164,9 @@ def lstm_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
 
   def cell(carry, e_t):
     h, c = carry
-    z = (jnp.concatenate([e_t, h], -1) @ params['lstm']['w']
-         + params['lstm']['b'])
+    z = (
+      jnp.concatenate([e_t, h], -1) @ params['lstm']['w'] + params['lstm']['b']
+    )
     i, f, g, o = jnp.split(z, 4, -1)
     c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
@@ -155,8 +179,9 @@ def lstm_loss(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(ce)
 
 
-def charlm_task(seed: int, n: int, *, seq_len: int = 32, embed: int = 16,
-                hidden: int = 64) -> Task:
+def charlm_task(
+  seed: int, n: int, *, seq_len: int = 32, embed: int = 16, hidden: int = 64
+) -> Task:
   """The char LSTM on the first n windows of the pydoc text."""
   text = load_text()
   vocab = sorted(set(text))
@@ -166,11 +191,13 @@ def charlm_task(seed: int, n: int, *, seq_len: int = 32, embed: int = 16,
   ids = np.array([vocab.index(c) for c in text[:need]], np.int32)
   windows = ids.reshape(n, seq_len + 1)
   return Task(
-      lstm_loss, lstm_init(seed, len(vocab), embed, hidden),
-      (jnp.asarray(windows[:, :-1]), jnp.asarray(windows[:, 1:])),
-      f'char LSTM (vocab {len(vocab)}, embed {embed}, hidden {hidden}, '
-      f'seq_len {seq_len}) on pydoc_data.topics, {n} windows ({need} '
-      'characters)')
+    lstm_loss,
+    lstm_init(seed, len(vocab), embed, hidden),
+    (jnp.asarray(windows[:, :-1]), jnp.asarray(windows[:, 1:])),
+    f'char LSTM (vocab {len(vocab)}, embed {embed}, hidden {hidden}, '
+    f'seq_len {seq_len}) on pydoc_data.topics, {n} windows ({need} '
+    'characters)',
+  )
 
 
 # ------------------------------------------- online problems (complexity) ---
@@ -188,6 +215,7 @@ class Problem(NamedTuple):
   z ~ N(0, (SIGMA^2/d) I), which is additive (the anchor noise) and cancels
   in it. So f = E F = sum_j phi_j, with f* = 0.
   """
+
   name: str
   d: int
   L0: float
@@ -238,12 +266,24 @@ def phi_ramp(x: jax.Array, eps: jax.Array) -> jax.Array:
 # ||grad f(x0)|| = 54 and the Hessian is 243 (0 at the minima): a constant
 # step that is stable at x0 is far too short later, which is what clipping
 # fixes. Two coordinates start on the concave side of the barrier at 0.
-WELLS = Problem('wells', 4, 2.0, 11.0, phi_wells,
-                lambda eps: jnp.array([2.0, 1.6, 0.3, -0.25], jnp.float32),
-                'wells: sum_j (x_j^2-1)^4/8 (fixed, non-convex)')
-RAMP = Problem('ramp', 2, 1.0, 3.0, phi_ramp,
-               lambda eps: jnp.stack([0.5 / eps, 1.5]).astype(jnp.float32),
-               'ramp: slope 2 eps over 1/(2 eps) + x_2^4/4 (eps-scaled)')
+WELLS = Problem(
+  'wells',
+  4,
+  2.0,
+  11.0,
+  phi_wells,
+  lambda eps: jnp.array([2.0, 1.6, 0.3, -0.25], jnp.float32),
+  'wells: sum_j (x_j^2-1)^4/8 (fixed, non-convex)',
+)
+RAMP = Problem(
+  'ramp',
+  2,
+  1.0,
+  3.0,
+  phi_ramp,
+  lambda eps: jnp.stack([0.5 / eps, 1.5]).astype(jnp.float32),
+  'ramp: slope 2 eps over 1/(2 eps) + x_2^4/4 (eps-scaled)',
+)
 
 
 def f_value(problem: Problem, x: jax.Array, eps: Any) -> jax.Array:
@@ -257,14 +297,17 @@ def true_grad_norm(problem: Problem, x: jax.Array, eps: Any) -> jax.Array:
 
 def sample_loss(problem: Problem) -> Loss:
   """F(x; batch), batch = (mean s, mean z, eps) of a minibatch."""
+
   def loss(x, batch):
     s, z, eps = batch
     return jnp.sum(problem.phi(x, eps) * (1 + s) + z * x)
+
   return loss
 
 
-def minibatch(problem: Problem, normals: jax.Array, size: Any,
-              eps: Any) -> tuple[jax.Array, jax.Array, Any]:
+def minibatch(
+  problem: Problem, normals: jax.Array, size: Any, eps: Any
+) -> tuple[jax.Array, jax.Array, Any]:
   """The minibatch mean of ``size`` samples' noise, drawn directly.
 
   F is linear in (s, z), so a minibatch gradient depends on the samples only
@@ -273,8 +316,11 @@ def minibatch(problem: Problem, normals: jax.Array, size: Any,
   the oracle count is still ``size``.
   """
   size = jnp.asarray(size, jnp.float32)
-  return (normals[0] * (TAU / jnp.sqrt(size)),
-          normals[1] * (SIGMA / jnp.sqrt(problem.d * size)), eps)
+  return (
+    normals[0] * (TAU / jnp.sqrt(size)),
+    normals[1] * (SIGMA / jnp.sqrt(problem.d * size)),
+    eps,
+  )
 
 
 # -------------------------------------------- cosh finite sum (complexity) ---
@@ -303,8 +349,10 @@ def cosh_data(n: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
   rng = np.random.default_rng(seed)
   s = rng.uniform(-0.5, 0.5, size=(n // 2, COSH_D))
   z = rng.normal(size=(n // 2, COSH_D)) * (COSH_SIGMA / math.sqrt(COSH_D))
-  return (jnp.asarray(np.concatenate([s, -s]), jnp.float32),
-          jnp.asarray(np.concatenate([z, -z]), jnp.float32))
+  return (
+    jnp.asarray(np.concatenate([s, -s]), jnp.float32),
+    jnp.asarray(np.concatenate([z, -z]), jnp.float32),
+  )
 
 
 # ------------------------------------------------- deep nets (family.py) ---

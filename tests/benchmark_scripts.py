@@ -9,7 +9,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # pytest puts tests/, not the root, on the path
   sys.path.insert(0, str(ROOT))
 
-SCRIPTS = ('quickstart', 'overhead', 'complexity', 'train', 'smoothness')
+SCRIPTS = (
+  'quickstart',
+  'overhead',
+  'complexity',
+  'train',
+  'smoothness',
+  'family',
+)
 
 
 def load_benchmark(name: str) -> Any:

@@ -50,7 +50,13 @@ def test_quick_overhead(tmp_path_factory):
     )
 
   assert set(res['hlo_by_size']) == set(res['updates'])
-  assert set(res['hlo']) == {'spider', 'clip_sgd', 'adam', 'adamw', 'mars_adamw'}
+  assert set(res['hlo']) == {
+    'spider',
+    'clip_sgd',
+    'adam',
+    'adamw',
+    'mars_adamw',
+  }
   for a in res['hlo'].values():
     assert a['n_passes'] >= 1 and a['entry_fusions'] >= 1
     assert _positive(a['bytes_moved_per_param'])
