@@ -55,15 +55,18 @@ def numbered(tag):
   return ((tag, i) for i in itertools.count())
 
 
+def run_numbered(anchor, recursive, carry, **kwargs):
+  """``run`` on fresh numbered anchor batches and minibatches."""
+  return run(anchor, recursive, carry, numbered('A'), numbered('m'), **kwargs)
+
+
 def advanced(steps, q):
   """A carry after ``steps`` updates of the schedule with period ``q``."""
   anchor, recursive, _ = counting_steps()
-  carry, _ = run(
+  carry, _ = run_numbered(
     anchor,
     recursive,
     fresh(),
-    numbered('A'),
-    numbered('m'),
     anchor_period=q,
     num_steps=steps,
   )
@@ -112,12 +115,10 @@ def test_resumed_run_equals_one_run():
   """A run split anywhere continues the schedule from the state's counters."""
   q, stop = 6, 40
   anchor, recursive, whole = counting_steps()
-  run(
+  run_numbered(
     anchor,
     recursive,
     fresh(),
-    numbered('A'),
-    numbered('m'),
     anchor_period=q,
     num_steps=stop,
   )
@@ -155,24 +156,20 @@ def test_start_step_that_disagrees_with_the_state_is_an_error():
       ValueError,
       match='start_step=5 but the optimizer state has taken 7 updates',
     ):
-      run(
+      run_numbered(
         anchor,
         recursive,
         carry,
-        numbered('A'),
-        numbered('m'),
         anchor_period=5,
         num_steps=10,
         start_step=5,
       )
   assert not calls
   with pytest.warns(DeprecationWarning, match='start_step'):
-    run(
+    run_numbered(
       anchor,
       recursive,
       carry,
-      numbered('A'),
-      numbered('m'),
       anchor_period=5,
       num_steps=11,
       start_step=7,
@@ -204,12 +201,10 @@ def test_runs_out_of_batches():
 
 def test_accepts_a_numpy_integer_anchor_period():
   anchor, recursive, calls = counting_steps()
-  run(
+  run_numbered(
     anchor,
     recursive,
     fresh(),
-    numbered('A'),
-    numbered('m'),
     anchor_period=np.int64(3),
     num_steps=6,
   )
@@ -220,12 +215,10 @@ def test_accepts_a_numpy_integer_anchor_period():
 def test_rejects_a_bad_anchor_period(q):
   anchor, recursive, calls = counting_steps()
   with pytest.raises(ValueError, match='anchor_period'):
-    run(
+    run_numbered(
       anchor,
       recursive,
       fresh(),
-      numbered('A'),
-      numbered('m'),
       anchor_period=q,
       num_steps=10,
     )
