@@ -169,8 +169,9 @@ def mars_adamw(
   with :math:`g'_k` the gradient at :math:`x_{k-1}` on the same minibatch
   (exact, ``approx=False``) or the previous step's gradient (approx, the
   default: one gradient per step). It is ``optax.chain(``
-  :func:`recursive_correction` ``(b1, gamma), optax.clip_by_global_norm(
-  max_norm), optax.scale_by_adam(b1, b2, eps), optax.add_decayed_weights(
+  :func:`recursive_correction` ``(b1, gamma),`` :func:`relaxed_clip`
+  ``(max_norm)`` (that is, ``optax.clip_by_global_norm(max_norm)``)``,
+  optax.scale_by_adam(b1, b2, eps), optax.add_decayed_weights(
   weight_decay, mask), optax.scale_by_learning_rate(learning_rate))``: both
   Adam moments are built from :math:`\tilde c_k`, and ``gamma=0`` is AdamW
   after a global-norm clip. Exact mode takes
@@ -256,10 +257,11 @@ def mars_adamw(
     _checks.check_decay('betas_1d[0]', betas_1d[0])
     _checks.check_decay('betas_1d[1]', betas_1d[1])
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
+  # relaxed_clip(max_norm) is optax.clip_by_global_norm(max_norm) written as
+  # one scalar factor, which XLA fuses into Adam's moments: optax's version
+  # left c_k squared and clipped as extra parameter-sized arrays (1.4x).
   clip = (
-    clip_by_leaf_norm(max_norm)
-    if per_tensor_clip
-    else optax.clip_by_global_norm(max_norm)
+    clip_by_leaf_norm(max_norm) if per_tensor_clip else relaxed_clip(max_norm)
   )
   direction = optax.chain(
     clip, optax.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype)

@@ -207,7 +207,10 @@ def recursive_correction(
       prev_params=None
       if approx
       else jax.tree.map(_buffers.overwrite, state.prev_params, params),
-      prev_grads=jax.tree.map(_buffers.overwrite, state.prev_grads, updates)
+      # Read above, so its donated buffer is reused without an overwrite.
+      prev_grads=jax.tree.map(
+        lambda old, g: g.astype(old.dtype), state.prev_grads, updates
+      )
       if approx
       else None,
     )
