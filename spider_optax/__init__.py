@@ -29,6 +29,8 @@ from spider_optax.loop import spider_loop
 from spider_optax.measurement import SpiderDiagnostics
 from spider_optax.paired import paired_grad
 from spider_optax.paired import paired_value_and_grad
+from spider_optax.previous import keep_prev_params
+from spider_optax.previous import KeepPrevParamsState
 from spider_optax.wrappers import apply_if_finite
 
 __version__ = '0.1.0'
@@ -51,6 +53,8 @@ __all__ = (
   'diagnostics',
   'global_norm',
   'is_anchor_step',
+  'keep_prev_params',
+  'KeepPrevParamsState',
   'lookup',
   'mars_adamw',
   'paired_grad',

@@ -11,6 +11,7 @@ from jax.typing import DTypeLike
 
 from spider_optax import _buffers
 from spider_optax import _checks
+from spider_optax import previous
 
 _PREV_GRADS_HINT = (
   'prev_grads must be the gradients of the same loss on the same minibatch '
@@ -138,6 +139,7 @@ def recursive_correction(
   def update_fn(updates, state, params=None, *, prev_grads=None, **extra_args):
     del extra_args
     _checks.check_state(state, RecursiveCorrectionState, name)
+    prev_grads = previous.masked_like(prev_grads, updates)
     if approx:
       if prev_grads is not None:
         raise ValueError(
@@ -153,7 +155,7 @@ def recursive_correction(
         check_dtypes=False,
         hint='If the params changed, rebuild the state with tx.init(params).',
       )
-      previous = state.prev_grads
+      g_prime = state.prev_grads
     else:
       if params is None:
         raise ValueError(
@@ -175,7 +177,7 @@ def recursive_correction(
       _checks.check_trees_match(
         'grads', updates, 'prev_grads', prev_grads, hint=_PREV_GRADS_HINT
       )
-      previous = prev_grads
+      g_prime = prev_grads
     mask_tree = mask(updates) if callable(mask) else mask
     if mask_tree is None:
       mask_tree = jax.tree.map(lambda _: True, updates)
@@ -201,7 +203,7 @@ def recursive_correction(
       c = g_wide + scale * (g_wide - g_prev)
       return (c if corrected else g).astype(out_dtype)
 
-    corrected = jax.tree.map(correct, updates, previous, mask_tree)
+    corrected = jax.tree.map(correct, updates, g_prime, mask_tree)
     new_state = RecursiveCorrectionState(
       count=jnp.asarray(optax.safe_increment(state.count)),
       prev_params=None

@@ -11,6 +11,7 @@ from jax.typing import DTypeLike
 from spider_optax import _buffers
 from spider_optax import _checks
 from spider_optax import measurement
+from spider_optax import previous
 
 _PREV_GRADS_HINT = (
   'prev_grads must be the gradients of the same loss on the same minibatch '
@@ -151,6 +152,7 @@ def spider_estimator(
     _checks.check_state_matches(
       'state.estimate', state.estimate, params, check_dtypes=False
     )
+    prev_grads = previous.masked_like(prev_grads, updates)
     if grad_diff_variance is not None and (
       prev_grads is None or jnp.ndim(grad_diff_variance) != 0
     ):

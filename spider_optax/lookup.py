@@ -10,6 +10,7 @@ under ``optax.inject_hyperparams``, ``optax.apply_if_finite`` or
 from typing import Any, TypeVar
 
 import chex
+import jax
 import optax
 
 from spider_optax import _checks
@@ -62,11 +63,14 @@ def estimator_state(state: Any) -> SpiderEstimatorState:
 def prev_params(state: Any) -> optax.Params:
   """The previous parameters :math:`x_{k-1}` kept by a paired-gradient state.
 
-  Finds the one sub-state with a ``prev_params`` field wherever it sits (see
-  the module docstring): :func:`spider_optax.spider_estimator`'s, or an
+  Finds the sub-states with a ``prev_params`` field wherever they sit (see
+  the module docstring): :func:`spider_optax.spider_estimator`'s, an
   exact-mode recursive correction's (:func:`spider_optax.mars_adamw` with
-  ``approx=False``, :func:`spider_optax.storm`). Pass the result to
-  :func:`spider_optax.paired_grad` as the second parameter set.
+  ``approx=False``, :func:`spider_optax.storm`), or
+  :func:`spider_optax.keep_prev_params`'s. Inside ``optax.partition`` an
+  estimator keeps only its group's leaves; the copies are merged, leaf by
+  leaf. Pass the result to :func:`spider_optax.paired_grad` as the second
+  parameter set.
 
   Examples:
     >>> import jax.numpy as jnp, spider_optax as so
@@ -76,14 +80,16 @@ def prev_params(state: Any) -> optax.Params:
     [1. 2.]
 
   Args:
-    state: an optimizer state that holds exactly one such sub-state.
+    state: an optimizer state that holds such sub-states for one model.
 
   Returns:
     The params passed to the last update (the initial params before the
     first update).
 
   Raises:
-    ValueError: if the state holds none, or more than one.
+    ValueError: if the state holds none, or sets for different params, or
+      leaves no set covers (groups of a partition without an estimator: add
+      :func:`keep_prev_params`).
   """
   in_a_state = lambda path, value: (
     value is not None and isinstance(path[-1], optax.tree_utils.NamedTupleKey)
@@ -104,8 +110,6 @@ def prev_params(state: Any) -> optax.Params:
       'microbatches=k)(params, so.prev_params(state), batch).'
     )
   found = [value for _, value in found_with_path]
-  if len(found) == 1:
-    return found[0]
   if not found:
     raise ValueError(
       'This optimizer state keeps no previous parameters. Build the '
@@ -113,11 +117,50 @@ def prev_params(state: Any) -> optax.Params:
       'so.mars_adamw(..., approx=False), then pass the state that tx.init '
       f'returned. {_checks.RESTORE_HINT}'
     )
-  raise ValueError(
-    f'This optimizer state holds {len(found)} sets of previous parameters; '
-    'so.prev_params needs exactly one. Pass the sub-state of the one you '
-    'mean.'
-  )
+  return _merged(found)
+
+
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _merged(found: list[Any]) -> optax.Params:
+  """One x_{k-1} from every kept copy: each leaf from a copy that has it.
+
+  Inside ``optax.partition``, ``multi_transform`` or ``masked`` an estimator
+  keeps only its group's leaves (``optax.MaskedNode`` elsewhere); the copies
+  hold the same params of the last update where they overlap.
+  """
+  flat = [jax.tree_util.tree_flatten(f, is_leaf=_is_masked) for f in found]
+  if any(treedef != flat[0][1] for _, treedef in flat):
+    raise ValueError(
+      f'This optimizer state holds {len(found)} sets of previous parameters '
+      'for different params; so.prev_params needs one model. Pass the '
+      'sub-state of the one you mean.'
+    )
+  leaves = [
+    next((x for x in column if not _is_masked(x)), column[0])
+    for column in zip(*(leaves for leaves, _ in flat))
+  ]
+  merged = jax.tree.unflatten(flat[0][1], leaves)
+  missing = [
+    jax.tree_util.keystr(path)
+    for path, x in jax.tree_util.tree_flatten_with_path(
+      merged, is_leaf=_is_masked
+    )[0]
+    if _is_masked(x)
+  ]
+  if missing:
+    raise ValueError(
+      f'No transformation keeps the previous parameters of '
+      f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}: they '
+      'sit in groups of optax.partition, multi_transform or masked without '
+      'a paired-gradient estimator, and the paired gradient needs the whole '
+      "model's previous point. Put so.keep_prev_params() first in the "
+      'chain, outside the partition: optax.chain(so.keep_prev_params(), '
+      'optax.partition(...)).'
+    )
+  return merged
 
 
 def diagnostics(state: Any) -> dict[str, chex.Array]:

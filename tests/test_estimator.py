@@ -132,9 +132,14 @@ def test_prev_params_without_an_estimator():
 
 
 def test_prev_params_with_two_estimators():
+  """Copies kept for one model are the same params; for two models the
+  state is ambiguous."""
   state = optax.chain(so.spider(0.1), so.spider(0.1)).init(PARAMS)
+  jax.tree.map(np.testing.assert_array_equal, so.prev_params(state), PARAMS)
+  other = {'only': jnp.zeros(3)}
+  states = (so.spider(0.1).init(PARAMS), so.spider(0.1).init(other))
   with pytest.raises(ValueError, match='holds 2 sets of previous parameters'):
-    so.prev_params(state)
+    so.prev_params(states)
 
 
 def test_each_step_function_compiles_once():
