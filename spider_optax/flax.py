@@ -286,6 +286,8 @@ class TrainState(train_state.TrainState):
 
   ``apply_gradients(grads=..., prev_grads=...)`` is a recursive step;
   without ``prev_grads`` an anchor step. ``prev_params`` is x_{k-1}.
+  ``batch_stats`` holds a model's mutable BatchNorm statistics (None
+  without), as in Flax's own examples; :func:`linen_steps` updates it.
 
   Example::
 
@@ -297,6 +299,8 @@ class TrainState(train_state.TrainState):
         state.params, state.prev_params, batch)
     state = state.apply_gradients(grads=grads, prev_grads=prev_grads)
   """
+
+  batch_stats: Any = None
 
   @classmethod
   def create(cls, *, apply_fn, params, tx, **kwargs):
@@ -345,30 +349,80 @@ class TrainState(train_state.TrainState):
 def linen_steps(
   loss_fn: Callable[..., Any],
   *,
+  has_aux: bool = False,
   split_batch: bool = False,
 ) -> tuple[Callable, Callable]:
   """Jitted ``(anchor_step, recursive_step)`` for a Linen :class:`TrainState`.
 
-  ``loss_fn(params, *batch)`` is the loss (typically calling
-  ``state.apply_fn({'params': params}, ...)`` or ``model.apply``). Both steps
-  have the signature ``step(state, *batch, **kwargs) -> (state, loss)``; the
-  loss is at the current params, before the update. ``split_batch`` and
-  ``kwargs`` (e.g. a dropout key) as in :func:`nnx_steps`.
+  Both have the signature ``step(state, *batch, **kwargs) -> (state,
+  loss)``; the loss is at the current params, before the update, and with
+  ``has_aux=True`` it is ``(loss, aux)``. ``split_batch`` and ``kwargs``
+  (e.g. a dropout key, the same at both points) as in :func:`nnx_steps`.
+
+  ``loss_fn(params, *batch, **kwargs)`` returns the loss, or ``(loss, aux)``
+  with ``has_aux``. A state with ``batch_stats`` (BatchNorm in training
+  mode) calls ``loss_fn(params, batch_stats, *batch, **kwargs)`` instead,
+  which returns ``(loss, new_batch_stats)``, or ``(loss, (new_batch_stats,
+  aux))`` with ``has_aux``. Both points of a paired step start from the
+  state's ``batch_stats`` and normalise with their own batch statistics;
+  the state keeps x_k's ``new_batch_stats``, so the running statistics move
+  once per step:
+
+  .. code-block:: python
+
+    def loss_fn(params, batch_stats, x, y, dropout_key):
+      logits, updates = model.apply(
+          {'params': params, 'batch_stats': batch_stats}, x, train=True,
+          mutable=['batch_stats'], rngs={'dropout': dropout_key})
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      return loss, updates['batch_stats']
+
+    state = so.flax.TrainState.create(
+        apply_fn=model.apply, params=variables['params'],
+        batch_stats=variables['batch_stats'], tx=so.mars_adamw(1e-3,
+        approx=False))
+    anchor_step, recursive_step = so.flax.linen_steps(loss_fn)
+    state, loss = recursive_step(state, x, y, dropout_key)
   """
+
+  def of_params(state):
+    """``loss_fn`` as ``(params, *batch) -> (loss, (aux, batch_stats))``."""
+    stats = state.batch_stats
+
+    def loss_of_params(params, *batch, **kwargs):
+      if stats is None:
+        out = loss_fn(params, *batch, **kwargs)
+        loss, aux = out if has_aux else (out, None)
+        return loss, (aux, None)
+      loss, rest = loss_fn(params, stats, *batch, **kwargs)
+      new_stats, aux = rest if has_aux else (rest, None)
+      return loss, (aux, new_stats)
+
+    return loss_of_params
+
+  def finish(state, value):
+    """The state with x_k's batch statistics, and what the step returns."""
+    loss, (aux, new_stats) = value
+    if new_stats is not None:
+      state = state.replace(batch_stats=new_stats)
+    return state, ((loss, aux) if has_aux else loss)
 
   @jax.jit
   def anchor_step(state, *batch, **kwargs):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, *batch, **kwargs)
-    return state.apply_gradients(grads=grads), loss
+    value, grads = jax.value_and_grad(of_params(state), has_aux=True)(
+      state.params, *batch, **kwargs
+    )
+    return finish(state.apply_gradients(grads=grads), value)
 
   @jax.jit
   def recursive_step(state, *batch, **kwargs):
-    (loss, grads), (_, prev_grads), *variance = paired.paired_value_and_grad(
-      loss_fn, split_batch=split_batch
+    (value, grads), (_, prev_grads), *variance = paired.paired_value_and_grad(
+      of_params(state), True, split_batch=split_batch
     )(state.params, state.prev_params, *batch, **kwargs)
-    return state.apply_gradients(
+    state = state.apply_gradients(
       grads=grads, prev_grads=prev_grads, **_variance_arg(variance)
-    ), loss
+    )
+    return finish(state, value)
 
   return anchor_step, recursive_step
 

@@ -1,11 +1,12 @@
-"""Flax NNX models as users write them: BatchNorm in training mode and
-Dropout drawing from the model's own nnx.Rngs, through so.flax."""
+"""Flax models as users write them: BatchNorm in training mode and
+Dropout from the model's own RNG (NNX) or a key (Linen), through so.flax."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen
 from flax import nnx
 
 import spider_optax as so
@@ -99,3 +100,87 @@ def test_split_batch_with_model_state():
   )(tx_model, optimizer, X, Y)
   assert float(variance) > 0
   assert jax.tree.structure(grads) == jax.tree.structure(prev_grads)
+
+
+# --------------------------------------------------------------------------
+# Linen: mutable batch_stats and a dropout key, through so.flax.linen_steps
+# --------------------------------------------------------------------------
+
+
+class LinenNet(linen.Module):
+  @linen.compact
+  def __call__(self, x, train: bool):
+    x = jax.nn.relu(
+      linen.BatchNorm(use_running_average=not train)(linen.Dense(8)(x))
+    )
+    return linen.Dense(3)(linen.Dropout(0.5, deterministic=not train)(x))
+
+
+LINEN = LinenNet()
+
+
+def linen_loss(params, batch_stats, x, y, dropout_key):
+  logits, updates = LINEN.apply(
+    {'params': params, 'batch_stats': batch_stats},
+    x,
+    train=True,
+    mutable=['batch_stats'],
+    rngs={'dropout': dropout_key},
+  )
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return loss, (updates['batch_stats'], logits)
+
+
+def assert_close(actual, expected):
+  jax.tree.map(
+    lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6),
+    actual,
+    expected,
+  )
+
+
+def linen_reference(params, batch_stats, key):
+  """jax.grad by hand: the loss, grads and new statistics at ``params``."""
+  (loss, (stats, _)), grads = jax.value_and_grad(linen_loss, has_aux=True)(
+    params, batch_stats, X, Y, key
+  )
+  return loss, grads, stats
+
+
+def test_linen_steps_with_batch_stats_and_a_dropout_key():
+  variables = LINEN.init(jax.random.key(0), X, train=False)
+  tx = so.spider(0.1, 1.0)
+  state = so.flax.TrainState.create(
+    apply_fn=LINEN.apply,
+    params=variables['params'],
+    batch_stats=variables['batch_stats'],
+    tx=tx,
+  )
+  anchor_step, recursive_step = so.flax.linen_steps(linen_loss, has_aux=True)
+  keys = jax.random.split(jax.random.key(5), 2)
+
+  state, (loss0, logits) = anchor_step(state, X, Y, keys[0])
+  want0, grads0, stats0 = linen_reference(
+    variables['params'], variables['batch_stats'], keys[0]
+  )
+  np.testing.assert_allclose(loss0, want0, rtol=1e-6)
+  assert logits.shape == (16, 3)
+  assert_close(state.batch_stats, stats0)
+
+  # The recursive step, by hand: both points from the same statistics and
+  # the same dropout key; the state keeps x_k's new statistics.
+  want1, grads1, stats1 = linen_reference(state.params, stats0, keys[1])
+  _, prev_grads1, _ = linen_reference(state.prev_params, stats0, keys[1])
+  opt_state = tx.update(
+    grads0, tx.init(variables['params']), variables['params']
+  )[1]
+  updates, _ = tx.update(
+    grads1, opt_state, state.params, prev_grads=prev_grads1
+  )
+  want_params = optax.apply_updates(state.params, updates)
+
+  state, (loss1, _) = recursive_step(state, X, Y, keys[1])
+  np.testing.assert_allclose(loss1, want1, rtol=1e-6)
+  assert_close(state.params, want_params)
+  assert_close(state.batch_stats, stats1)
+  assert int(state.step) == 2
