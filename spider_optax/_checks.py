@@ -1,6 +1,7 @@
 """Argument checks of the public API: clear errors that say what to do."""
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,27 +17,19 @@ def is_concrete(value: Any) -> bool:
 def check_positive(
   name: str, value: Any, *, allow_none: bool = False, finite: bool = False
 ) -> None:
-  """Raises ValueError unless ``value`` is > 0 (checked only when concrete).
+  """Raises unless ``value`` is a number > 0 (``finite``: and not infinity).
 
-  ``finite=True`` also rejects infinity.
-
-  Traced values (``optax.inject_hyperparams`` under jit) cannot be checked
-  without a device round trip, so they pass through.
+  ``allow_none`` lets None through (a dropped clipping term). See
+  :func:`check_range` for traced values.
   """
-  if value is None:
-    if allow_none:
-      return
-    raise ValueError(f'{name} must be a positive number, got None.')
-  if callable(value) or not is_concrete(value):
-    return
-  number = as_number(value)
-  if number is None:
-    raise ValueError(f'{name} must be a positive scalar, got {value!r}.')
-  if not number > 0:  # also rejects NaN
-    hint = ' Pass None to drop this clipping term.' if allow_none else ''
-    raise ValueError(f'{name} must be positive, got {value!r}.{hint}')
-  if finite and number == float('inf'):
-    raise ValueError(f'{name} must be a finite positive number, got {value!r}.')
+  check_range(
+    name,
+    value,
+    (lambda x: (x > 0) & (x < np.inf)) if finite else (lambda x: x > 0),
+    'positive and finite' if finite else 'positive',
+    allow_none=allow_none,
+    hint='Pass None to drop this clipping term.' if allow_none else '',
+  )
 
 
 def check_trees_match(
@@ -94,23 +87,119 @@ def check_trees_match(
       )
 
 
-def error_if(pred: Any, message: str) -> None:
-  """Raises ``ValueError(message)`` where the boolean ``pred`` is True.
+def error_if(pred: Any, message: str, *values: Any) -> None:
+  """Raises ``ValueError`` where the boolean ``pred`` is True.
 
-  A concrete ``pred`` is checked now. A traced one (inside ``jax.jit``) is
-  checked when the computation runs, through ``jax.debug.callback``: the
-  error then surfaces, with this message, when the result is read.
+  The message is ``message.format(*values)``. A concrete ``pred`` is checked
+  now. A traced one (inside ``jax.jit``, e.g. a hyperparameter under
+  ``optax.inject_hyperparams``) is checked when the computation runs, through
+  ``jax.debug.callback``: the computation stops with this ``ValueError``
+  (wrapped in JAX's runtime error) when its result is read, the same verdict
+  as eagerly, one step later in time. This is equinox's ``error_if``
+  mechanism; :func:`jax.experimental.checkify` would need every caller to
+  wrap its step.
   """
-  if is_concrete(pred):
+  if is_concrete(pred) and all(is_concrete(v) for v in values):
     if np.any(pred):
-      raise ValueError(message)
+      raise ValueError(message.format(*values))
     return
 
-  def raise_if(value):
-    if np.any(value):
-      raise ValueError(message)
+  def raise_if(pred, *values):
+    if np.any(pred):
+      raise ValueError(message.format(*values))
 
-  jax.debug.callback(raise_if, pred)
+  jax.debug.callback(raise_if, pred, *values)
+
+
+def is_function(value: Any) -> bool:
+  """True for a callable that is not a number (NumPy scalars are callable)."""
+  return callable(value) and not hasattr(value, 'dtype')
+
+
+def check_range(
+  name: str,
+  value: Any,
+  in_range: Callable[[Any], Any],
+  expected: str,
+  *,
+  allow_none: bool = False,
+  schedule: bool = False,
+  hint: str = '',
+) -> None:
+  """The one check of a numeric hyperparameter: the same verdict eager and jit.
+
+  Args:
+    name: the argument's name, for the message.
+    value: a Python or NumPy number, a scalar array, or a tracer.
+    in_range: ``x -> bool``, written with operators that work on floats and
+      arrays alike (``(x >= 0) & (x < 1)``); False for NaN.
+    expected: what a valid value is, e.g. ``'a number in [0, 1)'``.
+    allow_none: None is valid (an optional term).
+    schedule: a callable is valid (an optax schedule); its values are checked
+      where it is evaluated (:func:`checked_schedule`).
+    hint: appended to the message.
+
+  Raises:
+    TypeError: for what is not a real number (strings, callables where no
+      schedule is taken, complex numbers, arrays of more than one element).
+    ValueError: for a concrete number out of range, at once; for a traced one
+      (under ``jax.jit``), when the computation runs (:func:`error_if`).
+  """
+  if value is None:
+    if allow_none:
+      return
+    raise TypeError(f'{name} must be {expected}, got None.')
+  if is_function(value):
+    if schedule:
+      return
+    raise TypeError(
+      f'{name} must be {expected}, got the callable {value!r}: only '
+      'learning rates and weight decays take schedules.'
+    )
+  dtype = getattr(value, 'dtype', None)
+  if isinstance(value, (bool, np.bool_)) or (
+    dtype is not None and dtype == np.bool_
+  ):
+    raise TypeError(f'{name} must be {expected}, got the bool {value!r}.')
+  if dtype is not None:
+    if (
+      np.ndim(value) != 0
+      or not jax.numpy.issubdtype(dtype, jax.numpy.integer)
+      and not jax.numpy.issubdtype(dtype, jax.numpy.floating)
+    ):
+      raise TypeError(
+        f'{name} must be {expected}, a real scalar, got an array of shape '
+        f'{np.shape(value)} and dtype {dtype}.'
+      )
+  elif not isinstance(value, numbers.Real):
+    raise TypeError(f'{name} must be {expected}, got {value!r}.')
+  suffix = f' {hint}' if hint else ''
+  if is_concrete(value):
+    number = float(value)
+    if not in_range(number):
+      raise ValueError(f'{name} must be {expected}, got {value!r}.{suffix}')
+    return
+  error_if(
+    ~in_range(value),
+    f'{name} must be {expected}, got {{}} (a traced value, e.g. from '
+    f'optax.inject_hyperparams or a schedule).{suffix}',
+    value,
+  )
+
+
+def checked_schedule(
+  name: str, schedule: Any, in_range: Callable[[Any], Any], expected: str
+) -> Any:
+  """``schedule`` whose every value is checked by :func:`check_range`."""
+  if not is_function(schedule):
+    return schedule
+
+  def checked(count):
+    value = schedule(count)
+    check_range(name, value, in_range, expected)
+    return value
+
+  return checked
 
 
 def as_number(value: Any) -> float | None:
@@ -122,21 +211,32 @@ def as_number(value: Any) -> float | None:
 
 
 def check_decay(name: str, value: Any) -> None:
-  """Raises ValueError unless ``value`` is in [0, 1) (checked when concrete)."""
-  if callable(value) or not is_concrete(value):
-    return
-  number = as_number(value)
-  if number is None or not 0 <= number < 1:  # also rejects NaN
-    raise ValueError(f'{name} must be a number in [0, 1), got {value!r}.')
+  """Raises unless ``value`` is a number in [0, 1) (see :func:`check_range`)."""
+  check_range(name, value, lambda x: (x >= 0) & (x < 1), 'a number in [0, 1)')
+
+
+NONNEGATIVE = 'a finite number >= 0'
+
+
+def nonnegative(x: Any) -> Any:
+  """``0 <= x < inf`` for floats and arrays alike (False for NaN)."""
+  return (x >= 0) & (x < np.inf)
 
 
 def check_nonnegative(name: str, value: Any) -> None:
-  """Raises ValueError unless ``value`` is finite and >= 0 (when concrete)."""
-  if callable(value) or not is_concrete(value):
-    return
-  number = as_number(value)
-  if number is None or not 0 <= number < float('inf'):  # also rejects NaN
-    raise ValueError(f'{name} must be a finite number >= 0, got {value!r}.')
+  """Raises unless ``value`` is finite and >= 0 (see :func:`check_range`)."""
+  check_range(name, value, nonnegative, NONNEGATIVE)
+
+
+def nonnegative_schedule(name: str, value: Any) -> Any:
+  """A finite number >= 0 or an optax schedule of such, checked.
+
+  Returns ``value``, a schedule wrapped so that each of its values is
+  checked where it is evaluated (a schedule that turns negative or NaN would
+  otherwise step uphill or poison the params in silence).
+  """
+  check_range(name, value, nonnegative, NONNEGATIVE, schedule=True)
+  return checked_schedule(name, value, nonnegative, NONNEGATIVE)
 
 
 def as_dtype(name: str, value: Any) -> Any:
@@ -171,6 +271,26 @@ RESTORE_HINT = (
   'lists: restore it onto a target built from tx.init, e.g. jax.tree.map('
   'orbax.checkpoint.utils.to_shape_dtype_struct, fresh_state).'
 )
+
+
+def check_float_params(what: str, params: Any) -> None:
+  """Raises TypeError for a params leaf that is not floating point.
+
+  An update to integer or bool params is truncated to 0 by
+  ``optax.apply_updates``: training would stop in silence.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if not hasattr(leaf, 'dtype') and not isinstance(leaf, numbers.Number):
+      continue  # e.g. optax's params placeholder in optax.tree.map_params
+    dtype = jax.numpy.result_type(leaf)
+    if not jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+      raise TypeError(
+        f'{what} got params{jax.tree_util.keystr(path)} of dtype {dtype}: '
+        'its updates would be truncated to 0. Train floating-point params '
+        '(e.g. x.astype(jnp.float32)), or keep the leaf out of this '
+        'optimizer (optax.masked, or optax.set_to_zero in an '
+        'optax.partition).'
+      )
 
 
 def check_state(state: Any, kind: type, what: str) -> None:

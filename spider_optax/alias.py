@@ -131,7 +131,7 @@ def spider(
       fit_learning_rate=fit_learning_rate,
       estimator_dtype=estimator_dtype,
     )
-  _checks.check_nonnegative('learning_rate', learning_rate)
+  learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
   return optax.chain(
     spider_estimator(estimator_dtype, diagnostics=bool(diagnostics)),
     relaxed_clip(c0, c1),
@@ -246,12 +246,12 @@ def mars_adamw(
     Loshchilov, Hutter, `Decoupled Weight Decay Regularization
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
-  _checks.check_nonnegative('learning_rate', learning_rate)
+  learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
   _checks.check_decay('b1', b1)
   _checks.check_decay('b2', b2)
   _checks.check_nonnegative('gamma', gamma)
   _checks.check_nonnegative('eps', eps)
-  _checks.check_nonnegative('weight_decay', weight_decay)
+  weight_decay = _checks.nonnegative_schedule('weight_decay', weight_decay)
   _checks.check_positive('max_norm', max_norm)
   if adamw_1d:
     _checks.check_decay('betas_1d[0]', betas_1d[0])
@@ -360,7 +360,7 @@ def storm(
     Reisizadeh, Li, Das, Jadbabaie, `Variance-reduced Clipping for Non-convex
     Optimization <https://arxiv.org/abs/2303.00883>`_, 2023.
   """
-  _checks.check_nonnegative('learning_rate', learning_rate)
+  learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
   _checks.check_decay('beta', beta)
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
   return optax.chain(

@@ -108,7 +108,7 @@ def auto_clip_spider(
     A :class:`optax.GradientTransformationExtraArgs` whose state is an
     :class:`AutoClipState`.
   """
-  _checks.check_nonnegative('learning_rate', learning_rate)
+  learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
   _checks.check_positive('epsilon', epsilon, finite=True)
   _checks.check_positive('c0', c0, allow_none=True)
   _checks.check_positive('c1', c1, allow_none=True)

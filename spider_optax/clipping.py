@@ -1,6 +1,6 @@
 """Relaxed (L0, L1) clipping of the step."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -10,13 +10,45 @@ import optax
 from spider_optax import _checks
 
 
+def _sum_of_squares(tree: optax.Updates, scale: Any = 1.0) -> chex.Array:
+  """sum |x / scale|^2 over every leaf, in at least float32 (complex too)."""
+  total = jnp.zeros([], jnp.float32)
+  for x in jax.tree.leaves(tree):
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32)) / scale
+    total = total + jnp.sum(jnp.real(x * jnp.conj(x)))
+  return total
+
+
 def global_norm(tree: optax.Updates) -> chex.Array:
-  """The L2 norm of all leaves of ``tree`` together, summed in >= float32."""
-  squares = [
-    jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
-    for x in jax.tree.leaves(tree)
-  ]
-  return jnp.sqrt(sum(squares, start=jnp.zeros([], jnp.float32)))
+  r"""The L2 norm of all leaves of ``tree`` together, without overflow.
+
+  Sums :math:`|x|^2` in at least float32 (:math:`x \bar x` for complex
+  leaves). Where that sum overflows although every entry is finite (float32
+  squares overflow from :math:`|x| \approx 2 \cdot 10^{19}`), the norm is
+  recomputed as :math:`m \|x / m\|` with :math:`m` the largest
+  :math:`|x|`, in a branch that runs only then. (``optax.global_norm``
+  returns inf there, and a clip by it zeroes the step.)
+
+  Examples:
+    >>> import jax.numpy as jnp, spider_optax as so
+    >>> print(so.global_norm({'a': jnp.array([3e20, 4e20]), 'b': jnp.zeros(2)}))
+    5e+20
+    >>> print(so.global_norm({'z': jnp.array([3 + 4j])}))
+    5.0
+  """
+  total = _sum_of_squares(tree)
+
+  def rescaled(total):
+    largest = jnp.zeros([], total.dtype)
+    for x in jax.tree.leaves(tree):
+      largest = jnp.maximum(largest, jnp.max(jnp.abs(x)).astype(total.dtype))
+    safe = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, 1.0)
+    norm = safe * jnp.sqrt(_sum_of_squares(tree, safe))
+    return jnp.where(jnp.isfinite(largest), norm, jnp.inf).astype(total.dtype)
+
+  return jax.lax.cond(
+    jnp.isposinf(total), rescaled, lambda total: jnp.sqrt(total), total
+  )
 
 
 def relaxed_clip_factor(
@@ -97,7 +129,7 @@ def relaxed_clip(
   _checks.check_positive('c1', c1, allow_none=True)
 
   def init_fn(params):
-    del params
+    _checks.check_float_params('relaxed_clip', params)
     return RelaxedClipState(clip_factor=jnp.ones([], jnp.float32))
 
   def update_fn(updates, state, params=None):

@@ -124,6 +124,7 @@ def recursive_correction(
   name = f'recursive_correction(approx={approx})'
 
   def init_fn(params):
+    _checks.check_float_params(name, params)
     return RecursiveCorrectionState(
       count=jnp.zeros([], jnp.int32),
       # A buffer of its own: loops that donate params and state together

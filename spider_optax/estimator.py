@@ -117,6 +117,7 @@ def spider_estimator(
   estimator_dtype = _checks.as_dtype('estimator_dtype', estimator_dtype)
 
   def init_fn(params):
+    _checks.check_float_params('spider_estimator', params)
     return SpiderEstimatorState(
       count=jnp.zeros([], jnp.int32),
       steps_since_anchor=jnp.zeros([], jnp.int32),

@@ -102,6 +102,7 @@ def keep_prev_params() -> optax.GradientTransformationExtraArgs:
   """
 
   def init_fn(params):
+    _checks.check_float_params('keep_prev_params', params)
     # A buffer of its own, so that params and state can be donated together.
     return KeepPrevParamsState(prev_params=jax.tree.map(jnp.copy, params))
 

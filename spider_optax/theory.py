@@ -134,13 +134,40 @@ def oracle_calls(
   return anchors * anchor_batch_size + (steps - anchors) * 2 * minibatch_size
 
 
+def _finite(value: float, what: str, *, positive: bool = False) -> float:
+  """``value``, or a ValueError naming what made it infinite (or 0)."""
+  if not math.isfinite(value) or (positive and not value > 0):
+    kind = 'finite and positive' if positive else 'finite'
+    raise ValueError(
+      f'{what} is not {kind} for these arguments: they are outside the '
+      "range where the preset's formulas are finite."
+    )
+  return value
+
+
+def _ceil(value: float, what: str) -> int:
+  return math.ceil(_finite(value, what))
+
+
 def _settings(L0, L1, epsilon, initial_gap, q, s1, s2) -> SpiderSettings:
-  learning_rate = 1.0 / (4.0 * L0)
-  steps = math.ceil(8.0 * initial_gap * (L0 / epsilon**2 + L1 / epsilon))
+  learning_rate = _finite(
+    1.0 / (4.0 * L0),
+    'The learning rate 1/(4 L0) (L0 too small or too large)',
+    positive=True,
+  )
+  steps = _ceil(
+    8.0 * initial_gap * (L0 / epsilon / epsilon + L1 / epsilon),
+    'The step count 8 initial_gap (L0/epsilon^2 + L1/epsilon) (epsilon too '
+    'small, or L0, L1 or initial_gap too large)',
+  )
   return SpiderSettings(
     learning_rate=learning_rate,
     c0=epsilon,
-    c1=epsilon * L0 / L1 if L1 > 0 else None,
+    c1=_finite(
+      epsilon * L0 / L1, 'c1 = epsilon L0/L1 (L1 too small)', positive=True
+    )
+    if L1 > 0
+    else None,
     anchor_period=q,
     anchor_batch_size=s1,
     minibatch_size=s2,
@@ -200,8 +227,19 @@ def online(
   """
   _check_smoothness(L0, L1, epsilon, initial_gap)
   _check_non_negative('sigma', sigma)
-  q = max(1, math.ceil(sigma / epsilon))
-  s1 = max(1, math.ceil(8.0 * sigma**2 / epsilon**2))
+  q = max(
+    1,
+    _ceil(
+      sigma / epsilon, 'q = sigma/epsilon (sigma too large for this epsilon)'
+    ),
+  )
+  s1 = max(
+    1,
+    _ceil(
+      8.0 * (sigma / epsilon) * (sigma / epsilon),
+      'S1 = 8 sigma^2/epsilon^2 (sigma too large for this epsilon)',
+    ),
+  )
   return _settings(L0, L1, epsilon, initial_gap, q, s1, 2 * q)
 
 

@@ -1,20 +1,35 @@
 """Wrappers that make SPIDER robust in real training loops."""
 
+import numbers
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from spider_optax import _checks
+
+
+def _all_finite(tree) -> jax.Array:
+  """True where every floating-point leaf of ``tree`` is finite."""
+  checked = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(checked)) if checked else jnp.array(True)
 
 
 def apply_if_finite(
   inner: optax.GradientTransformation,
   max_consecutive_errors: int,
 ) -> optax.GradientTransformationExtraArgs:
-  """Skips a step whose ``grads`` *or* extra arguments hold a NaN or Inf.
+  """Skips a step whose input or output holds a NaN or Inf.
 
-  (``prev_grads``, ``grad_diff_variance`` for adaptive anchoring, or any other
-  floating-point extra argument.)
+  The input: ``grads`` and every floating-point extra argument
+  (``prev_grads``, ``grad_diff_variance`` for adaptive anchoring, ...). The
+  output: the updates of the inner transformation, which can overflow from
+  finite input (a float16 estimator, a huge learning rate).
 
   :func:`optax.apply_if_finite` inspects only the first argument of ``update``.
   In a SPIDER recursive step a non-finite ``prev_grads`` would pass that check
@@ -45,11 +60,16 @@ def apply_if_finite(
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`.
   """
-  if not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 0:
+  if (
+    isinstance(max_consecutive_errors, (bool, np.bool_))
+    or not isinstance(max_consecutive_errors, numbers.Integral)
+    or max_consecutive_errors < 0
+  ):
     raise ValueError(
-      'max_consecutive_errors must be a non-negative int, got '
+      'max_consecutive_errors must be an int >= 0 (NumPy ints too), got '
       f'{max_consecutive_errors!r}.'
     )
+  max_consecutive_errors = int(max_consecutive_errors)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -62,19 +82,15 @@ def apply_if_finite(
 
   def update_fn(updates, state, params=None, **extra_args):
     _checks.check_state(state, optax.ApplyIfFiniteState, 'so.apply_if_finite')
-    # Every array the update receives but the params: grads and every extra
-    # argument (prev_grads, grad_diff_variance, ...), whatever its name.
-    checked = [
-      jnp.all(jnp.isfinite(x))
-      for x in jax.tree.leaves((updates, extra_args))
-      if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-    ]
-    isfinite = jnp.all(jnp.stack(checked)) if checked else jnp.array(True)
-    notfinite_count = jnp.where(
-      isfinite, 0, optax.safe_increment(state.notfinite_count)
-    )
     new_updates, new_state = inner.update(
       updates, state.inner_state, params, **extra_args
+    )
+    # Every array the update receives but the params (grads and every extra
+    # argument: prev_grads, grad_diff_variance, ...), and what it returns: an
+    # estimator that overflows its dtype makes inf from finite input.
+    isfinite = _all_finite((updates, extra_args, new_updates))
+    notfinite_count = jnp.where(
+      isfinite, 0, optax.safe_increment(state.notfinite_count)
     )
     # One trace of the inner update, its result selected: zeros and the old
     # inner state (the estimator, the previous params) for a skipped step.

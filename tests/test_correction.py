@@ -495,7 +495,6 @@ BAD_HYPERPARAMETERS = [
   (lambda: so.storm(-0.1, 0.9), 'learning_rate'),
   (lambda: so.storm(0.1, 1.0), 'beta'),
   (lambda: so.storm(0.1, float('nan')), 'beta'),
-  (lambda: so.storm(0.1, 'high'), 'beta'),
   (lambda: so.storm(0.1, 0.9, c0=0.0), 'c0'),
   (lambda: so.recursive_correction(-0.5), 'beta'),
   (lambda: so.recursive_correction(0.5, gamma=-1.0), 'gamma'),
@@ -506,6 +505,19 @@ BAD_HYPERPARAMETERS = [
 @pytest.mark.parametrize('build, name', BAD_HYPERPARAMETERS)
 def test_bad_hyperparameters_raise(build, name):
   with pytest.raises(ValueError, match=f'^{name} must be'):
+    build()
+
+
+@pytest.mark.parametrize(
+  'build, name',
+  [
+    (lambda: so.storm(0.1, 'high'), 'beta'),
+    (lambda: so.mars_adamw(0.1, gamma=lambda n: 0.1), 'gamma'),
+    (lambda: so.recursive_correction(0.5, gamma=jnp.ones(2)), 'gamma'),
+  ],
+)
+def test_hyperparameters_of_the_wrong_type_raise(build, name):
+  with pytest.raises(TypeError, match=f'^{name} must be'):
     build()
 
 

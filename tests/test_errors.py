@@ -65,7 +65,7 @@ def test_non_positive_injected_hyperparameter():
 
 
 def test_non_scalar_hyperparameter():
-  with pytest.raises(ValueError, match='c0 must be a positive scalar'):
+  with pytest.raises(TypeError, match='c0 must be positive, a real scalar'):
     so.relaxed_clip(c0=jnp.ones(3))
 
 
