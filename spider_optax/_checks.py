@@ -108,7 +108,14 @@ def error_if(pred: Any, message: str, *values: Any) -> None:
     if np.any(pred):
       raise ValueError(message.format(*values))
 
-  jax.debug.callback(raise_if, pred, *values)
+  # The callback runs only in the branch taken when the check fails, so a
+  # step whose values are valid pays a scalar branch, not a host round trip.
+  pred = jax.numpy.any(pred)
+  jax.lax.cond(
+    pred,
+    lambda: jax.debug.callback(raise_if, pred, *values),
+    lambda: None,
+  )
 
 
 def is_function(value: Any) -> bool:

@@ -56,7 +56,7 @@ def empty() -> SpiderDiagnostics:
   """The diagnostics before the first update."""
   zero = jnp.zeros([], jnp.float32)
   return SpiderDiagnostics(
-    zero, zero, zero, jnp.full([], jnp.nan), zero, zero, zero
+    zero, zero, zero, jnp.full([], jnp.nan, jnp.float32), zero, zero, zero
   )
 
 
@@ -104,12 +104,17 @@ def measure(
   accumulated_variance = jnp.where(
     recursive, last.accumulated_variance + variance, 0.0
   )
-  return SpiderDiagnostics(
-    grad_norm=global_norm(grads),
-    grad_diff_norm=grad_diff_norm,
-    step_norm=step_norm,
-    smoothness=smoothness,
-    estimate_norm=global_norm(estimate),
-    accumulated_error=previous + jnp.square(grad_diff_norm),
-    accumulated_variance=accumulated_variance.astype(jnp.float32),
+  # float32 whatever the params' dtype, so that the state keeps its types
+  # (a jitted step compiles once; lax.scan and lax.cond carries match).
+  return jax.tree.map(
+    lambda x: jnp.asarray(x).astype(jnp.float32),
+    SpiderDiagnostics(
+      grad_norm=global_norm(grads),
+      grad_diff_norm=grad_diff_norm,
+      step_norm=step_norm,
+      smoothness=smoothness,
+      estimate_norm=global_norm(estimate),
+      accumulated_error=previous + jnp.square(grad_diff_norm),
+      accumulated_variance=accumulated_variance,
+    ),
   )
