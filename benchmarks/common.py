@@ -310,7 +310,7 @@ def step_pair(
   paired_fn: Callable[..., tuple[Any, ...]] | None = None,
   *,
   info: Callable[[Any, Any], Any] | None = None,
-  other_point: Callable[[Any], Params] = so.prev_params,
+  other_point: Callable[[Any, Params], Params] = so.prev_params,
 ) -> tuple[Step, Step]:
   """SPIDER's anchor and recursive steps, pure functions to jit, vmap or cond.
 
@@ -327,8 +327,8 @@ def step_pair(
       minibatch, e.g. ``so.paired_grad(loss_fn)``; with a third output, the
       ``grad_diff_variance`` of ``so.paired_grad(loss_fn, split_batch=True)``.
     info: ``(state, hp) -> what a step returns third`` (default None).
-    other_point: where the recursive step's ``prev_grads`` are taken, from
-      the state: the previous params, by default.
+    other_point: ``(state, params) ->`` where the recursive step's
+      ``prev_grads`` are taken: the previous params, by default.
 
   Returns:
     ``(anchor, recursive)``.
@@ -348,7 +348,9 @@ def step_pair(
 
   def recursive(hp, params, state, *batch):
     assert paired_fn is not None, 'a recursive step needs paired_fn'
-    grads, prev, *variance = paired_fn(params, other_point(state), *batch)
+    grads, prev, *variance = paired_fn(
+      params, other_point(state, params), *batch
+    )
     extra = dict(grad_diff_variance=variance[0]) if variance else {}
     tx = cast(optax.GradientTransformationExtraArgs, make_tx(hp))
     return finish(

@@ -4,7 +4,8 @@ What it measures, on the machine it runs on (all in one run):
 
 1. Jitted optimizer update time (update + ``optax.apply_updates``) for flat
    float32 parameter pytrees (4 leaves) of 1e5 .. 1e8 parameters:
-   ``so.spider(lr, c0, c1)`` recursive step, ``optax.chain(
+   ``so.spider(lr, c0, c1)`` recursive step (also with ``lean=True``),
+   ``optax.chain(
    optax.clip_by_global_norm(c), optax.sgd(lr))``, ``optax.adam(lr)``,
    ``optax.adamw(lr)`` and ``so.mars_adamw(lr)`` (approx mode, one gradient).
    Every method is jitted with params and optimizer state donated (fair to all:
@@ -18,12 +19,14 @@ What it measures, on the machine it runs on (all in one run):
    4 bytes. ``apply_updates`` is counted as fused into the update (the updates
    are never written out). Two columns:
    - ``ideal`` (one pass, as if the global norm were free): SPIDER reads
-     g, g', v, x and writes v, x_prev, x: 7 arrays; clip+SGD reads g, x and
+     g, g', v, x and writes v, x_prev, x: 7 arrays (lean, without x_prev:
+     6); clip+SGD reads g, x and
      writes x: 3; Adam and AdamW read g, m, v, x and write m, v, x: 7; MARS
      (approx) also reads and writes the kept gradient g_{k-1}: 9.
    - ``two_pass`` (the minimum given that the global norm must be complete
      before any element can be scaled): SPIDER pass 1 reads g, g', v, writes v
-     (and reduces ||v||), pass 2 reads v, x, writes x, x_prev: 8 arrays;
+     (and reduces ||v||), pass 2 reads v, x, writes x, x_prev: 8 arrays
+     (lean: 7);
      clip+SGD reads g (norm), then g, x and writes x: 4; Adam has no norm: 7;
      MARS reads g, g_{k-1} for the norm of c_k, then the 9 arrays: 11.
    The machine's achievable memory bandwidth is measured with a jitted
@@ -76,13 +79,21 @@ from benchmarks import common  # noqa: E402
 from benchmarks import tasks  # noqa: E402
 
 LR, C0, C1, CLIP = 0.01, 1.0, 10.0, 1.0
-METHODS = ('spider', 'clip_sgd', 'adam', 'adamw', 'mars_adamw')
+METHODS = ('spider', 'spider_lean', 'clip_sgd', 'adam', 'adamw', 'mars_adamw')
 BASELINE = 'clip_sgd'
 # Arrays of P float32 each update moves (see the module docstring).
 BYTES_MODEL = {
-  'ideal': {'spider': 7, 'clip_sgd': 3, 'adam': 7, 'adamw': 7, 'mars_adamw': 9},
+  'ideal': {
+    'spider': 7,
+    'spider_lean': 6,
+    'clip_sgd': 3,
+    'adam': 7,
+    'adamw': 7,
+    'mars_adamw': 9,
+  },
   'two_pass': {
     'spider': 8,
+    'spider_lean': 7,
     'clip_sgd': 4,
     'adam': 7,
     'adamw': 7,
@@ -109,6 +120,8 @@ def make_params(size: int, key: jax.Array) -> dict[str, jax.Array]:
 def _tx(method: str) -> optax.GradientTransformation:
   if method == 'spider':
     return so.spider(LR, C0, C1)
+  if method == 'spider_lean':
+    return so.spider(LR, C0, C1, lean=True)
   if method == 'clip_sgd':
     return optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(LR))
   if method == 'adam':
@@ -353,15 +366,12 @@ def update_steps(size: int, key: jax.Array) -> dict[str, Timed]:
   k1, k2, k3 = jax.random.split(jax.random.fold_in(key, size), 3)
   params, grads, prev_grads = (make_params(size, k) for k in (k1, k2, k3))
   plain = lambda m: timed_step(m, params, common.GIVEN[0], (grads,))
+  recursive = lambda m: timed_step(
+    m, params, common.GIVEN[0], (grads,), common.GIVEN[1], (grads, prev_grads)
+  )
   return dict(
-    spider=timed_step(
-      'spider',
-      params,
-      common.GIVEN[0],
-      (grads,),
-      common.GIVEN[1],
-      (grads, prev_grads),
-    ),
+    spider=recursive('spider'),
+    spider_lean=recursive('spider_lean'),
     clip_sgd=plain('clip_sgd'),
     adam=plain('adam'),
     adamw=plain('adamw'),

@@ -237,7 +237,8 @@ def svrg() -> optax.GradientTransformationExtraArgs:
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def snapshot(state: Any) -> optax.Params:
+def snapshot(state: Any, params: optax.Params) -> optax.Params:
+  del params
   return optax.tree_utils.tree_get(state, 'snapshot')
 
 

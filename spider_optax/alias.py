@@ -17,6 +17,7 @@ from spider_optax.clipping import clip_by_leaf_norm
 from spider_optax.clipping import relaxed_clip
 from spider_optax.correction import recursive_correction
 from spider_optax.estimator import spider_estimator
+from spider_optax.lean import lean_spider
 
 
 def spider(
@@ -28,6 +29,7 @@ def spider(
   diagnostics: bool | None = None,
   epsilon: float | None = None,
   fit_learning_rate: bool = False,
+  lean: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SPIDER with the (L0, L1) clipped learning rate (Reisizadeh et al., 2023).
 
@@ -98,6 +100,11 @@ def spider(
     fit_learning_rate: with ``epsilon``, also set the learning rate to
       :math:`1/(4 L_0)` once the fit is ready (``learning_rate`` before). It
       needs ``epsilon``.
+    lean: keep one parameter-sized array of state (:math:`v`) instead of two,
+      rebuilding :math:`x_{k-1}` from the current params and the last step:
+      ``so.prev_params(state, params)``. Its contract (params changed only by
+      these updates, float32 or wider) and what it checks:
+      :func:`spider_optax.lean.lean_spider`. No diagnostics or ``epsilon``.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. It works under
@@ -112,6 +119,13 @@ def spider(
     Stochastic Path Integrated Differential Estimator
     <https://arxiv.org/abs/1807.01695>`_, NeurIPS 2018.
   """
+  if lean:
+    if epsilon is not None or diagnostics:
+      raise ValueError(
+        'lean=True keeps no diagnostics, which epsilon= and diagnostics=True '
+        'need: use lean=False for those.'
+      )
+    return lean_spider(learning_rate, c0, c1, estimator_dtype=estimator_dtype)
   if epsilon is None and fit_learning_rate:
     raise ValueError(
       'fit_learning_rate=True sets the learning rate from the (L0, L1) fit '

@@ -39,13 +39,23 @@ if typing.TYPE_CHECKING:
 # --------------------------------------------------------------------------
 
 
-def prev_params(optimizer: nnx.Optimizer) -> Any:
+def prev_params(
+  optimizer: nnx.Optimizer, model: nnx.Module | None = None
+) -> Any:
   """x_{k-1} of an ``nnx.Optimizer`` built on a SPIDER transformation.
 
   Returns an ``nnx.State`` of plain arrays, shaped like
-  ``nnx.state(model, optimizer.wrt)``.
+  ``nnx.state(model, optimizer.wrt)``. With ``so.spider(..., lean=True)``
+  pass the ``model``: the previous point is rebuilt from its params.
   """
-  return nnx.as_pure(lookup.prev_params(optimizer.opt_state))
+  params = None if model is None else nnx.state(model, optimizer.wrt)
+  return _prev_pure(optimizer, params)
+
+
+def _prev_pure(optimizer: nnx.Optimizer, params: nnx.State | None) -> Any:
+  """x_{k-1} as plain arrays, rebuilt from ``params`` for a lean state."""
+  pure = None if params is None else nnx.as_pure(params)
+  return lookup.prev_params(nnx.as_pure(optimizer.opt_state), pure)
 
 
 def _loss_of_params(
@@ -91,7 +101,8 @@ def _prev_like(params: nnx.State, optimizer: nnx.Optimizer) -> nnx.State:
   As ``optimizer.update`` expects of grads.
   """
   return jax.tree.unflatten(
-    jax.tree.structure(params), jax.tree.leaves(prev_params(optimizer))
+    jax.tree.structure(params),
+    jax.tree.leaves(_prev_pure(optimizer, params)),
   )
 
 
@@ -342,8 +353,11 @@ class TrainState(train_state.TrainState):
 
   @property
   def prev_params(self):
-    """The previous params x_{k-1}, those of the last ``apply_gradients``."""
-    return lookup.prev_params(self.opt_state)
+    """The previous params x_{k-1}, those of the last ``apply_gradients``.
+
+    (Rebuilt from ``params`` with ``so.spider(..., lean=True)``.)
+    """
+    return lookup.prev_params(self.opt_state, self.params)
 
 
 def linen_steps(

@@ -16,6 +16,8 @@ import optax
 from spider_optax import _checks
 from spider_optax.clipping import RelaxedClipState
 from spider_optax.estimator import SpiderEstimatorState
+from spider_optax.lean import LeanSpiderState
+from spider_optax.lean import rebuild_prev_params
 
 State = TypeVar('State')
 
@@ -49,8 +51,15 @@ def find_one(state: Any, kind: type[State], *, what: str, build: str) -> State:
   return found[0]
 
 
-def estimator_state(state: Any) -> SpiderEstimatorState:
-  """The one :class:`~spider_optax.SpiderEstimatorState` inside ``state``."""
+def estimator_state(state: Any) -> SpiderEstimatorState | LeanSpiderState:
+  """The one SPIDER estimator state inside ``state`` (lean or not).
+
+  Both have the counters (``count``, ``steps_since_anchor``) that anchoring
+  reads; a lean state has no ``diagnostics``.
+  """
+  lean = find_all(state, LeanSpiderState)
+  if lean and not find_all(state, SpiderEstimatorState):
+    return find_one(state, LeanSpiderState, what='lean spider', build='')
   return find_one(
     state,
     SpiderEstimatorState,
@@ -60,7 +69,7 @@ def estimator_state(state: Any) -> SpiderEstimatorState:
   )
 
 
-def prev_params(state: Any) -> optax.Params:
+def prev_params(state: Any, params: optax.Params | None = None) -> optax.Params:
   """The previous parameters :math:`x_{k-1}` kept by a paired-gradient state.
 
   Finds the sub-states with a ``prev_params`` field wherever they sit (see
@@ -79,8 +88,14 @@ def prev_params(state: Any) -> optax.Params:
     >>> print(so.prev_params(state)['w'])
     [1. 2.]
 
+  A lean state (``so.spider(..., lean=True)``) keeps no copy: it rebuilds
+  :math:`x_{k-1}` from the current ``params`` (see
+  :func:`spider_optax.lean.lean_spider`).
+
   Args:
     state: an optimizer state that holds such sub-states for one model.
+    params: the current params :math:`x_k`, those passed to this step's
+      update; needed by a lean state, ignored otherwise.
 
   Returns:
     The params passed to the last update (the initial params before the
@@ -108,6 +123,18 @@ def prev_params(state: Any) -> optax.Params:
       'step inside it would be silently wrong. Accumulate both together '
       'instead, in one jitted step: so.paired_grad(loss_fn, '
       'microbatches=k)(params, so.prev_params(state), batch).'
+    )
+  lean = find_all(state, LeanSpiderState)
+  if lean:
+    if params is None:
+      raise ValueError(
+        'This optimizer state is lean (so.spider(..., lean=True)): it keeps '
+        'no copy of the previous params and rebuilds them from the current '
+        'ones. Call so.prev_params(state, params) with the params of this '
+        'step.'
+      )
+    return rebuild_prev_params(
+      find_one(state, LeanSpiderState, what='lean spider', build=''), params
     )
   found = [value for _, value in found_with_path]
   if not found:
@@ -196,7 +223,7 @@ def diagnostics(state: Any) -> dict[str, chex.Array]:
     ValueError: if the estimator keeps no diagnostics.
   """
   estimator = estimator_state(state)
-  if estimator.diagnostics is None:
+  if isinstance(estimator, LeanSpiderState) or estimator.diagnostics is None:
     raise ValueError(
       'This estimator keeps no diagnostics: build it with '
       'so.spider(..., diagnostics=True) or '

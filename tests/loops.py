@@ -2,8 +2,9 @@
 
 An anchor step is ``tx.update(grads, state, params)`` with the gradient of a
 (large) batch; a recursive step takes the gradients at ``params`` and at
-``so.prev_params(state)`` on the same minibatch from ``so.paired_grad`` and
-passes ``prev_grads=`` (and, with ``split_batch``, ``grad_diff_variance=``).
+``so.prev_params(state, params)`` on the same minibatch from
+``so.paired_grad`` and passes ``prev_grads=`` (and, with ``split_batch``,
+``grad_diff_variance=``).
 
 A batch is the tuple of positional arguments that follow the params in
 ``loss_fn(params, *batch)``, as for ``so.spider_loop``. With ``loss_fn=None``
@@ -54,7 +55,8 @@ def recursive_step(tx, loss_fn=None, *, split_batch=False):
   )
 
   def step(params, state, *batch):
-    grads, prev_grads, *variance = paired(params, so.prev_params(state), *batch)
+    prev = so.prev_params(state, params)
+    grads, prev_grads, *variance = paired(params, prev, *batch)
     extra = {'grad_diff_variance': variance[0]} if variance else {}
     updates, state = tx.update(
       grads, state, params, prev_grads=prev_grads, **extra

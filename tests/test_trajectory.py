@@ -82,14 +82,17 @@ CLIPPING = {
 }
 
 
+@pytest.mark.parametrize('lean', [False, True], ids=['', 'lean'])
 @pytest.mark.parametrize('jit', [True, False], ids=['jit', 'nojit'])
 @pytest.mark.parametrize('clipping', list(CLIPPING), ids=list(CLIPPING))
-def test_trajectory_matches_float64_reference(clipping, jit):
+def test_trajectory_matches_float64_reference(clipping, jit, lean):
+  """Also with lean=True, whose x_{k-1} is rebuilt from x_k and the step."""
   c0, c1 = CLIPPING[clipping]
   lr = 0.01 if clipping == 'sarah' else 0.1
   params64, data64 = make_quartic_problem()
   to32 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), t)
-  got = run_spider(so.spider(lr, c0, c1), to32(params64), to32(data64), jit=jit)
+  tx = so.spider(lr, c0, c1, lean=lean)
+  got = run_spider(tx, to32(params64), to32(data64), jit=jit)
   want, active_terms = run_reference(params64, data64, lr, c0, c1)
   assert len(got) == len(want) == STEPS
   for term, threshold in (('c0', c0), ('c1', c1)):  # each term given is used

@@ -1,0 +1,210 @@
+"""SPIDER with a memory-lean state: x_{k-1} rebuilt from the last step."""
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import DTypeLike
+
+from spider_optax import _buffers
+from spider_optax import _checks
+from spider_optax import previous
+from spider_optax.clipping import global_norm
+from spider_optax.clipping import relaxed_clip_factor
+
+_CHANGED = (
+  'The params differ from those the last update of so.spider(..., '
+  'lean=True) produced (their first entries do not match): the lean state '
+  'rebuilds x_{{k-1}} = x_k - u_{{k-1}} and needs params changed only by its '
+  'own updates, applied with optax.apply_updates (no weight decay or other '
+  'updates applied outside it, the params passed to this step). Use '
+  'lean=False otherwise.'
+)
+
+
+class LeanSpiderState(NamedTuple):
+  r"""State of :func:`lean_spider` (``so.spider(..., lean=True)``).
+
+  Attributes:
+    count: number of updates taken so far (int32), anchors included.
+    steps_since_anchor: updates since the last anchor step (int32).
+    estimate: the estimator :math:`v_k` of the last update, in the estimator
+      dtype; zeros before the first update. The only parameter-sized array.
+    step_scale: :math:`s_k = \eta_k \min(1, c_0/\|v_k\|, c_1/\|v_k\|^2)`,
+      so that the last update was :math:`u_k = -s_k v_k` (float32; 0 before
+      the first update).
+    first_entries: each params leaf's first entry after the last update,
+      :math:`(x_k + u_k)[0]`, computed as ``optax.apply_updates`` does (the
+      initial params' before the first update): a check that the params
+      changed only by this optimizer's updates.
+  """
+
+  count: chex.Array
+  steps_since_anchor: chex.Array
+  estimate: optax.Updates
+  step_scale: chex.Array
+  first_entries: Any
+
+
+def _first(tree: Any) -> Any:
+  return jax.tree.map(lambda x: jnp.ravel(x)[0], tree)
+
+
+def _check_unchanged(state: LeanSpiderState, params: optax.Params) -> None:
+  """An error (eager, or at run time under jit) if the params moved."""
+  moved = [
+    jnp.any(a != b)
+    for a, b in zip(
+      jax.tree.leaves(state.first_entries), jax.tree.leaves(_first(params))
+    )
+  ]
+  if moved:
+    _checks.error_if(jnp.any(jnp.stack(moved)), _CHANGED)
+
+
+def rebuild_prev_params(
+  state: LeanSpiderState, params: optax.Params
+) -> optax.Params:
+  """:math:`x_{k-1} = x_k + s_{k-1} v_{k-1}` from a lean state and ``params``.
+
+  Equal to the params of the last update up to one rounding of the params'
+  dtype (:math:`x_k` was rounded when the update was applied).
+  """
+  _checks.check_state_matches(
+    'state.estimate', state.estimate, params, check_dtypes=False
+  )
+  _check_unchanged(state, params)
+  return jax.tree.map(
+    lambda p, v: (p + state.step_scale.astype(v.dtype) * v).astype(p.dtype),
+    params,
+    state.estimate,
+  )
+
+
+def lean_spider(
+  learning_rate: optax.ScalarOrSchedule,
+  c0: chex.Numeric | None = None,
+  c1: chex.Numeric | None = None,
+  *,
+  estimator_dtype: DTypeLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r""":func:`spider_optax.spider` keeping one parameter-sized array of state.
+
+  The same algorithm and update as ``so.spider(learning_rate, c0, c1)``:
+
+  .. math::
+
+    v_k = v_{k-1} + g_k - g'_k, \quad
+    u_k = -\eta_k \min\left(1, \frac{c_0}{\|v_k\|},
+      \frac{c_1}{\|v_k\|^2}\right) v_k = -s_k v_k,
+
+  but the state keeps :math:`v_k` and the scalar :math:`s_k` instead of a
+  copy of the params, and rebuilds the previous point when it is needed:
+  :math:`x_{k-1} = x_k + s_{k-1} v_{k-1}`. Half of Adam's state.
+
+  The contract: the params change only by this optimizer's updates, applied
+  with ``optax.apply_updates`` (no weight decay or other updates added
+  outside it; ``so.apply_if_finite`` around it is fine: a skipped step keeps
+  both params and state), and they are float32 or wider (the rebuilt point
+  is exact up to one rounding of the params' dtype; bfloat16 params are
+  refused). Each update and :func:`spider_optax.prev_params` check the
+  params' first entries against those the last update produced, an error
+  (at run time under jit) when they differ; a change that keeps every
+  leaf's first entry cannot be seen. There are no diagnostics, hence no
+  adaptive anchoring: use ``lean=False`` for those.
+
+  Read the previous point with ``so.prev_params(state, params)``; without
+  ``params`` it raises, since the state alone cannot give it.
+
+  Args:
+    learning_rate: a float >= 0 or an optax schedule.
+    c0: threshold of the norm term of the clip, or None.
+    c1: threshold of the squared-norm term of the clip, or None.
+    estimator_dtype: dtype of :math:`v` (None: the params').
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` with a
+    :class:`LeanSpiderState`.
+  """
+  learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
+  _checks.check_positive('c0', c0, allow_none=True)
+  _checks.check_positive('c1', c1, allow_none=True)
+  estimator_dtype = _checks.as_dtype('estimator_dtype', estimator_dtype)
+
+  def init_fn(params):
+    _checks.check_float_params('so.spider(..., lean=True)', params)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+      if jnp.finfo(leaf.dtype).bits < 32:
+        raise TypeError(
+          f'so.spider(..., lean=True) got params{jax.tree_util.keystr(path)} '
+          f'of dtype {leaf.dtype}: the lean state rebuilds the previous '
+          'params in their own dtype, which rounds too coarsely below '
+          'float32. Use lean=False (a float32 copy is kept), or float32 '
+          'params.'
+        )
+    return LeanSpiderState(
+      count=jnp.zeros([], jnp.int32),
+      steps_since_anchor=jnp.zeros([], jnp.int32),
+      estimate=jax.tree.map(
+        lambda p: _buffers.zeros_like(p, estimator_dtype), params
+      ),
+      step_scale=jnp.zeros([], jnp.float32),
+      first_entries=_first(params),
+    )
+
+  def update_fn(updates, state, params=None, *, prev_grads=None, **extra_args):
+    if extra_args.get('grad_diff_variance') is not None:
+      raise ValueError(
+        'so.spider(..., lean=True) keeps no diagnostics, so it takes no '
+        'grad_diff_variance (adaptive anchoring): use lean=False.'
+      )
+    if params is None:
+      raise ValueError(
+        'so.spider(..., lean=True) needs params: call tx.update(grads, '
+        'state, params, ...).'
+      )
+    _checks.check_state(state, LeanSpiderState, 'so.spider(..., lean=True)')
+    _checks.check_trees_match('params', params, 'grads', updates)
+    _checks.check_state_matches(
+      'state.estimate', state.estimate, params, check_dtypes=False
+    )
+    _check_unchanged(state, params)
+    prev_grads = previous.masked_like(prev_grads, updates)
+    if prev_grads is None:  # An anchor step: v_k = g_k.
+      anchored, g_prime = jnp.array(False), updates
+    else:
+      _checks.check_trees_match('grads', updates, 'prev_grads', prev_grads)
+      anchored = state.count > 0  # A first recursive step acts as an anchor.
+      g_prime = prev_grads
+    estimate = jax.tree.map(
+      lambda v, g, gp: jnp.where(
+        anchored, v + (g.astype(v.dtype) - gp.astype(v.dtype)), g
+      ).astype(v.dtype),
+      state.estimate,
+      updates,
+      g_prime,
+    )
+    factor = relaxed_clip_factor(global_norm(estimate), c0, c1)
+    lr = (
+      learning_rate(state.count)  # pyright: ignore[reportCallIssue]
+      if _checks.is_function(learning_rate)
+      else learning_rate
+    )
+    step_scale = (jnp.asarray(lr, jnp.float32) * factor).astype(jnp.float32)
+    new_updates = jax.tree.map(
+      lambda v: (v * -step_scale.astype(v.dtype)).astype(v.dtype), estimate
+    )
+    applied = optax.apply_updates(_first(params), _first(new_updates))
+    return new_updates, LeanSpiderState(
+      count=jnp.asarray(optax.safe_increment(state.count)),
+      steps_since_anchor=jnp.where(
+        anchored, optax.safe_increment(state.steps_since_anchor), 0
+      ).astype(jnp.int32),
+      estimate=estimate,
+      step_scale=step_scale,
+      first_entries=applied,
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]
