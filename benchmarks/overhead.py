@@ -162,21 +162,23 @@ class Timed:
 
 
 def timed_step(
-  method: str,
+  method: str | optax.GradientTransformation,
   params: Any,
   grad_fn: Callable[..., Any],
   anchor_args: tuple[Any, ...],
   paired_fn: Callable[..., Any] | None = None,
   args: tuple[Any, ...] = (),
 ) -> Timed:
-  """A plain update of ``method`` on ``anchor_args``; with ``paired_fn``,
-  SPIDER's recursive step on ``args`` after one anchor step on
-  ``anchor_args``, so that every timed step recurses."""
+  """A plain update of ``method`` (a name, or the optimizer itself) on
+  ``anchor_args``; with ``paired_fn``, SPIDER's recursive step on ``args``
+  after one anchor step on ``anchor_args``, so that every timed step
+  recurses."""
+  tx = _tx(method) if isinstance(method, str) else method
   anchor, recursive = (
     functools.partial(f, None)
-    for f in common.step_pair(lambda _: _tx(method), grad_fn, paired_fn)
+    for f in common.step_pair(lambda _: tx, grad_fn, paired_fn)
   )
-  state = _tx(method).init(params)
+  state = tx.init(params)
   if paired_fn is None:
     return Timed(anchor, params, state, anchor_args)
   params, state, _ = jax.jit(anchor)(params, state, *anchor_args)

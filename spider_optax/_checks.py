@@ -108,14 +108,27 @@ def error_if(pred: Any, message: str, *values: Any) -> None:
     if np.any(pred):
       raise ValueError(message.format(*values))
 
-  # The callback runs only in the branch taken when the check fails, so a
-  # step whose values are valid pays a scalar branch, not a host round trip.
-  pred = jax.numpy.any(pred)
-  jax.lax.cond(
-    pred,
-    lambda: jax.debug.callback(raise_if, pred, *values),
-    lambda: None,
-  )
+  # The callback sits in the branch taken only when the check fails, so a
+  # valid step pays a scalar branch, not a host round trip. Under jax.vmap
+  # (a grid of hyperparameters) the check takes the whole batch at once:
+  # a batched branch would run the callback on every step and lane.
+  @jax.custom_batching.custom_vmap
+  def check(pred, *values):
+    jax.lax.cond(
+      jax.numpy.any(pred),
+      lambda: jax.debug.callback(raise_if, pred, *values),
+      lambda: None,
+    )
+    return pred
+
+  @check.def_vmap
+  def _(axis_size, in_batched, pred, *values):
+    del axis_size
+    return check(pred, *values), in_batched[0]
+
+  # A check has no gradient: under jax.grad (meta-gradients through an
+  # update) its inputs are constants.
+  check(*jax.lax.stop_gradient((pred, *values)))
 
 
 def is_function(value: Any) -> bool:

@@ -60,6 +60,7 @@ def auto_clip_spider(
   window: int = 256,
   quantile: float = 0.9,
   num_bins: int = 8,
+  refit_every: int = 16,
   estimator_dtype: DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SPIDER whose clipping thresholds follow a running (L0, L1) fit.
@@ -102,6 +103,12 @@ def auto_clip_spider(
     window: how many recent recursive steps the fit uses (>= ``num_bins``).
     quantile: see :func:`~spider_optax.smoothness_fit.fit_smoothness`.
     num_bins: likewise.
+    refit_every: refit once every this many new samples (and on every
+      sample until the fit is ready); the thresholds of the last fit are
+      used between refits. The fit (sorts and a bisection) costs several
+      times a small model's update; refitting every 16th sample makes its
+      cost an average of a few percent (``benchmarks/RESULTS.md``, section
+      4). 1 refits on every recursive step.
     estimator_dtype: see :func:`~spider_optax.spider_estimator`.
 
   Returns:
@@ -112,6 +119,7 @@ def auto_clip_spider(
   _checks.check_positive('epsilon', epsilon, finite=True)
   _checks.check_positive('c0', c0, allow_none=True)
   _checks.check_positive('c1', c1, allow_none=True)
+  _checks.check_count('refit_every', refit_every)
   if (
     isinstance(window, bool) or not isinstance(window, int) or window < num_bins
   ):
@@ -155,8 +163,13 @@ def auto_clip_spider(
     push = lambda buf, x: jnp.where(measured, buf.at[slot].set(x), buf)
     grad_norms = push(state.grad_norms, d.grad_norm)
     smoothness = push(state.smoothness, d.smoothness)
-    fit = fit_of(grad_norms, smoothness)
-    ready = jnp.isfinite(fit.L0) & jnp.isfinite(fit.L1)
+    num_samples = state.num_samples + measured.astype(jnp.int32)
+    is_ready = lambda f: jnp.isfinite(f.L0) & jnp.isfinite(f.L1)
+    refit = measured & ((num_samples % refit_every == 0) | ~is_ready(state.fit))
+    fit = jax.lax.cond(
+      refit, lambda: fit_of(grad_norms, smoothness), lambda: state.fit
+    )
+    ready = is_ready(fit)
 
     count = state.inner_state[0].count
     lr = learning_rate(count) if callable(learning_rate) else learning_rate
@@ -178,7 +191,7 @@ def auto_clip_spider(
       inner_state=(est_state, clip_state, scale_state),
       grad_norms=grad_norms,
       smoothness=smoothness,
-      num_samples=state.num_samples + measured.astype(jnp.int32),
+      num_samples=num_samples,
       fit=fit,
       c0=c0_k,
       c1=c1_k,

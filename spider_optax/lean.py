@@ -52,16 +52,19 @@ def _first(tree: Any) -> Any:
   return jax.tree.map(lambda x: jnp.ravel(x)[0], tree)
 
 
-def _check_unchanged(state: LeanSpiderState, params: optax.Params) -> None:
-  """An error (eager, or at run time under jit) if the params moved."""
+def _check_unchanged(
+  state: LeanSpiderState, params: optax.Params
+) -> chex.Array:
+  """Whether the params moved, an error if so (at run time under jit)."""
   moved = [
     jnp.any(a != b)
     for a, b in zip(
       jax.tree.leaves(state.first_entries), jax.tree.leaves(_first(params))
     )
   ]
-  if moved:
-    _checks.error_if(jnp.any(jnp.stack(moved)), _CHANGED)
+  moved = jnp.any(jnp.stack(moved)) if moved else jnp.array(False)
+  _checks.error_if(moved, _CHANGED)
+  return moved
 
 
 def rebuild_prev_params(
@@ -170,7 +173,7 @@ def lean_spider(
     _checks.check_state_matches(
       'state.estimate', state.estimate, params, check_dtypes=False
     )
-    _check_unchanged(state, params)
+    moved = _check_unchanged(state, params)
     prev_grads = previous.masked_like(prev_grads, updates)
     if prev_grads is None:  # An anchor step: v_k = g_k.
       anchored, g_prime = jnp.array(False), updates
@@ -193,10 +196,16 @@ def lean_spider(
       else learning_rate
     )
     step_scale = (jnp.asarray(lr, jnp.float32) * factor).astype(jnp.float32)
+    # NaN where the check failed (the step raises then anyway): it makes the
+    # update depend on the check's read of the params, so that XLA reads
+    # them before the update writes over them, and copies nothing.
+    step_scale = jnp.where(moved, jnp.nan, step_scale)
     new_updates = jax.tree.map(
       lambda v: (v * -step_scale.astype(v.dtype)).astype(v.dtype), estimate
     )
-    applied = optax.apply_updates(_first(params), _first(new_updates))
+    # The params' first entries equal state.first_entries (checked above):
+    # reading them from the state spares the params a second reader.
+    applied = optax.apply_updates(state.first_entries, _first(new_updates))
     return new_updates, LeanSpiderState(
       count=jnp.asarray(optax.safe_increment(state.count)),
       steps_since_anchor=jnp.where(

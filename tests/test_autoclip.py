@@ -133,3 +133,30 @@ def test_auto_clipping_errors():
     so.spider(0.1, epsilon=float('inf'))
   with pytest.raises(ValueError, match='window'):
     so.autoclip.auto_clip_spider(0.1, 0.5, window=4)
+
+
+@pytest.mark.parametrize('refit_every', [1, 5])
+def test_the_fit_is_redone_every_refit_every_samples(refit_every):
+  """Until ready on every sample; then only when the sample count reaches a
+  multiple of refit_every, to the fit of the buffers at that step."""
+  tx = so.autoclip.auto_clip_spider(
+    0.2, EPSILON, c0=1.0, c1=3.0, refit_every=refit_every
+  )
+  _, states = run(tx, steps=80)
+  refits = 0
+  for before, after in zip(states, states[1:]):
+    ready = np.isfinite(float(before.fit.L0))
+    pushed = int(after.num_samples) > int(before.num_samples)
+    due = pushed and (not ready or int(after.num_samples) % refit_every == 0)
+    want = (
+      so.smoothness_fit.fit_smoothness(after.grad_norms, after.smoothness)
+      if due
+      else before.fit
+    )
+    np.testing.assert_allclose(
+      [float(after.fit.L0), float(after.fit.L1)],
+      [float(want.L0), float(want.L1)],
+      rtol=1e-6,
+    )
+    refits += due
+  assert refits > 3

@@ -262,3 +262,31 @@ def test_presets_are_finite_or_refused_with_a_reason(
     assert 0 < p.c0 < math.inf
     assert p.c1 is None or 0 < p.c1 < math.inf
     so.spider(p.learning_rate, p.c0, p.c1)  # the settings are accepted
+
+
+# --------------------------------------------------------------------------
+# The traced checks under jax.grad and jax.vmap
+# --------------------------------------------------------------------------
+
+
+def _step_sum(lr):
+  """sum(x + u) after one so.spider step from x = 1 with g = 1 (c0 = 1)."""
+  params = {'w': jnp.ones(3)}
+  tx = so.spider(lr, c0=1.0)
+  updates, _ = tx.update(params, tx.init(params), params)
+  return jnp.sum(optax.apply_updates(params, updates)['w'])
+
+
+def test_meta_gradients_flow_through_a_checked_update():
+  """d/d lr of sum(x - lr g/|g|) is -sum(g)/|g| = -sqrt(3)."""
+  for grad in (jax.grad(_step_sum), jax.jit(jax.grad(_step_sum))):
+    np.testing.assert_allclose(float(grad(0.1)), -math.sqrt(3), rtol=1e-6)
+
+
+def test_a_vmapped_grid_checks_every_lane():
+  grid = jax.jit(jax.vmap(_step_sum))
+  np.testing.assert_allclose(
+    grid(jnp.array([0.0, 0.5])), [3.0, 3.0 - 0.5 * math.sqrt(3)], rtol=1e-6
+  )
+  error = verdict(grid, jnp.array([0.1, -0.1]))
+  assert error is not None and 'learning_rate must be' in error

@@ -1,0 +1,274 @@
+"""Per-step cost on whatever backend this runs on: one script, one JSON.
+
+``python -m benchmarks.device`` (under 8 minutes on a 2-core CPU; ``--quick``
+for the smoke test) measures, side by side in one run on the default JAX
+backend (CPU, GPU or TPU):
+
+1. The jitted, donated update + ``optax.apply_updates`` of ``so.spider``
+   (recursive step, with and without ``lean=True``), clip + SGD, Adam, AdamW
+   and ``so.mars_adamw`` on float32 params of 1e6, 1e7 and 1e8 (fewer with
+   ``--quick``), with each update's time over its bytes bound: the two-pass
+   bytes model of ``benchmarks/overhead.py`` divided by the bandwidth a jitted
+   ``a*x + y`` achieves on the same device.
+2. A training step with ``so.paired_grad`` vectorized (one vmapped
+   evaluation) and not (two), against one gradient + clip/SGD, on an MLP.
+3. Automatic clipping: ``so.spider(lr, epsilon=...)``'s update with the fit
+   redone on every sample and every 16th (the default), against the
+   fixed-clip ``so.spider(lr, c0, c1)`` update, on 1e3 and 1e6 params; and
+   the trajectory effect of amortising the refit, on the cosh problem of
+   ``tests/test_autoclip.py`` over 3 seeds.
+
+The targets of the per-step cost issue are printed with each ratio: lean
+within 2.2x clip + SGD, the default within 2.7x, automatic clipping within
+1.3x the fixed clip, the recursive-correction update within 1.3x AdamW, and
+on a GPU each update within 1.25x its bytes bound.
+"""
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+if __package__ in (None, ''):  # run as a file: make the package importable
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+import spider_optax as so
+from benchmarks import common  # noqa: E402
+from benchmarks import overhead  # noqa: E402
+
+TARGETS = {
+  'spider_lean / clip_sgd': 2.2,
+  'spider / clip_sgd': 2.7,
+  'mars_adamw / adamw': 1.3,
+  'auto_clip / fixed_clip': 1.3,
+  'time / bytes bound (GPU)': 1.25,
+}
+REFITS = (1, 16)
+
+
+def update_costs(sizes: Sequence[int], reps: int, bar: tqdm.tqdm) -> dict:
+  """Every method's update at each size, and its time over the bytes bound."""
+  bw = overhead.measure_bandwidth(min(max(sizes), 25_000_000), 10)
+  rows = {}
+  for size in sizes:
+    steppers = overhead.update_steps(size, jax.random.key(0))
+    times = overhead.time_interleaved(steppers, reps, f'P={size:.0e}', bar)
+    del steppers
+    row = {}
+    for m in overhead.METHODS:
+      t = common.median(times[m])
+      bound = overhead.BYTES_MODEL['two_pass'][m] * 4 * size / bw['bytes_per_s']
+      row[m] = {'median_s': t, 'time_over_bytes_bound': t / bound}
+    rows[str(size)] = row
+  return {'bandwidth': bw, 'updates': rows}
+
+
+def paired_costs(reps: int, bar: tqdm.tqdm) -> dict:
+  """A training step: paired gradients vectorized or not, against one."""
+  loss_fn, params, batch_of, description = overhead.train_models(
+    jax.random.key(7), [256]
+  )['mlp']
+  times = overhead.time_interleaved(
+    overhead.train_steps(loss_fn, params, batch_of[256]), reps, 'paired', bar
+  )
+  base = common.median(times['grad_clip_sgd'])
+  return {
+    'model': description,
+    'batch': 256,
+    'steps': {
+      m: {
+        'median_s': common.median(t),
+        'ratio_vs_grad_clip_sgd': (common.median(t) / base),
+      }
+      for m, t in times.items()
+    },
+  }
+
+
+def autoclip_costs(sizes: Sequence[int], reps: int, bar: tqdm.tqdm) -> dict:
+  """The automatic-clipping update (refit every 1 and 16 samples) against
+  the fixed clip, each on its recursive step."""
+  out = {}
+  for size in sizes:
+    keys = jax.random.split(jax.random.key(size), 3)
+    params, grads, prev = (overhead.make_params(size, k) for k in keys)
+    txs = {'fixed_clip': so.spider(0.01, 1.0, 10.0, diagnostics=True)}
+    for n in REFITS:
+      txs[f'auto_refit_{n}'] = so.autoclip.auto_clip_spider(
+        0.01, 1.0, c0=1.0, c1=10.0, refit_every=n
+      )
+    steppers = {
+      name: overhead.timed_step(
+        tx, params, *common.GIVEN[:1], (grads,), common.GIVEN[1], (grads, prev)
+      )
+      for name, tx in txs.items()
+    }
+    times = overhead.time_interleaved(steppers, reps, f'auto {size}', bar)
+    base = common.median(times['fixed_clip'])
+    out[str(size)] = {
+      m: {
+        'median_s': common.median(t),
+        'ratio_vs_fixed_clip': (common.median(t) / base),
+      }
+      for m, t in times.items()
+    }
+  return out
+
+
+def cosh_loss(params, s, z):
+  """f = mean_i sum_j cosh(x_j)(1 + s_ij) + z_i . x (tests/test_autoclip.py)."""
+  x = params['x']
+  return jnp.mean(jnp.sum(jnp.cosh(x) * (1 + s), -1) + z @ x)
+
+
+def autoclip_trajectory(steps: int, seeds: Sequence[int]) -> dict:
+  """Final |grad f| (f's gradient is sinh x) after ``steps`` steps, anchors
+  every 10 on 8x larger batches, for each refit interval and seed."""
+  result = {}
+  for n in REFITS:
+    tx = so.autoclip.auto_clip_spider(0.2, 2.0, c0=1.0, c1=3.0, refit_every=n)
+    anchor, recursive = _cosh_steps(tx)
+    finals = []
+    for seed in seeds:
+      rng = np.random.default_rng(seed)
+      params = {'x': jnp.full(4, 4.0, jnp.float32)}
+      state = tx.init(params)
+      for k in range(steps):
+        size = 128 if k % 10 == 0 else 16
+        batch = (
+          jnp.asarray(rng.uniform(-0.5, 0.5, (size, 4)), jnp.float32),
+          jnp.asarray(rng.normal(size=(size, 4)), jnp.float32),
+        )
+        step = anchor if k % 10 == 0 else recursive
+        params, state = step(params, state, *batch)
+      finals.append(float(np.linalg.norm(np.sinh(np.float64(params['x'])))))
+    result[f'refit_{n}'] = {'final_grad_norms': finals}
+  return result
+
+
+def _cosh_steps(tx):
+  """Jitted anchor and recursive steps of ``tx`` on :func:`cosh_loss`."""
+  paired = so.paired_grad(cosh_loss)
+  anchor = jax.jit(
+    lambda p, st, *b: _apply(tx, p, st, jax.grad(cosh_loss)(p, *b))
+  )
+
+  @jax.jit
+  def recursive(p, st, *b):
+    g, pg = paired(p, so.prev_params(st, p), *b)
+    return _apply(tx, p, st, g, prev_grads=pg)
+
+  return anchor, recursive
+
+
+def _apply(tx, params, state, grads, **extra):
+  updates, state = tx.update(grads, state, params, **extra)
+  return jax.tree.map(lambda p, u: p + u, params, updates), state
+
+
+def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
+  quick = args.quick
+  sizes = (
+    [100_000, 1_000_000] if quick else [1_000_000, 10_000_000, 100_000_000]
+  )
+  reps = 5 if quick else 10
+  autoclip_sizes = [1_000] if quick else [1_000, 1_000_000]
+  bar.reset(total=reps * (len(sizes) + 1 + len(autoclip_sizes)))
+  bar.unit = 'rep'
+  costs = update_costs(sizes, reps, bar)
+  result = dict(
+    backend=jax.default_backend(),
+    device=str(jax.devices()[0].device_kind),
+    targets=TARGETS,
+    **costs,
+    paired=paired_costs(reps, bar),
+    autoclip=autoclip_costs(
+      [1_000] if quick else [1_000, 1_000_000], reps, bar
+    ),
+    autoclip_trajectory=autoclip_trajectory(
+      30 if quick else 200, [0] if quick else [0, 1, 2]
+    ),
+  )
+  result['ratios'] = ratios(result)
+  return result
+
+
+def ratios(res: dict[str, Any]) -> dict[str, dict[str, float]]:
+  """The issue's ratios, by size: each against its target."""
+  out: dict[str, dict[str, float]] = {}
+  for size, row in res['updates'].items():
+    t = {m: row[m]['median_s'] for m in row}
+    out[size] = {
+      'spider_lean / clip_sgd': t['spider_lean'] / t['clip_sgd'],
+      'spider / clip_sgd': t['spider'] / t['clip_sgd'],
+      'mars_adamw / adamw': t['mars_adamw'] / t['adamw'],
+    }
+  for size, row in res['autoclip'].items():
+    out.setdefault(f'autoclip {size}', {}).update(
+      {
+        f'auto_clip (refit {n}) / fixed_clip': row[f'auto_refit_{n}'][
+          'ratio_vs_fixed_clip'
+        ]
+        for n in REFITS
+      }
+    )
+  return out
+
+
+def report(res: dict[str, Any]) -> str:
+  env = res['environment']
+  lines = [
+    f'device ({res["mode"]}): backend {res["backend"]}, {res["device"]}, '
+    f'{env["cpu"]}, jax {env["versions"]["jax"]}',
+    f'bandwidth (a*x + y): {res["bandwidth"]["bytes_per_s"] / 1e9:.1f} GB/s',
+    '',
+    'update + apply_updates, median ms (time / bytes bound)',
+  ]
+  for size, row in res['updates'].items():
+    cells = ', '.join(
+      f'{m} {v["median_s"] * 1e3:.3f} ({v["time_over_bytes_bound"]:.2f})'
+      for m, v in row.items()
+    )
+    lines.append(f'  P={float(size):.0e}: {cells}')
+  lines.append('')
+  lines.append('ratios (target)')
+  for key, row in res['ratios'].items():
+    for name, value in row.items():
+      target = next(
+        (v for k, v in TARGETS.items() if name.startswith(k[:8])), None
+      )
+      lines.append(f'  {key:>14} {name:36} {value:5.2f}x  ({target}x)')
+  steps = res['paired']['steps']
+  lines.append('')
+  lines.append(
+    f'training step, {res["paired"]["model"]}, batch 256 (vs grad + clip/SGD): '
+    + ', '.join(
+      f'{m} {v["ratio_vs_grad_clip_sgd"]:.2f}x' for m, v in steps.items()
+    )
+  )
+  lines.append('automatic clipping, final |grad f| over seeds:')
+  for name, v in res['autoclip_trajectory'].items():
+    lines.append(
+      f'  {name}: ' + ', '.join(f'{g:.3f}' for g in v['final_grad_norms'])
+    )
+  return '\n'.join(lines)
+
+
+def plots(res: dict[str, Any], plot_dir: pathlib.Path) -> list[str]:
+  del res, plot_dir
+  return []
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Measures, prints the ratios, writes JSON."""
+  return common.script('device', __doc__, argv, experiment, report, plots)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,35 @@
+"""Smoke test of benchmarks/device.py --quick: output shape, not timings."""
+
+import math
+
+from benchmark_scripts import run_quick
+
+
+def _positive(x):
+  return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_device(tmp_path_factory):
+  res, _, _ = run_quick('device', tmp_path_factory)
+  assert res['backend'] == 'cpu'
+  assert set(res['targets']) >= {'spider_lean / clip_sgd', 'mars_adamw / adamw'}
+  for size, row in res['updates'].items():
+    for method, r in row.items():
+      assert _positive(r['median_s']), (size, method)
+      assert _positive(r['time_over_bytes_bound']), (size, method)
+    ratios = res['ratios'][size]
+    assert ratios['spider / clip_sgd'] == (
+      row['spider']['median_s'] / row['clip_sgd']['median_s']
+    )
+  for row in res['autoclip'].values():
+    assert row['fixed_clip']['ratio_vs_fixed_clip'] == 1.0
+    assert all(_positive(r['median_s']) for r in row.values())
+  for refit in ('refit_1', 'refit_16'):
+    norms = res['autoclip_trajectory'][refit]['final_grad_norms']
+    assert norms and all(math.isfinite(g) for g in norms)
+  steps = res['paired']['steps']
+  assert set(steps) == {
+    'grad_clip_sgd',
+    'spider_paired_vmap',
+    'spider_paired_loop',
+  }
