@@ -270,7 +270,7 @@ def shared_grads(task: tasks.Task) -> dict[str, Callable[..., Any]]:
   x, y = task.data
   paired = lambda other: jax.jit(
     lambda p, state, idx: so.paired_grad(task.loss_fn)(
-      p, other(state), x[idx], y[idx]
+      p, other(state, p), x[idx], y[idx]
     )
   )
   return dict(

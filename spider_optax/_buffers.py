@@ -1,6 +1,10 @@
-"""XLA buffer helpers: zeros sharded like params, and in-place overwrites."""
+"""XLA helpers: zeros sharded like params, in-place overwrites, branches."""
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 from jax.experimental import shard_alike
 from jax.typing import DTypeLike
@@ -29,3 +33,14 @@ def overwrite(old: jax.Array, new: jax.Array) -> jax.Array:
   return jax.lax.dynamic_update_slice(
     old, new.astype(old.dtype), (0,) * old.ndim
   )
+
+
+def cond(pred: Any, true_fn: Callable[[], Any], false_fn: Callable[[], Any]):
+  """``jax.lax.cond`` under a trace; a Python ``if`` on a concrete ``pred``.
+
+  Eagerly, ``lax.cond`` compiles its branches on every call when they are
+  fresh closures (as in an update called outside ``jax.jit``).
+  """
+  if not isinstance(pred, jax.core.Tracer):
+    return true_fn() if bool(pred) else false_fn()
+  return jax.lax.cond(pred, true_fn, false_fn)

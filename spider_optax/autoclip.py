@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
+from spider_optax import _buffers
 from spider_optax import _checks
 from spider_optax.clipping import relaxed_clip
 from spider_optax.estimator import spider_estimator
@@ -166,7 +167,7 @@ def auto_clip_spider(
     num_samples = state.num_samples + measured.astype(jnp.int32)
     is_ready = lambda f: jnp.isfinite(f.L0) & jnp.isfinite(f.L1)
     refit = measured & ((num_samples % refit_every == 0) | ~is_ready(state.fit))
-    fit = jax.lax.cond(
+    fit = _buffers.cond(
       refit, lambda: fit_of(grad_norms, smoothness), lambda: state.fit
     )
     ready = is_ready(fit)

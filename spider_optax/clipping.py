@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spider_optax import _buffers
 from spider_optax import _checks
 
 
@@ -38,7 +39,7 @@ def global_norm(tree: optax.Updates) -> chex.Array:
   """
   total = _sum_of_squares(tree)
 
-  def rescaled(total):
+  def rescaled():
     largest = jnp.zeros([], total.dtype)
     for x in jax.tree.leaves(tree):
       largest = jnp.maximum(largest, jnp.max(jnp.abs(x)).astype(total.dtype))
@@ -46,9 +47,7 @@ def global_norm(tree: optax.Updates) -> chex.Array:
     norm = safe * jnp.sqrt(_sum_of_squares(tree, safe))
     return jnp.where(jnp.isfinite(largest), norm, jnp.inf).astype(total.dtype)
 
-  return jax.lax.cond(
-    jnp.isposinf(total), rescaled, lambda total: jnp.sqrt(total), total
-  )
+  return _buffers.cond(jnp.isposinf(total), rescaled, lambda: jnp.sqrt(total))
 
 
 def relaxed_clip_factor(

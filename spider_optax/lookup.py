@@ -169,7 +169,10 @@ def _merged(found: list[Any]) -> optax.Params:
     next((x for x in column if not _is_masked(x)), column[0])
     for column in zip(*(leaves for leaves, _ in flat))
   ]
-  merged = jax.tree.unflatten(flat[0][1], leaves)
+  # One complete copy is returned as it is (the same object).
+  merged = (
+    found[0] if len(found) == 1 else jax.tree.unflatten(flat[0][1], leaves)
+  )
   missing = [
     jax.tree_util.keystr(path)
     for path, x in jax.tree_util.tree_flatten_with_path(
