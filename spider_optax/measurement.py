@@ -53,10 +53,20 @@ class SpiderDiagnostics(NamedTuple):
 
 
 def empty() -> SpiderDiagnostics:
-  """The diagnostics before the first update."""
-  zero = jnp.zeros([], jnp.float32)
+  """The diagnostics before the first update.
+
+  A buffer per field: a state whose fields shared one array could not be
+  donated to a jitted step (XLA refuses to donate a buffer twice).
+  """
+  zero = lambda: jnp.zeros([], jnp.float32)
   return SpiderDiagnostics(
-    zero, zero, zero, jnp.full([], jnp.nan, jnp.float32), zero, zero, zero
+    zero(),
+    zero(),
+    zero(),
+    jnp.full([], jnp.nan, jnp.float32),
+    zero(),
+    zero(),
+    zero(),
   )
 
 

@@ -263,3 +263,17 @@ def test_split_half_sum_is_the_estimators_expected_error():
     estimate.mean(),
     tolerance,
   )
+
+
+def test_a_state_with_diagnostics_can_be_donated():
+  """Each diagnostics field has a buffer of its own: XLA refuses to donate
+  one buffer twice, which a shared initial zero made every field."""
+  params = {'w': jnp.ones(3)}
+  tx = so.spider(0.1, c0=1.0, diagnostics=True)
+  update = jax.jit(
+    lambda g, s, p: tx.update(g, s, p, prev_grads=g), donate_argnums=(1,)
+  )
+  state = tx.init(params)
+  for _ in range(2):
+    _, state = update(params, state, params)
+  assert float(so.diagnostics(state)['grad_norm']) > 0
