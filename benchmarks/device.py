@@ -174,10 +174,8 @@ def _apply(tx, params, state, grads, **extra):
 
 def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   quick = args.quick
-  sizes = (
-    [100_000, 1_000_000] if quick else [1_000_000, 10_000_000, 100_000_000]
-  )
-  reps = 5 if quick else 10
+  sizes = [10_000] if quick else [1_000_000, 10_000_000, 100_000_000]
+  reps = 2 if quick else 10
   autoclip_sizes = [1_000] if quick else [1_000, 1_000_000]
   bar.reset(total=reps * (len(sizes) + 1 + len(autoclip_sizes)))
   bar.unit = 'rep'
@@ -188,11 +186,9 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
     targets=TARGETS,
     **costs,
     paired=paired_costs(reps, bar),
-    autoclip=autoclip_costs(
-      [1_000] if quick else [1_000, 1_000_000], reps, bar
-    ),
+    autoclip=autoclip_costs(autoclip_sizes, reps, bar),
     autoclip_trajectory=autoclip_trajectory(
-      30 if quick else 200, [0] if quick else [0, 1, 2]
+      20 if quick else 200, [0] if quick else [0, 1, 2]
     ),
   )
   result['ratios'] = ratios(result)

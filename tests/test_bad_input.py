@@ -65,7 +65,7 @@ bad_numbers = st.one_of(
 
 
 @pytest.mark.parametrize('factory, kwargs, name, valid', CASES, ids=IDS)
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(value=bad_numbers)
 def test_a_hyperparameter_gets_one_verdict_eager_and_jitted(
   factory, kwargs, name, valid, value

@@ -82,8 +82,11 @@ CLIPPING = {
 }
 
 
-@pytest.mark.parametrize('lean', [False, True], ids=['', 'lean'])
-@pytest.mark.parametrize('jit', [True, False], ids=['jit', 'nojit'])
+@pytest.mark.parametrize(
+  'jit, lean',
+  [(True, False), (False, False), (True, True)],
+  ids=['jit', 'nojit', 'jit-lean'],
+)
 @pytest.mark.parametrize('clipping', list(CLIPPING), ids=list(CLIPPING))
 def test_trajectory_matches_float64_reference(clipping, jit, lean):
   """Also with lean=True, whose x_{k-1} is rebuilt from x_k and the step."""
