@@ -286,6 +286,11 @@ def as_dtype(name: str, value: Any) -> Any:
     ) from None
 
 
+PREV_GRADS_HINT = (
+  'prev_grads must be the gradients of the same loss on the same minibatch '
+  'at so.prev_params(state), e.g. from so.paired_grad(loss_fn).'
+)
+
 RESTORE_HINT = (
   'A state restored from a checkpoint without a target is plain dicts and '
   'lists: restore it onto a target built from tx.init, e.g. jax.tree.map('

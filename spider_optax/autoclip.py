@@ -15,10 +15,8 @@ from jax.typing import DTypeLike
 
 from spider_optax import _buffers
 from spider_optax import _checks
-from spider_optax.clipping import global_norm
+from spider_optax.clipping import apply_relaxed_clip
 from spider_optax.clipping import relaxed_clip
-from spider_optax.clipping import relaxed_clip_factor
-from spider_optax.clipping import RelaxedClipState
 from spider_optax.estimator import spider_estimator
 from spider_optax.estimator import SpiderEstimatorState
 from spider_optax.smoothness_fit import fit_smoothness
@@ -185,12 +183,9 @@ def auto_clip_spider(
     c0_k = jnp.where(ready, fitted(fit.L0), as_threshold(c0))
     c1_k = jnp.where(ready, fitted(fit.L1), as_threshold(c1))
 
-    # relaxed_clip's update, with thresholds that are valid by construction
-    # (its constructor would check traced values on every step).
+    # The thresholds are valid by construction: no per-step checks.
     del clip_state
-    factor = relaxed_clip_factor(global_norm(estimate), c0_k, c1_k)
-    clipped = jax.tree.map(lambda u: (u * factor).astype(u.dtype), estimate)
-    clip_state = RelaxedClipState(clip_factor=factor.astype(jnp.float32))
+    clipped, clip_state = apply_relaxed_clip(estimate, c0_k, c1_k)
     # The chain's own learning-rate member keeps its state (a schedule's
     # count); with a fitted rate its output is replaced.
     updates, scale_state = scale.update(clipped, scale_state)

@@ -65,6 +65,19 @@ def relaxed_clip_factor(
   return jnp.where(norm > 0, factor, 1.0)
 
 
+def apply_relaxed_clip(
+  updates: optax.Updates, c0: chex.Numeric | None, c1: chex.Numeric | None
+) -> tuple[optax.Updates, 'RelaxedClipState']:
+  """:func:`relaxed_clip`'s update with thresholds taken as they are.
+
+  For callers whose thresholds are valid by construction (automatic
+  clipping's fitted ones), so that no check runs on every step.
+  """
+  factor = relaxed_clip_factor(global_norm(updates), c0, c1)
+  updates = jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
+  return updates, RelaxedClipState(clip_factor=factor.astype(jnp.float32))
+
+
 class RelaxedClipState(NamedTuple):
   """State of :func:`relaxed_clip`.
 
@@ -136,9 +149,7 @@ def relaxed_clip(
     _checks.check_state(state, RelaxedClipState, 'relaxed_clip')
     if c0 is None and c1 is None:
       return updates, RelaxedClipState(clip_factor=jnp.ones([], jnp.float32))
-    factor = relaxed_clip_factor(global_norm(updates), c0, c1)
-    updates = jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
-    return updates, RelaxedClipState(clip_factor=factor.astype(jnp.float32))
+    return apply_relaxed_clip(updates, c0, c1)
 
   return optax.GradientTransformation(init_fn, update_fn)
 

@@ -13,11 +13,6 @@ from spider_optax import _buffers
 from spider_optax import _checks
 from spider_optax import previous
 
-_PREV_GRADS_HINT = (
-  'prev_grads must be the gradients of the same loss on the same minibatch '
-  'at so.prev_params(state), e.g. from so.paired_grad(loss_fn).'
-)
-
 
 class RecursiveCorrectionState(NamedTuple):
   """State of :func:`recursive_correction`.
@@ -176,7 +171,7 @@ def recursive_correction(
         'state.prev_params', state.prev_params, params, check_dtypes=True
       )
       _checks.check_trees_match(
-        'grads', updates, 'prev_grads', prev_grads, hint=_PREV_GRADS_HINT
+        'grads', updates, 'prev_grads', prev_grads, hint=_checks.PREV_GRADS_HINT
       )
       g_prime = prev_grads
     mask_tree = mask(updates) if callable(mask) else mask

@@ -13,10 +13,28 @@ from spider_optax import _checks
 from spider_optax import measurement
 from spider_optax import previous
 
-_PREV_GRADS_HINT = (
-  'prev_grads must be the gradients of the same loss on the same minibatch '
-  'at so.prev_params(state), e.g. from so.paired_grad(loss_fn).'
-)
+
+def recursive_estimate(
+  estimate: optax.Updates,
+  grads: optax.Updates,
+  prev_grads: optax.Updates,
+  anchored: chex.Array,
+) -> optax.Updates:
+  """v_k = v_{k-1} + g_k - g'_k in v's dtype; g_k where not ``anchored``.
+
+  SPIDER's recursion, shared by the estimator and ``so.spider(lean=True)``;
+  ``anchored`` is False where there is no estimate to correct yet.
+  """
+  return jax.tree.map(
+    lambda v, g, pg: jnp.where(
+      anchored,
+      v + (g.astype(v.dtype) - pg.astype(v.dtype)),
+      g.astype(v.dtype),
+    ),
+    estimate,
+    grads,
+    prev_grads,
+  )
 
 
 class SpiderEstimatorState(NamedTuple):
@@ -167,18 +185,11 @@ def spider_estimator(
       steps_since_anchor = jnp.zeros([], jnp.int32)
     else:
       _checks.check_trees_match(
-        'grads', updates, 'prev_grads', prev_grads, hint=_PREV_GRADS_HINT
+        'grads', updates, 'prev_grads', prev_grads, hint=_checks.PREV_GRADS_HINT
       )
       anchored = state.count > 0  # A first recursive step acts as an anchor.
-      estimate = jax.tree.map(
-        lambda v, g, pg: jnp.where(
-          anchored,
-          v + (g.astype(v.dtype) - pg.astype(v.dtype)),
-          g.astype(v.dtype),
-        ),
-        state.estimate,
-        updates,
-        prev_grads,
+      estimate = recursive_estimate(
+        state.estimate, updates, prev_grads, anchored
       )
       steps_since_anchor = jnp.where(
         anchored, optax.safe_increment(state.steps_since_anchor), 0

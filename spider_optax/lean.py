@@ -13,6 +13,7 @@ from spider_optax import _checks
 from spider_optax import previous
 from spider_optax.clipping import global_norm
 from spider_optax.clipping import relaxed_clip_factor
+from spider_optax.estimator import recursive_estimate
 
 _CHANGED = (
   'The params differ from those the last update of so.spider(..., '
@@ -178,17 +179,12 @@ def lean_spider(
     if prev_grads is None:  # An anchor step: v_k = g_k.
       anchored, g_prime = jnp.array(False), updates
     else:
-      _checks.check_trees_match('grads', updates, 'prev_grads', prev_grads)
+      _checks.check_trees_match(
+        'grads', updates, 'prev_grads', prev_grads, hint=_checks.PREV_GRADS_HINT
+      )
       anchored = state.count > 0  # A first recursive step acts as an anchor.
       g_prime = prev_grads
-    estimate = jax.tree.map(
-      lambda v, g, gp: jnp.where(
-        anchored, v + (g.astype(v.dtype) - gp.astype(v.dtype)), g
-      ).astype(v.dtype),
-      state.estimate,
-      updates,
-      g_prime,
-    )
+    estimate = recursive_estimate(state.estimate, updates, g_prime, anchored)
     factor = relaxed_clip_factor(global_norm(estimate), c0, c1)
     lr = (
       learning_rate(state.count)  # pyright: ignore[reportCallIssue]
