@@ -2,11 +2,13 @@
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.core
 import numpy as np
+
+T = TypeVar('T')
 
 
 def is_concrete(value: Any) -> bool:
@@ -15,14 +17,14 @@ def is_concrete(value: Any) -> bool:
 
 
 def check_positive(
-  name: str, value: Any, *, allow_none: bool = False, finite: bool = False
-) -> None:
-  """Raises unless ``value`` is a number > 0 (``finite``: and not infinity).
+  name: str, value: T, *, allow_none: bool = False, finite: bool = False
+) -> T:
+  """``value``, checked to be a number > 0 (``finite``: and not infinity).
 
   ``allow_none`` lets None through (a dropped clipping term). See
-  :func:`check_range` for traced values.
+  :func:`check_range` for traced values (use the value returned).
   """
-  check_range(
+  return check_range(
     name,
     value,
     (lambda x: (x > 0) & (x < np.inf)) if finite else (lambda x: x > 0),
@@ -87,48 +89,65 @@ def check_trees_match(
       )
 
 
-def error_if(pred: Any, message: str, *values: Any) -> None:
-  """Raises ``ValueError`` where the boolean ``pred`` is True.
+def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
+  """``result``, unless the boolean ``pred`` is True: then ``ValueError``.
 
   The message is ``message.format(*values)``. A concrete ``pred`` is checked
-  now. A traced one (inside ``jax.jit``, e.g. a hyperparameter under
-  ``optax.inject_hyperparams``) is checked when the computation runs, through
-  ``jax.debug.callback``: the computation stops with this ``ValueError``
+  now and ``result`` returned as it is. A traced one (inside ``jax.jit``,
+  e.g. a hyperparameter under ``optax.inject_hyperparams``) is checked when
+  the computation runs: the computation stops with this ``ValueError``
   (wrapped in JAX's runtime error) when its result is read, the same verdict
-  as eagerly, one step later in time. This is equinox's ``error_if``
-  mechanism; :func:`jax.experimental.checkify` would need every caller to
-  wrap its step.
+  as eagerly, one step later in time. The returned ``result`` then depends
+  on the check (each leaf plus a zero XLA cannot fold away), so the caller
+  must use it in place of ``result``: a check nothing depends on is dropped.
+
+  The callback is a ``jax.pure_callback`` in the branch taken only when the
+  check fails, as in equinox's ``error_if``: a valid step pays one scalar
+  branch. ``jax.debug.callback`` (an effect) would take the step off
+  ``jax.jit``'s fast C++ dispatch path, which cost 0.25 ms to 2 ms per call
+  on CPU (``benchmarks/RESULTS.md`` section 6).
+  :func:`jax.experimental.checkify` would need every caller to wrap its step.
   """
   if is_concrete(pred) and all(is_concrete(v) for v in values):
     if np.any(pred):
       raise ValueError(message.format(*values))
-    return
+    return result
 
   def raise_if(pred, *values):
     if np.any(pred):
       raise ValueError(message.format(*values))
+    return np.zeros((), np.int32)
 
-  # The callback sits in the branch taken only when the check fails, so a
-  # valid step pays a scalar branch, not a host round trip. Under jax.vmap
-  # (a grid of hyperparameters) the check takes the whole batch at once:
-  # a batched branch would run the callback on every step and lane.
+  # Under jax.vmap (a grid of hyperparameters) the check takes the whole
+  # batch at once: a batched branch is a select, which runs the callback
+  # on every step and lane.
   @jax.custom_batching.custom_vmap
   def check(pred, *values):
-    jax.lax.cond(
+    return jax.lax.cond(
       jax.numpy.any(pred),
-      lambda: jax.debug.callback(raise_if, pred, *values),
-      lambda: None,
+      lambda: jax.pure_callback(
+        raise_if, jax.ShapeDtypeStruct((), np.int32), pred, *values
+      ),
+      lambda: jax.numpy.zeros((), np.int32),
     )
-    return pred
 
   @check.def_vmap
   def _(axis_size, in_batched, pred, *values):
-    del axis_size
-    return check(pred, *values), in_batched[0]
+    del axis_size, in_batched
+    return check(pred, *values), False
 
   # A check has no gradient: under jax.grad (meta-gradients through an
-  # update) its inputs are constants.
-  check(*jax.lax.stop_gradient((pred, *values)))
+  # update) its inputs are constants, and the result's gradient passes by.
+  zero = check(*jax.lax.stop_gradient((pred, *values)))
+  return jax.tree.map(lambda x: _plus(x, zero), result)
+
+
+def _plus(x: Any, zero: jax.Array) -> jax.Array:
+  """``x`` plus an int32 ``zero`` in ``x``'s dtype (xor for booleans)."""
+  x = jax.numpy.asarray(x)
+  if x.dtype == np.bool_:
+    return x ^ (zero != 0)
+  return x + zero.astype(x.dtype)
 
 
 def is_function(value: Any) -> bool:
@@ -145,8 +164,11 @@ def check_range(
   allow_none: bool = False,
   schedule: bool = False,
   hint: str = '',
-) -> None:
+) -> Any:
   """The one check of a numeric hyperparameter: the same verdict eager and jit.
+
+  Returns ``value``; a traced one made to depend on its check
+  (:func:`error_if`), which the caller must use in its place.
 
   Args:
     name: the argument's name, for the message.
@@ -167,11 +189,11 @@ def check_range(
   """
   if value is None:
     if allow_none:
-      return
+      return value
     raise TypeError(f'{name} must be {expected}, got None.')
   if is_function(value):
     if schedule:
-      return
+      return value
     raise TypeError(
       f'{name} must be {expected}, got the callable {value!r}: only '
       'learning rates and weight decays take schedules.'
@@ -198,12 +220,13 @@ def check_range(
     number = float(value)
     if not in_range(number):
       raise ValueError(f'{name} must be {expected}, got {value!r}.{suffix}')
-    return
-  error_if(
+    return value
+  return error_if(
     ~in_range(value),
     f'{name} must be {expected}, got {{}} (a traced value, e.g. from '
     f'optax.inject_hyperparams or a schedule).{suffix}',
     value,
+    result=value,
   )
 
 
@@ -215,9 +238,7 @@ def checked_schedule(
     return schedule
 
   def checked(count):
-    value = schedule(count)
-    check_range(name, value, in_range, expected)
-    return value
+    return check_range(name, schedule(count), in_range, expected)
 
   return checked
 
@@ -230,9 +251,11 @@ def as_number(value: Any) -> float | None:
     return None
 
 
-def check_decay(name: str, value: Any) -> None:
-  """Raises unless ``value`` is a number in [0, 1) (see :func:`check_range`)."""
-  check_range(name, value, lambda x: (x >= 0) & (x < 1), 'a number in [0, 1)')
+def check_decay(name: str, value: T) -> T:
+  """``value``, checked to be in [0, 1) (see :func:`check_range`)."""
+  return check_range(
+    name, value, lambda x: (x >= 0) & (x < 1), 'a number in [0, 1)'
+  )
 
 
 NONNEGATIVE = 'a finite number >= 0'
@@ -243,9 +266,9 @@ def nonnegative(x: Any) -> Any:
   return (x >= 0) & (x < np.inf)
 
 
-def check_nonnegative(name: str, value: Any) -> None:
-  """Raises unless ``value`` is finite and >= 0 (see :func:`check_range`)."""
-  check_range(name, value, nonnegative, NONNEGATIVE)
+def check_nonnegative(name: str, value: T) -> T:
+  """``value``, checked to be finite and >= 0 (see :func:`check_range`)."""
+  return check_range(name, value, nonnegative, NONNEGATIVE)
 
 
 def nonnegative_schedule(name: str, value: Any) -> Any:
@@ -255,7 +278,7 @@ def nonnegative_schedule(name: str, value: Any) -> Any:
   checked where it is evaluated (a schedule that turns negative or NaN would
   otherwise step uphill or poison the params in silence).
   """
-  check_range(name, value, nonnegative, NONNEGATIVE, schedule=True)
+  value = check_range(name, value, nonnegative, NONNEGATIVE, schedule=True)
   return checked_schedule(name, value, nonnegative, NONNEGATIVE)
 
 

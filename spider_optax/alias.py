@@ -261,15 +261,17 @@ def mars_adamw(
     <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
   """
   learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
-  _checks.check_decay('b1', b1)
-  _checks.check_decay('b2', b2)
-  _checks.check_nonnegative('gamma', gamma)
-  _checks.check_nonnegative('eps', eps)
+  b1 = _checks.check_decay('b1', b1)
+  b2 = _checks.check_decay('b2', b2)
+  gamma = _checks.check_nonnegative('gamma', gamma)
+  eps = _checks.check_nonnegative('eps', eps)
   weight_decay = _checks.nonnegative_schedule('weight_decay', weight_decay)
-  _checks.check_positive('max_norm', max_norm)
+  max_norm = _checks.check_positive('max_norm', max_norm)
   if adamw_1d:
-    _checks.check_decay('betas_1d[0]', betas_1d[0])
-    _checks.check_decay('betas_1d[1]', betas_1d[1])
+    betas_1d = (
+      _checks.check_decay('betas_1d[0]', betas_1d[0]),
+      _checks.check_decay('betas_1d[1]', betas_1d[1]),
+    )
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
   # relaxed_clip(max_norm) is optax.clip_by_global_norm(max_norm) written as
   # one scalar factor, which XLA fuses into Adam's moments: optax's version
@@ -375,7 +377,7 @@ def storm(
     Optimization <https://arxiv.org/abs/2303.00883>`_, 2023.
   """
   learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
-  _checks.check_decay('beta', beta)
+  beta = _checks.check_decay('beta', beta)
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
   return optax.chain(
     recursive_correction(beta, 1.0, approx=approx, state_dtype=mu_dtype),

@@ -94,13 +94,15 @@ def anchor_due(
   Returns:
     A bool scalar, True when the estimated variance exceeds the budget.
   """
-  _checks.check_positive('error_budget', error_budget)
+  error_budget = _checks.check_positive('error_budget', error_budget)
   d = lookup.diagnostics(state)
   if batch_size is None:
     variance = d['accumulated_variance']
-    _checks.error_if(jnp.isnan(variance), _MISSING_VARIANCE)
+    variance = _checks.error_if(
+      jnp.isnan(variance), _MISSING_VARIANCE, result=variance
+    )
     return variance > error_budget
-  _checks.check_positive('batch_size', batch_size)
+  batch_size = _checks.check_positive('batch_size', batch_size)
   return d['accumulated_error'] / batch_size > error_budget
 
 

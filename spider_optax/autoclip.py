@@ -118,9 +118,9 @@ def auto_clip_spider(
     :class:`AutoClipState`.
   """
   learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
-  _checks.check_positive('epsilon', epsilon, finite=True)
-  _checks.check_positive('c0', c0, allow_none=True)
-  _checks.check_positive('c1', c1, allow_none=True)
+  epsilon = _checks.check_positive('epsilon', epsilon, finite=True)
+  c0 = _checks.check_positive('c0', c0, allow_none=True)
+  c1 = _checks.check_positive('c1', c1, allow_none=True)
   _checks.check_count('refit_every', refit_every)
   if (
     isinstance(window, bool) or not isinstance(window, int) or window < num_bins

@@ -137,8 +137,8 @@ def relaxed_clip(
     Zhang, He, Sra, Jadbabaie, `Why gradient clipping accelerates training
     <https://arxiv.org/abs/1905.11881>`_, ICLR 2020.
   """
-  _checks.check_positive('c0', c0, allow_none=True)
-  _checks.check_positive('c1', c1, allow_none=True)
+  c0 = _checks.check_positive('c0', c0, allow_none=True)
+  c1 = _checks.check_positive('c1', c1, allow_none=True)
 
   def init_fn(params):
     _checks.check_float_params('relaxed_clip', params)
@@ -179,7 +179,7 @@ def clip_by_leaf_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
   Returns:
     A stateless :class:`optax.GradientTransformation`.
   """
-  _checks.check_positive('max_norm', max_norm)
+  max_norm = _checks.check_positive('max_norm', max_norm)
 
   def update_fn(updates, state, params=None):
     del params

@@ -113,8 +113,8 @@ def recursive_correction(
     Reduction for Training Large Models <https://arxiv.org/abs/2411.10438>`_,
     ICML 2025.
   """
-  _checks.check_decay('beta', beta)
-  _checks.check_nonnegative('gamma', gamma)
+  beta = _checks.check_decay('beta', beta)
+  gamma = _checks.check_nonnegative('gamma', gamma)
   state_dtype = _checks.as_dtype('state_dtype', state_dtype)
   name = f'recursive_correction(approx={approx})'
 

@@ -53,10 +53,14 @@ def _first(tree: Any) -> Any:
   return jax.tree.map(lambda x: jnp.ravel(x)[0], tree)
 
 
-def _check_unchanged(
+def _checked_step_scale(
   state: LeanSpiderState, params: optax.Params
 ) -> chex.Array:
-  """Whether the params moved, an error if so (at run time under jit)."""
+  """``state.step_scale``, checked against the params.
+
+  An error (at run time under jit) if the params moved other than by the
+  last update.
+  """
   moved = [
     jnp.any(a != b)
     for a, b in zip(
@@ -64,8 +68,7 @@ def _check_unchanged(
     )
   ]
   moved = jnp.any(jnp.stack(moved)) if moved else jnp.array(False)
-  _checks.error_if(moved, _CHANGED)
-  return moved
+  return _checks.error_if(moved, _CHANGED, result=state.step_scale)
 
 
 def rebuild_prev_params(
@@ -79,9 +82,9 @@ def rebuild_prev_params(
   _checks.check_state_matches(
     'state.estimate', state.estimate, params, check_dtypes=False
   )
-  _check_unchanged(state, params)
+  step_scale = _checked_step_scale(state, params)
   return jax.tree.map(
-    lambda p, v: (p + state.step_scale.astype(v.dtype) * v).astype(p.dtype),
+    lambda p, v: (p + step_scale.astype(v.dtype) * v).astype(p.dtype),
     params,
     state.estimate,
   )
@@ -113,11 +116,13 @@ def lean_spider(
   outside it; ``so.apply_if_finite`` around it is fine: a skipped step keeps
   both params and state), and they are float32 or wider (the rebuilt point
   is exact up to one rounding of the params' dtype; bfloat16 params are
-  refused). Each update and :func:`spider_optax.prev_params` check the
-  params' first entries against those the last update produced, an error
-  (at run time under jit) when they differ; a change that keeps every
-  leaf's first entry cannot be seen. There are no diagnostics, hence no
-  adaptive anchoring: use ``lean=False`` for those.
+  refused). :func:`spider_optax.prev_params`, where the rebuilt point is
+  used, checks the params' first entries against those the last update
+  produced, an error (at run time under jit) when they differ; a change
+  that keeps every leaf's first entry cannot be seen. The update itself
+  does not read the params, which XLA then overwrites in place without a
+  copy. There are no diagnostics, hence no adaptive anchoring: use
+  ``lean=False`` for those.
 
   Read the previous point with ``so.prev_params(state, params)``; without
   ``params`` it raises, since the state alone cannot give it.
@@ -133,8 +138,8 @@ def lean_spider(
     :class:`LeanSpiderState`.
   """
   learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
-  _checks.check_positive('c0', c0, allow_none=True)
-  _checks.check_positive('c1', c1, allow_none=True)
+  c0 = _checks.check_positive('c0', c0, allow_none=True)
+  c1 = _checks.check_positive('c1', c1, allow_none=True)
   estimator_dtype = _checks.as_dtype('estimator_dtype', estimator_dtype)
 
   def init_fn(params):
@@ -174,7 +179,6 @@ def lean_spider(
     _checks.check_state_matches(
       'state.estimate', state.estimate, params, check_dtypes=False
     )
-    moved = _check_unchanged(state, params)
     prev_grads = previous.masked_like(prev_grads, updates)
     if prev_grads is None:  # An anchor step: v_k = g_k.
       anchored, g_prime = jnp.array(False), updates
@@ -192,15 +196,12 @@ def lean_spider(
       else learning_rate
     )
     step_scale = (jnp.asarray(lr, jnp.float32) * factor).astype(jnp.float32)
-    # NaN where the check failed (the step raises then anyway): it makes the
-    # update depend on the check's read of the params, so that XLA reads
-    # them before the update writes over them, and copies nothing.
-    step_scale = jnp.where(moved, jnp.nan, step_scale)
     new_updates = jax.tree.map(
       lambda v: (v * -step_scale.astype(v.dtype)).astype(v.dtype), estimate
     )
-    # The params' first entries equal state.first_entries (checked above):
-    # reading them from the state spares the params a second reader.
+    # Under the contract the params' first entries are state.first_entries
+    # (so.prev_params checks it): reading them from the state leaves the
+    # params unread here, and XLA overwrites them in place without a copy.
     applied = optax.apply_updates(state.first_entries, _first(new_updates))
     return new_updates, LeanSpiderState(
       count=jnp.asarray(optax.safe_increment(state.count)),
