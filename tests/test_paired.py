@@ -50,6 +50,19 @@ def test_paired_grad_equals_two_grad_calls(vectorized, jit):
   assert not np.allclose(grads['w1'], prev_grads['w1'])  # the points differ
 
 
+@pytest.mark.parametrize('backend, vectorized', [('cpu', False), ('gpu', True)])
+def test_the_default_is_chosen_by_backend(monkeypatch, backend, vectorized):
+  params, prev, batch = setup()
+  loss = lambda p, b: mlp_loss(p, b)[0]
+  trace = lambda **kw: str(
+    jax.make_jaxpr(so.paired_grad(loss, **kw))(params, prev, batch)
+  )
+  chosen = trace(vectorized=vectorized)
+  assert chosen != trace(vectorized=not vectorized)
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  assert trace() == chosen
+
+
 @pytest.mark.parametrize('vectorized', [True, False])
 def test_paired_value_and_grad_with_aux_and_kwargs(vectorized):
   params, prev, batch = setup()
