@@ -10,9 +10,16 @@ backend (CPU, GPU or TPU):
    ``--quick``), with each update's time over its bytes bound: the two-pass
    bytes model of ``benchmarks/overhead.py`` divided by the bandwidth a jitted
    ``a*x + y`` achieves on the same device.
-2. A training step with ``so.paired_grad`` vectorized (one vmapped
-   evaluation) and not (two), against one gradient + clip/SGD, on an MLP.
-3. Automatic clipping: ``so.spider(lr, epsilon=...)``'s update with the fit
+2. The default mode's copy of x_k into its previous-params buffer, alone,
+   against clip + SGD's update.
+3. A training step with ``so.paired_grad`` vectorized (one vmapped
+   evaluation) and not (two), against one gradient + clip/SGD, on an MLP and
+   an LSTM at batch 32 and 256 (one case with ``--quick``), with the
+   temporary memory XLA reports for each.
+4. What the run-time checks of traced hyperparameters cost: ``so.spider``'s
+   update on 1e3 params with a constant learning rate, a schedule, and
+   ``optax.inject_hyperparams``.
+5. Automatic clipping: ``so.spider(lr, epsilon=...)``'s update with the fit
    redone on every sample and every 16th (the default), against the
    fixed-clip ``so.spider(lr, c0, c1)`` update, on 1e3 and 1e6 params; and
    the trajectory effect of amortising the refit, on the cosh problem of
@@ -36,6 +43,7 @@ if __package__ in (None, ''):  # run as a file: make the package importable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import tqdm
 
 import spider_optax as so
@@ -69,26 +77,83 @@ def update_costs(sizes: Sequence[int], reps: int, bar: tqdm.tqdm) -> dict:
   return {'bandwidth': bw, 'updates': rows}
 
 
-def paired_costs(reps: int, bar: tqdm.tqdm) -> dict:
-  """A training step: paired gradients vectorized or not, against one."""
-  loss_fn, params, batch_of, description = overhead.train_models(
-    jax.random.key(7), [256]
-  )['mlp']
-  times = overhead.time_interleaved(
-    overhead.train_steps(loss_fn, params, batch_of[256]), reps, 'paired', bar
+def paired_costs(
+  cases: Sequence[tuple[str, int]], reps: int, bar: tqdm.tqdm
+) -> dict:
+  """A training step: paired gradients vectorized or not, against one
+  gradient + clip/SGD; and each paired step's temporary memory."""
+  models = overhead.train_models(
+    jax.random.key(7), sorted({b for _, b in cases})
   )
-  base = common.median(times['grad_clip_sgd'])
-  return {
-    'model': description,
-    'batch': 256,
-    'steps': {
-      m: {
-        'median_s': common.median(t),
-        'ratio_vs_grad_clip_sgd': (common.median(t) / base),
-      }
-      for m, t in times.items()
-    },
+  out = {}
+  for name, batch in cases:
+    loss_fn, params, batch_of, description = models[name]
+    steppers = overhead.train_steps(loss_fn, params, batch_of[batch])
+    times = overhead.time_interleaved(steppers, reps, name, bar)
+    base = common.median(times['grad_clip_sgd'])
+    out[f'{name} {batch}'] = {
+      'model': description,
+      'batch': batch,
+      'steps': {
+        m: {
+          'median_s': common.median(t),
+          'ratio_vs_grad_clip_sgd': (common.median(t) / base),
+          'temp_bytes': steppers[m]
+          .compiled()
+          .memory_analysis()
+          .temp_size_in_bytes,
+        }
+        for m, t in times.items()
+      },
+    }
+  return out
+
+
+def check_costs(size: int, reps: int, bar: tqdm.tqdm) -> dict:
+  """``so.spider``'s update with a constant learning rate, a schedule and
+  ``optax.inject_hyperparams`` (traced values, checked at run time), and
+  ``optax.adam`` with the same schedule: what the run-time checks cost."""
+  keys = jax.random.split(jax.random.key(size), 3)
+  params, grads, prev = (overhead.make_params(size, k) for k in keys)
+  schedule = optax.linear_schedule(0.0, 0.01, 100)
+  recursive = lambda tx: overhead.timed_step(
+    tx, params, *common.GIVEN[:1], (grads,), common.GIVEN[1], (grads, prev)
+  )
+  steppers = {
+    'spider_constant_lr': recursive(so.spider(0.01, 1.0, 10.0)),
+    'spider_schedule': recursive(so.spider(schedule, 1.0, 10.0)),
+    'spider_inject_hyperparams': recursive(
+      optax.inject_hyperparams(so.spider)(0.01, 1.0, 10.0)
+    ),
+    'adam_schedule': overhead.timed_step(
+      optax.adam(schedule), params, common.GIVEN[0], (grads,)
+    ),
   }
+  times = overhead.time_interleaved(steppers, reps, f'checks {size}', bar)
+  return {'size': size, **{m: common.median(t) for m, t in times.items()}}
+
+
+def copy_costs(sizes: Sequence[int], reps: int, bar: tqdm.tqdm) -> dict:
+  """The default mode's copy of x_k into its donated previous-params buffer,
+  alone, against clip + SGD's whole update."""
+  out = {}
+  for size in sizes:
+    params = overhead.make_params(size, jax.random.key(size))
+    grads = overhead.make_params(size, jax.random.key(size + 1))
+    copy = lambda p, prev, *_: (
+      p,
+      jax.tree.map(lambda a, b: a.at[:].set(b), prev, p),
+      None,
+    )
+    steppers = {
+      'copy': overhead.Timed(copy, params, params, ()),
+      'clip_sgd': overhead.timed_step(
+        'clip_sgd', params, common.GIVEN[0], (grads,)
+      ),
+    }
+    times = overhead.time_interleaved(steppers, reps, f'copy {size}', bar)
+    out[str(size)] = {m: common.median(t) for m, t in times.items()}
+  return out
 
 
 def autoclip_costs(sizes: Sequence[int], reps: int, bar: tqdm.tqdm) -> dict:
@@ -109,7 +174,9 @@ def autoclip_costs(sizes: Sequence[int], reps: int, bar: tqdm.tqdm) -> dict:
       )
       for name, tx in txs.items()
     }
-    times = overhead.time_interleaved(steppers, reps, f'auto {size}', bar)
+    # Small updates take microseconds: more repetitions for a stable median.
+    n = 10 * reps if size <= 10_000 else reps
+    times = overhead.time_interleaved(steppers, n, f'auto {size}', bar)
     base = common.median(times['fixed_clip'])
     out[str(size)] = {
       m: {
@@ -177,7 +244,14 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   sizes = [10_000] if quick else [1_000_000, 10_000_000, 100_000_000]
   reps = 2 if quick else 10
   autoclip_sizes = [1_000] if quick else [1_000, 1_000_000]
-  bar.reset(total=reps * (len(sizes) + 1 + len(autoclip_sizes)))
+  paired_cases = (
+    [('mlp', 32)]
+    if quick
+    else [('mlp', 32), ('mlp', 256), ('lstm', 32), ('lstm', 256)]
+  )
+  bar.reset(
+    total=reps * (2 * len(sizes) + len(paired_cases) + len(autoclip_sizes) + 10)
+  )
   bar.unit = 'rep'
   costs = update_costs(sizes, reps, bar)
   result = dict(
@@ -185,7 +259,9 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
     device=str(jax.devices()[0].device_kind),
     targets=TARGETS,
     **costs,
-    paired=paired_costs(reps, bar),
+    copy=copy_costs(sizes, reps, bar),
+    paired=paired_costs(paired_cases, reps, bar),
+    checks=check_costs(1_000, 10 * reps, bar),
     autoclip=autoclip_costs(autoclip_sizes, reps, bar),
     autoclip_trajectory=autoclip_trajectory(
       20 if quick else 200, [0] if quick else [0, 1, 2]
@@ -240,12 +316,29 @@ def report(res: dict[str, Any]) -> str:
         (v for k, v in TARGETS.items() if name.startswith(k[:8])), None
       )
       lines.append(f'  {key:>14} {name:36} {value:5.2f}x  ({target}x)')
-  steps = res['paired']['steps']
   lines.append('')
   lines.append(
-    f'training step, {res["paired"]["model"]}, batch 256 (vs grad + clip/SGD): '
+    "the default mode's copy of x_k alone, against clip + SGD's update: "
     + ', '.join(
-      f'{m} {v["ratio_vs_grad_clip_sgd"]:.2f}x' for m, v in steps.items()
+      f'P={float(size):.0e} {row["copy"] / row["clip_sgd"]:.2f}x'
+      for size, row in res['copy'].items()
+    )
+  )
+  lines.append('training steps against one gradient + clip/SGD:')
+  for row in res['paired'].values():
+    lines.append(
+      f'  {row["model"]}, batch {row["batch"]}: '
+      + ', '.join(
+        f'{m} {v["ratio_vs_grad_clip_sgd"]:.2f}x '
+        f'({v["temp_bytes"] / 1e6:.1f} MB temp)'
+        for m, v in row['steps'].items()
+      )
+    )
+  checks = res['checks']
+  lines.append(
+    f'run-time checks, update at P={checks["size"]}: '
+    + ', '.join(
+      f'{m} {v * 1e6:.0f} us' for m, v in checks.items() if m != 'size'
     )
   )
   lines.append('automatic clipping, final |grad f| over seeds:')

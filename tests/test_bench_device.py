@@ -27,9 +27,17 @@ def test_quick_device(tmp_path_factory):
   for refit in ('refit_1', 'refit_16'):
     norms = res['autoclip_trajectory'][refit]['final_grad_norms']
     assert norms and all(math.isfinite(g) for g in norms)
-  steps = res['paired']['steps']
-  assert set(steps) == {
+  (case,) = res['paired'].values()
+  assert set(case['steps']) == {
     'grad_clip_sgd',
     'spider_paired_vmap',
     'spider_paired_loop',
   }
+  assert case['steps']['grad_clip_sgd']['ratio_vs_grad_clip_sgd'] == 1.0
+  for step in case['steps'].values():
+    assert _positive(step['median_s']) and _positive(step['temp_bytes'])
+  checks = res['checks']
+  assert checks['size'] == 1_000
+  assert all(_positive(checks[m]) for m in checks if m != 'size')
+  for row in res['copy'].values():
+    assert _positive(row['copy']) and _positive(row['clip_sgd'])
