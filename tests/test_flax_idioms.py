@@ -74,9 +74,12 @@ def test_paired_grads_with_batchnorm_and_model_dropout(jit):
       nnx.to_pure_dict(got),
       ref,
     )
-  # The model's state moved once, as one forward pass at x_k moves it.
-  np.testing.assert_allclose(model.norm.mean[...], after.norm.mean[...])
-  np.testing.assert_allclose(model.norm.var[...], after.norm.var[...])
+  # The model's state moved once, as one forward pass at x_k moves it (to
+  # float32 rounding: jitted, XLA fuses the statistics differently).
+  for stat in ('mean', 'var'):
+    np.testing.assert_allclose(
+      getattr(model.norm, stat)[...], getattr(after.norm, stat)[...], rtol=1e-6
+    )
   assert model.drop.rngs.count[...] == count + 1
 
 
