@@ -449,11 +449,11 @@ def train_steps(
 def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   quick = args.quick
   sizes = (
-    [100_000, 1_000_000]
+    [100_000]
     if quick
     else [100_000, 1_000_000, 10_000_000, 30_000_000, 100_000_000]
   )
-  batches = [32, 256]
+  batches = [32] if quick else [32, 256]
   update_reps = lambda size: (
     10
     if quick

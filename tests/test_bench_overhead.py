@@ -28,7 +28,7 @@ def test_quick_overhead(tmp_path_factory):
     assert env['versions'][key]
   assert _positive(res['bandwidth']['bytes_per_s'])
 
-  assert set(res['updates']) == {'100000', '1000000'}
+  assert set(res['updates']) == {'100000'}
   for size, row in res['updates'].items():
     assert set(row) == set(METHODS)
     for method, r in row.items():
@@ -68,7 +68,7 @@ def test_quick_overhead(tmp_path_factory):
   assert set(models) == {'mlp', 'lstm'}
   for name, model in models.items():
     assert model['params'] > 0
-    assert set(model['results']) == {'32', '256'}
+    assert set(model['results']) == {'32'}
     for batch, row in model['results'].items():
       assert set(row) == {
         'grad_clip_sgd',
