@@ -100,6 +100,7 @@ def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
   as eagerly, one step later in time. The returned ``result`` then depends
   on the check (each leaf plus a zero XLA cannot fold away), so the caller
   must use it in place of ``result``: a check nothing depends on is dropped.
+  Each leaf keeps its dtype and weak type.
 
   The callback is a ``jax.pure_callback`` in the branch taken only when the
   check fails, as in equinox's ``error_if``: a valid step pays one scalar
@@ -116,19 +117,26 @@ def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
   def raise_if(pred, *values):
     if np.any(pred):
       raise ValueError(message.format(*values))
-    return np.zeros((), np.int32)
+    return np.zeros((), np.float32)
 
   # Under jax.vmap (a grid of hyperparameters) the check takes the whole
   # batch at once: a batched branch is a select, which runs the callback
   # on every step and lane.
+  # The zero is a weakly typed float32 (a Python 0.0 in the passing
+  # branch), so that adding it keeps the checked value's dtype and weak
+  # type: a weakly typed learning rate must not turn bfloat16 updates into
+  # float32 ones.
   @jax.custom_batching.custom_vmap
   def check(pred, *values):
     return jax.lax.cond(
       jax.numpy.any(pred),
       lambda: jax.pure_callback(
-        raise_if, jax.ShapeDtypeStruct((), np.int32), pred, *values
+        raise_if,
+        jax.ShapeDtypeStruct((), np.float32, weak_type=True),
+        pred,
+        *values,
       ),
-      lambda: jax.numpy.zeros((), np.int32),
+      lambda: 0.0,
     )
 
   @check.def_vmap
@@ -143,11 +151,16 @@ def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
 
 
 def _plus(x: Any, zero: jax.Array) -> jax.Array:
-  """``x`` plus an int32 ``zero`` in ``x``'s dtype (xor for booleans)."""
+  """``x`` plus a weakly typed float ``zero``: same value, dtype, weak type.
+
+  Integers add ``zero != 0`` (False), booleans xor it.
+  """
   x = jax.numpy.asarray(x)
+  if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact):
+    return x + zero
   if x.dtype == np.bool_:
     return x ^ (zero != 0)
-  return x + zero.astype(x.dtype)
+  return x + (zero != 0)  # a bool promotes to x's integer type
 
 
 def is_function(value: Any) -> bool:
