@@ -20,15 +20,23 @@ def _sum_of_squares(tree: optax.Updates, scale: Any = 1.0) -> chex.Array:
   return total
 
 
+# Below this sum of squares (a norm of 1e-15) the squares that make it up
+# may be float32 denormals or zeros: rescaled instead.
+_SMALLEST_PLAIN_SUM = 1e-30
+
+
 def global_norm(tree: optax.Updates) -> chex.Array:
-  r"""The L2 norm of all leaves of ``tree`` together, without overflow.
+  r"""The L2 norm of all leaves of ``tree``, without over- or underflow.
 
   Sums :math:`|x|^2` in at least float32 (:math:`x \bar x` for complex
   leaves). Where that sum overflows although every entry is finite (float32
-  squares overflow from :math:`|x| \approx 2 \cdot 10^{19}`), the norm is
-  recomputed as :math:`m \|x / m\|` with :math:`m` the largest
-  :math:`|x|`, in a branch that runs only then. (``optax.global_norm``
-  returns inf there, and a clip by it zeroes the step.)
+  squares overflow from :math:`|x| \approx 2 \cdot 10^{19}`) or is below
+  :math:`10^{-30}` (squares of tiny entries underflow to 0, from
+  :math:`|x| \approx 10^{-23}`), the norm is recomputed as
+  :math:`m \|x / m\|` with :math:`m` the largest :math:`|x|`, in a branch
+  that runs only then. (``optax.global_norm`` returns inf for the large
+  ones, and a clip by it zeroes the step; 0 or a rounded value for the
+  tiny ones.)
 
   Examples:
     >>> import jax.numpy as jnp, spider_optax as so
@@ -47,7 +55,9 @@ def global_norm(tree: optax.Updates) -> chex.Array:
     norm = safe * jnp.sqrt(_sum_of_squares(tree, safe))
     return jnp.where(jnp.isfinite(largest), norm, jnp.inf).astype(total.dtype)
 
-  return _buffers.cond(jnp.isposinf(total), rescaled, lambda: jnp.sqrt(total))
+  # NaN takes the plain branch and stays NaN.
+  extreme = jnp.isposinf(total) | (total < _SMALLEST_PLAIN_SUM)
+  return _buffers.cond(extreme, rescaled, lambda: jnp.sqrt(total))
 
 
 def relaxed_clip_factor(
