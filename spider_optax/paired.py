@@ -148,7 +148,7 @@ def paired_value_and_grad(
       'these params.',
     )
     at = lambda p: value_and_grad(p, *args, **kwargs)
-    if not (default_vectorized() if vectorized is None else vectorized):
+    if not (_default_vectorized() if vectorized is None else vectorized):
       return at(params), at(prev_params)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), params, prev_params)
     both = jax.vmap(at)(stacked)  # args/kwargs are closed over: not mapped.
@@ -194,7 +194,7 @@ def paired_value_and_grad(
   return paired_halves
 
 
-def default_vectorized() -> bool:
+def _default_vectorized() -> bool:
   """Whether ``vectorized=None`` vmaps the two points on this backend.
 
   False on CPU, True elsewhere (see :func:`paired_value_and_grad`).
