@@ -49,6 +49,7 @@ import tqdm
 import spider_optax as so
 from benchmarks import common  # noqa: E402
 from benchmarks import overhead  # noqa: E402
+from spider_optax import _buffers
 
 TARGETS = {
   'spider_lean / clip_sgd': 2.2,
@@ -116,9 +117,7 @@ def check_costs(size: int, reps: int, bar: tqdm.tqdm) -> dict:
   keys = jax.random.split(jax.random.key(size), 3)
   params, grads, prev = (overhead.make_params(size, k) for k in keys)
   schedule = optax.linear_schedule(0.0, 0.01, 100)
-  recursive = lambda tx: overhead.timed_step(
-    tx, params, *common.GIVEN[:1], (grads,), common.GIVEN[1], (grads, prev)
-  )
+  recursive = lambda tx: overhead.recursive_update(tx, params, grads, prev)
   steppers = {
     'spider_constant_lr': recursive(so.spider(0.01, 1.0, 10.0)),
     'spider_schedule': recursive(so.spider(schedule, 1.0, 10.0)),
@@ -140,9 +139,10 @@ def copy_costs(sizes: Sequence[int], reps: int, bar: tqdm.tqdm) -> dict:
   for size in sizes:
     params = overhead.make_params(size, jax.random.key(size))
     grads = overhead.make_params(size, jax.random.key(size + 1))
+    # The estimator's own write of x_k over the donated buffer.
     copy = lambda p, prev, *_: (
       p,
-      jax.tree.map(lambda a, b: a.at[:].set(b), prev, p),
+      jax.tree.map(_buffers.overwrite, prev, p),
       None,
     )
     steppers = {
@@ -169,9 +169,7 @@ def autoclip_costs(sizes: Sequence[int], reps: int, bar: tqdm.tqdm) -> dict:
         0.01, 1.0, c0=1.0, c1=10.0, refit_every=n
       )
     steppers = {
-      name: overhead.timed_step(
-        tx, params, *common.GIVEN[:1], (grads,), common.GIVEN[1], (grads, prev)
-      )
+      name: overhead.recursive_update(tx, params, grads, prev)
       for name, tx in txs.items()
     }
     # Small updates take microseconds: more repetitions for a stable median.

@@ -185,6 +185,24 @@ def timed_step(
   return Timed(recursive, params, state, args)
 
 
+def recursive_update(
+  method: str | optax.GradientTransformation,
+  params: Any,
+  grads: Any,
+  prev_grads: Any,
+) -> Timed:
+  """``method``'s recursive update on given ``grads`` and ``prev_grads``
+  (after one anchor step on ``grads``), without gradient evaluations."""
+  return timed_step(
+    method,
+    params,
+    common.GIVEN[0],
+    (grads,),
+    common.GIVEN[1],
+    (grads, prev_grads),
+  )
+
+
 def peak_bytes(compiled: Any) -> int:
   """Bytes live during one call of a compiled step, by XLA's account."""
   m = compiled.memory_analysis()
@@ -368,9 +386,7 @@ def update_steps(size: int, key: jax.Array) -> dict[str, Timed]:
   k1, k2, k3 = jax.random.split(jax.random.fold_in(key, size), 3)
   params, grads, prev_grads = (make_params(size, k) for k in (k1, k2, k3))
   plain = lambda m: timed_step(m, params, common.GIVEN[0], (grads,))
-  recursive = lambda m: timed_step(
-    m, params, common.GIVEN[0], (grads,), common.GIVEN[1], (grads, prev_grads)
-  )
+  recursive = lambda m: recursive_update(m, params, grads, prev_grads)
   return dict(
     spider=recursive('spider'),
     spider_lean=recursive('spider_lean'),
