@@ -119,13 +119,12 @@ def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
       raise ValueError(message.format(*values))
     return np.zeros((), np.float32)
 
-  # Under jax.vmap (a grid of hyperparameters) the check takes the whole
-  # batch at once: a batched branch is a select, which runs the callback
-  # on every step and lane.
-  # The zero is a weakly typed float32 (a Python 0.0 in the passing
-  # branch), so that adding it keeps the checked value's dtype and weak
-  # type: a weakly typed learning rate must not turn bfloat16 updates into
-  # float32 ones.
+  # The check returns a weakly typed float32 zero (a Python 0.0 in the
+  # passing branch): adding it keeps the checked value's dtype and weak type,
+  # so a weakly typed learning rate does not turn bfloat16 updates into
+  # float32 ones. Under jax.vmap (a grid of hyperparameters) it takes the
+  # whole batch at once: a batched branch is a select, which would run the
+  # callback on every step and lane.
   @jax.custom_batching.custom_vmap
   def check(pred, *values):
     return jax.lax.cond(

@@ -104,8 +104,8 @@ def paired_value_and_grad(
       once), or, when False, as two gradient calls in the same trace. None
       (the default) chooses by the backend when the function is called:
       two calls on CPU, where they were faster in 3 of 4 measured cases
-      (an MLP and an LSTM at batch 32 and 256: 1.70-1.86x one gradient +
-      clip/SGD against 1.88-2.08x vectorized, and 8-26% less temporary
+      (an MLP and an LSTM at batch 32 and 256: 1.63-1.92x one gradient +
+      clip/SGD against 1.86-2.18x vectorized, and 12-30% less temporary
       memory), and the vmap on GPU and TPU, where one batched launch is
       expected to use the device better at small batches (not measured
       here: ``python -m benchmarks.device`` measures both on the backend
