@@ -7,9 +7,9 @@ composable optax transformations.
 
 from spider_optax import autoclip
 from spider_optax import lookup
+from spider_optax import muon
 from spider_optax import smoothness_fit
 from spider_optax import theory
-from spider_optax.alias import mars_adamw
 from spider_optax.alias import spider
 from spider_optax.alias import storm
 from spider_optax.anchoring import anchor_due
@@ -26,6 +26,10 @@ from spider_optax.estimator import SpiderEstimatorState
 from spider_optax.lookup import diagnostics
 from spider_optax.lookup import prev_params
 from spider_optax.loop import spider_loop
+from spider_optax.mars import mars_adamw
+from spider_optax.mars import mars_lion
+from spider_optax.mars import mars_muon
+from spider_optax.mars import mars_shampoo
 from spider_optax.measurement import SpiderDiagnostics
 from spider_optax.paired import paired_grad
 from spider_optax.paired import paired_value_and_grad
@@ -57,6 +61,10 @@ __all__ = (
   'KeepPrevParamsState',
   'lookup',
   'mars_adamw',
+  'mars_lion',
+  'mars_muon',
+  'mars_shampoo',
+  'muon',
   'paired_grad',
   'paired_value_and_grad',
   'prev_params',

@@ -1,19 +1,14 @@
-"""The optimizers as optax aliases: SPIDER, STORM and MARS.
+"""The optimizers as optax aliases: SPIDER and STORM (MARS: mars.py).
 
 Each is a chain of small pieces.
 """
 
-from collections.abc import Callable
-from typing import Any
-
 import chex
-import jax
 import optax
 from jax.typing import DTypeLike
 
 from spider_optax import _checks
 from spider_optax.autoclip import auto_clip_spider
-from spider_optax.clipping import clip_by_leaf_norm
 from spider_optax.clipping import relaxed_clip
 from spider_optax.correction import recursive_correction
 from spider_optax.estimator import spider_estimator
@@ -149,158 +144,6 @@ def spider(
   return optax.chain(
     spider_estimator(estimator_dtype, diagnostics=bool(diagnostics)),
     relaxed_clip(c0, c1),
-    optax.scale_by_learning_rate(learning_rate),
-  )
-
-
-def mars_adamw(
-  learning_rate: optax.ScalarOrSchedule,
-  *,
-  b1: chex.Numeric = 0.95,
-  b2: chex.Numeric = 0.99,
-  gamma: chex.Numeric = 0.025,
-  eps: chex.Numeric = 1e-8,
-  weight_decay: optax.ScalarOrSchedule = 0.0,
-  mask: Any | Callable[[optax.Params], Any] | None = None,
-  max_norm: chex.Numeric = 1.0,
-  approx: bool = True,
-  per_tensor_clip: bool = False,
-  adamw_1d: bool = False,
-  betas_1d: tuple[float, float] = (0.9, 0.95),
-  mu_dtype: DTypeLike | None = None,
-) -> optax.GradientTransformationExtraArgs:
-  r"""MARS-AdamW: AdamW on a clipped, variance-reduced gradient (Yuan et al.).
-
-  .. math::
-
-    c_k &= g_k + \gamma \frac{\beta_1}{1 - \beta_1} (g_k - g'_k) \\
-    \tilde c_k &= c_k \min(1, \text{max\_norm} / \|c_k\|) \\
-    m_k &= \beta_1 m_{k-1} + (1 - \beta_1) \tilde c_k, \quad
-    v_k = \beta_2 v_{k-1} + (1 - \beta_2) \tilde c_k^2 \\
-    x_{k+1} &= x_k - \eta_k \left(\frac{m_k / (1 - \beta_1^{k+1})}
-      {\sqrt{v_k / (1 - \beta_2^{k+1})} + \epsilon} + \lambda x_k\right)
-
-  with :math:`g'_k` the gradient at :math:`x_{k-1}` on the same minibatch
-  (exact, ``approx=False``) or the previous step's gradient (approx, the
-  default: one gradient per step). It is ``optax.chain(``
-  :func:`recursive_correction` ``(b1, gamma),`` :func:`relaxed_clip`
-  ``(max_norm)`` (that is, ``optax.clip_by_global_norm(max_norm)``)``,
-  optax.scale_by_adam(b1, b2, eps), optax.add_decayed_weights(
-  weight_decay, mask), optax.scale_by_learning_rate(learning_rate))``: both
-  Adam moments are built from :math:`\tilde c_k`, and ``gamma=0`` is AdamW
-  after a global-norm clip. Exact mode takes
-  ``update(grads, state, params, prev_grads=prev_grads)`` with ``prev_grads``
-  from ``so.paired_grad(loss_fn)(params, so.prev_params(state), batch)``.
-
-  As in the official code (``mars.py`` in AGI-Arena/MARS): the first step
-  has no previous gradient and takes :math:`g'_0 = 0` in both modes (that
-  code's ``last_grad`` starts at zeros, also in its exact mode), so
-  :math:`c_0 = (1 + \gamma\beta_1/(1-\beta_1)) g_0`; Adam's bias corrections
-  are those of AdamW (``optax.scale_by_adam``), and the weight decay is
-  decoupled and scaled by the learning rate. The official code clips each
-  tensor on its own (``per_tensor_clip=True`` here); the JAX ports clip by
-  the global norm (the default here). Its ``optimize_1d=False`` (its default)
-  sends the tensors that are not 2-D to plain AdamW on the raw gradient;
-  ``adamw_1d=True`` here sends those with fewer than 2 dimensions (biases,
-  norm scales; conv kernels stay with MARS) to AdamW with ``betas_1d``, the
-  same learning rate and the same weight decay and ``mask`` (the official
-  code gives them their own ``lr_1d`` and ``weight_decay_1d``). Its GPT-2
-  scripts also clip the raw gradients by global norm 1 before the optimizer.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp, optax, spider_optax as so
-    >>> scales = jax.random.uniform(jax.random.key(0), (300, 16, 2))
-    >>> b_min = jnp.array([1.0, -1.0])
-    >>> loss_fn = lambda p, s: jnp.mean(jnp.sum((s * (p['b'] - b_min)) ** 2, 1))
-    >>> params = {'b': jnp.zeros(2)}
-    >>> tx = so.mars_adamw(optax.cosine_decay_schedule(0.1, 300))
-    >>> state = tx.init(params)
-    >>> for s in scales:  # one gradient per step: AdamW's cost
-    ...   grads = jax.grad(loss_fn)(params, s)
-    ...   updates, state = tx.update(grads, state, params)
-    ...   params = optax.apply_updates(params, updates)
-    >>> print(params['b'].round(2))
-    [ 1. -1.]
-
-  Args:
-    learning_rate: a float >= 0 or an optax schedule (0 is allowed, e.g.
-      where a warmup starts or a decay ends).
-    b1: :math:`\beta_1 \in [0, 1)`, of the correction and the first moment.
-    b2: :math:`\beta_2 \in [0, 1)`, of the second moment.
-    gamma: the scale :math:`\gamma \geq 0` of the correction.
-    eps: added to the denominator, as in :func:`optax.adamw`.
-    weight_decay: the decoupled weight decay :math:`\lambda \geq 0`.
-    mask: where to apply the weight decay, as in :func:`optax.adamw`: a tree
-      of bools like the params or a callable returning one (under
-      ``optax.inject_hyperparams`` name a callable in ``static_args``).
-    max_norm: the norm :math:`c_k` is clipped to (> 0).
-    approx: use the previous step's gradient for :math:`g'_k` (one gradient
-      per step); False takes ``prev_grads=`` (two per step).
-    per_tensor_clip: clip each leaf to ``max_norm`` on its own, as the
-      official code does, instead of the whole tree.
-    adamw_1d: send the leaves with fewer than 2 dimensions to plain AdamW
-      (no correction, no clip), as the official code's default does.
-    betas_1d: ``(b1, b2)`` of that AdamW (the official defaults).
-    mu_dtype: dtype of the first moment, the kept gradient (approx) and
-      :math:`c_k`, e.g. ``jnp.float32`` for bfloat16 params; ``None`` uses
-      the params' (the gradients' for :math:`c_k`).
-      Under ``optax.inject_hyperparams`` it may be given as it is.
-
-  Returns:
-    A :class:`optax.GradientTransformationExtraArgs`. It works under
-    ``optax.inject_hyperparams`` (``learning_rate``, ``b1``, ``b2``,
-    ``gamma``, ``eps``, ``weight_decay``, ``max_norm`` injectable) and
-    :func:`spider_optax.apply_if_finite`.
-
-  References:
-    Yuan, Liu, Wu, Zhou, Gu, `MARS: Unleashing the Power of Variance
-    Reduction for Training Large Models <https://arxiv.org/abs/2411.10438>`_,
-    ICML 2025.
-
-    Loshchilov, Hutter, `Decoupled Weight Decay Regularization
-    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019.
-  """
-  learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
-  b1 = _checks.check_decay('b1', b1)
-  b2 = _checks.check_decay('b2', b2)
-  gamma = _checks.check_nonnegative('gamma', gamma)
-  eps = _checks.check_nonnegative('eps', eps)
-  weight_decay = _checks.nonnegative_schedule('weight_decay', weight_decay)
-  max_norm = _checks.check_positive('max_norm', max_norm)
-  if adamw_1d:
-    betas_1d = (
-      _checks.check_decay('betas_1d[0]', betas_1d[0]),
-      _checks.check_decay('betas_1d[1]', betas_1d[1]),
-    )
-  mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
-  # relaxed_clip(max_norm) is optax.clip_by_global_norm(max_norm) written as
-  # one scalar factor, which XLA fuses into Adam's moments: optax's version
-  # left c_k squared and clipped as extra parameter-sized arrays (1.4x).
-  clip = (
-    clip_by_leaf_norm(max_norm) if per_tensor_clip else relaxed_clip(max_norm)
-  )
-  direction = optax.chain(
-    clip, optax.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype)
-  )
-  matrices = None
-  if adamw_1d:  # Leaves of >= 2 dimensions get MARS, the rest plain AdamW.
-    matrices = lambda tree: jax.tree.map(lambda x: x.ndim >= 2, tree)
-    labels = lambda tree: jax.tree.map(
-      lambda x: 'mars' if x.ndim >= 2 else 'adamw', tree
-    )
-    direction = optax.partition(
-      {
-        'mars': direction,
-        'adamw': optax.scale_by_adam(*betas_1d, eps, mu_dtype=mu_dtype),
-      },
-      labels,
-    )
-  return optax.chain(
-    recursive_correction(
-      b1, gamma, approx=approx, mask=matrices, state_dtype=mu_dtype
-    ),
-    direction,
-    optax.add_decayed_weights(weight_decay, mask),
     optax.scale_by_learning_rate(learning_rate),
   )
 

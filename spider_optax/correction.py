@@ -35,7 +35,7 @@ class RecursiveCorrectionState(NamedTuple):
 
 def recursive_correction(
   beta: chex.Numeric,
-  gamma: chex.Numeric = 1.0,
+  gamma: optax.ScalarOrSchedule = 1.0,
   *,
   approx: bool = False,
   mask: Any | Callable[[optax.Params], Any] | None = None,
@@ -85,7 +85,9 @@ def recursive_correction(
   Args:
     beta: the momentum :math:`\beta \in [0, 1)` of the moving average that
       follows.
-    gamma: the scale :math:`\gamma \geq 0` of the correction.
+    gamma: the scale :math:`\gamma \geq 0` of the correction, or an optax
+      schedule of it (:math:`\gamma_k`, evaluated at the update count
+      :math:`k = 0, 1, \ldots`).
     approx: use the previous step's gradient for :math:`g'_k` (one gradient
       per step) instead of ``prev_grads``.
     mask: a tree of bools with the structure of the params, or a callable
@@ -114,7 +116,7 @@ def recursive_correction(
     ICML 2025.
   """
   beta = _checks.check_decay('beta', beta)
-  gamma = _checks.check_nonnegative('gamma', gamma)
+  gamma = _checks.nonnegative_schedule('gamma', gamma)
   state_dtype = _checks.as_dtype('state_dtype', state_dtype)
   name = f'recursive_correction(approx={approx})'
 
@@ -183,7 +185,8 @@ def recursive_correction(
         f'have {jax.tree.structure(updates)}: give one bool per leaf.'
       )
     started = state.count > 0  # g'_0 = 0: there is no previous step.
-    scale = gamma * beta / (1 - beta)
+    gamma_k = gamma(state.count) if callable(gamma) else gamma
+    scale = gamma_k * beta / (1 - beta)
 
     def correct(g, g_prev, corrected):
       out_dtype = (

@@ -512,7 +512,7 @@ def test_bad_hyperparameters_raise(build, name):
   'build, name',
   [
     (lambda: so.storm(0.1, 'high'), 'beta'),
-    (lambda: so.mars_adamw(0.1, gamma=lambda n: 0.1), 'gamma'),
+    (lambda: so.mars_adamw(0.1, gamma='0.1'), 'gamma'),
     (lambda: so.recursive_correction(0.5, gamma=jnp.ones(2)), 'gamma'),
   ],
 )
