@@ -11,6 +11,8 @@ Flax users still lack:
 - Linen: :class:`TrainState`, whose ``apply_gradients`` forwards
   ``prev_grads`` and which exposes ``prev_params``, and :func:`linen_steps`.
 - :func:`spider_optax.spider_loop` runs these steps on a schedule.
+- :func:`muon_weight_matrices`: which leaves of a model are weight matrices,
+  for :func:`spider_optax.mars_muon`.
 
 Import it as ``spider_optax.flax`` (or ``so.flax``); it needs the ``flax``
 extra: ``pip install 'spider-optax[flax]'``.
@@ -18,7 +20,7 @@ extra: ``pip install 'spider-optax[flax]'``.
 
 import typing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 from flax.training import train_state
+from optax.contrib import MuonDimensionNumbers
 
 from spider_optax import lookup
 from spider_optax import loop
@@ -459,3 +462,100 @@ def spider_loop(*args: Any, **kwargs: Any) -> tuple[Any, list[Any]]:
     stacklevel=2,
   )
   return loop.spider_loop(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Weight matrices, for so.mars_muon and optax.contrib.muon
+# --------------------------------------------------------------------------
+
+# nnx.MultiHeadAttention's and Linen's MultiHeadDotProductAttention's
+# projections: query/key/value kernels (in, heads, head_dim), out kernels
+# (heads, head_dim, out).
+_IN_PROJECTIONS = frozenset({'query', 'key', 'value'})
+
+
+def _names(path: tuple[Any, ...]) -> list[str]:
+  """The dict keys and attribute names of a leaf's path, less NNX's .value."""
+  names = []
+  for key in path:
+    if isinstance(key, jax.tree_util.GetAttrKey):
+      if key.name != 'value':  # an nnx.Variable's, not a module's
+        names.append(key.name)
+    elif isinstance(getattr(key, 'key', None), str):
+      names.append(key.key)
+  return names
+
+
+def muon_weight_matrices(params: Any, *, exclude: Sequence[str] = ()) -> Any:
+  """The weight matrices of a Flax model, as Muon's dimension numbers.
+
+  For ``muon_weight_dimension_numbers=`` of :func:`spider_optax.mars_muon`,
+  :func:`spider_optax.mars_shampoo` and ``optax.contrib.muon``: a tree like
+  ``params`` (NNX's ``nnx.State`` or Linen's params dict) with an
+  ``optax.contrib.MuonDimensionNumbers`` for each weight matrix and None for
+  every other leaf, which then goes to AdamW:
+
+  - a ``kernel`` of ``nnx.Linear`` / ``nn.Dense``, ``(in, out)``: reduction
+    axis 0, output axis 1;
+  - the ``query``, ``key`` and ``value`` kernels of ``nnx.MultiHeadAttention``
+    / ``nn.MultiHeadDotProductAttention``, ``(in, heads, head_dim)``:
+    reduction axis 0, output axes (1, 2), one matrix of ``in`` by
+    ``heads * head_dim``; their ``out`` kernel, ``(heads, head_dim, out)``:
+    reduction axes (0, 1), output axis 2;
+  - a convolution kernel, ``(*window, in, out)``: the output axis last, the
+    others reduced (the kernel as a matrix of ``window * in`` by ``out``);
+  - None for biases (also the 2-D q/k/v biases, ``(heads, head_dim)``),
+    norm scales, embeddings (``embedding`` is not a ``kernel``) and every
+    leaf under a module named in ``exclude`` (an output head, say).
+
+  Pass it as it is (it is called with the params) or call it on the params.
+
+  Examples:
+    >>> import functools, spider_optax as so
+    >>> from flax import nnx
+    >>> class Block(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.attn = nnx.MultiHeadAttention(
+    ...         num_heads=2, in_features=8, decode=False, rngs=rngs)
+    ...     self.head = nnx.Linear(8, 4, rngs=rngs)
+    >>> params = nnx.state(Block(nnx.Rngs(0)), nnx.Param)
+    >>> dims = so.flax.muon_weight_matrices(params, exclude=['head'])
+    >>> print(dims['attn']['query']['kernel'].get_value())
+    MuonDimensionNumbers(reduction_axis=0, output_axis=(1, 2))
+    >>> print(dims['attn']['query']['bias'].get_value(),
+    ...       dims['head']['kernel'].get_value())
+    None None
+    >>> model = Block(nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(
+    ...     model,
+    ...     so.mars_muon(1e-3, muon_weight_dimension_numbers=functools.partial(
+    ...         so.flax.muon_weight_matrices, exclude=['head'])),
+    ...     wrt=nnx.Param)
+
+  Args:
+    params: the model's params (or updates: only their paths and shapes
+      count).
+    exclude: module names whose leaves are not matrices for Muon.
+
+  Returns:
+    A tree of ``MuonDimensionNumbers`` and None with the structure of
+    ``params``.
+  """
+  excluded = frozenset(exclude)
+
+  def dims(path, x):
+    names = _names(path)
+    if not names or names[-1] != 'kernel' or x.ndim < 2:
+      return None
+    if excluded.intersection(names[:-1]):
+      return None
+    parent = names[-2] if len(names) > 1 else ''
+    if x.ndim == 3 and parent in _IN_PROJECTIONS:
+      return MuonDimensionNumbers(0, (1, 2))
+    if x.ndim == 3 and parent == 'out':
+      return MuonDimensionNumbers((0, 1), 2)
+    if x.ndim == 2:
+      return MuonDimensionNumbers(0, 1)
+    return MuonDimensionNumbers(tuple(range(x.ndim - 1)), x.ndim - 1)
+
+  return jax.tree_util.tree_map_with_path(dims, params)
