@@ -46,17 +46,29 @@ class MarsAdamW:
     approx=True,
     per_tensor_clip=False,
     adamw_1d=False,
+    adamw_leaves='below_2d',
     betas_1d=(0.9, 0.95),
+    lr_1d=None,
+    weight_decay_1d=None,
   ):
     self.lr, self.b1, self.b2, self.gamma = learning_rate, b1, b2, gamma
+    self.lr_1d = learning_rate if lr_1d is None else lr_1d
+    self.wd_1d = weight_decay if weight_decay_1d is None else weight_decay_1d
     self.eps, self.wd, self.max_norm = eps, weight_decay, max_norm
     self.approx, self.per_tensor_clip = approx, per_tensor_clip
     self.betas_1d = betas_1d
     self.x = _f64(params)
     self.x_prev = self.x
     self.decay_mask = decay_mask or {k: True for k in self.x}
+    # The official rule (optimize_1d=False) sends every leaf that is not
+    # 2-D to AdamW ('not_2d'); 'below_2d' only those of fewer dimensions.
+    keeps = (
+      (lambda v: v.ndim >= 2)
+      if adamw_leaves == 'below_2d'
+      else (lambda v: v.ndim == 2)
+    )
     self.mars_leaves = [
-      k for k, v in self.x.items() if not adamw_1d or v.ndim >= 2
+      k for k, v in self.x.items() if not adamw_1d or keeps(v)
     ]
     zeros = lambda: {k: np.zeros_like(v) for k, v in self.x.items()}
     self.m, self.v, self.last_grad = zeros(), zeros(), zeros()
@@ -74,7 +86,8 @@ class MarsAdamW:
         if t > 1
         else {k: np.zeros_like(v) for k, v in grads.items()}
       )
-    scale = self.gamma * self.b1 / (1 - self.b1)
+    gamma = self.gamma(t - 1) if callable(self.gamma) else self.gamma
+    scale = gamma * self.b1 / (1 - self.b1)
     c = {
       k: grads[k] + scale * (grads[k] - self.last_grad[k])
       for k in self.mars_leaves
@@ -88,15 +101,16 @@ class MarsAdamW:
       k: c[k] / norms[k] * self.max_norm if norms[k] > self.max_norm else c[k]
       for k in c
     }
-    lr = self.lr(t - 1) if callable(self.lr) else self.lr
+    at = lambda value: value(t - 1) if callable(value) else value
     new_x = {}
     for k, x in self.x.items():
+      lr = at(self.lr) if k in c else at(self.lr_1d)
       b1, b2 = (self.b1, self.b2) if k in c else self.betas_1d
       u = c[k] if k in c else grads[k]
       self.m[k] = b1 * self.m[k] + (1 - b1) * u
       self.v[k] = b2 * self.v[k] + (1 - b2) * u * u
       denom = (np.sqrt(self.v[k]) / np.sqrt(1 - b2**t) + self.eps) * (1 - b1**t)
-      wd = self.wd if self.decay_mask[k] else 0.0
+      wd = (self.wd if k in c else self.wd_1d) if self.decay_mask[k] else 0.0
       new_x[k] = x - lr * (self.m[k] / denom + wd * x)
     if self.approx:
       self.last_grad = grads

@@ -182,6 +182,28 @@ MARS = {
       betas_1d=(0.8, 0.9),
     ),
   ),
+  # The official fallback rule, its own learning rate and decay, a gamma
+  # schedule.
+  'approx_official_fallback_lr_1d_gamma_schedule': (
+    dict(
+      learning_rate=SCHEDULE,
+      gamma=optax.linear_schedule(0.05, 0.45, 40),
+      adamw_1d=True,
+      adamw_leaves='not_2d',
+      weight_decay=0.1,
+      lr_1d=0.03,
+      weight_decay_1d=0.05,
+    ),
+    dict(
+      learning_rate=lambda t: 0.05 * 0.5 ** (t / 10),
+      gamma=lambda t: 0.05 + 0.01 * t,
+      adamw_1d=True,
+      adamw_leaves='not_2d',
+      weight_decay=0.1,
+      lr_1d=0.03,
+      weight_decay_1d=0.05,
+    ),
+  ),
 }
 
 
