@@ -275,6 +275,17 @@ def test_gamma_zero_mars_muon_is_optax_muon_without_nesterov():
   assert_trajectories_close(ours, base, atol=ATOL_MATRIX)
 
 
+def test_correction_and_clip_in_front_of_optax_adamw_is_mars_adamw():
+  """The README's general pattern, with AdamW as the base: so.mars_adamw."""
+  pattern = optax.chain(
+    so.recursive_correction(beta=0.95, gamma=0.025, approx=True),
+    so.relaxed_clip(1.0),
+    optax.adamw(0.05, b1=0.95, b2=0.99, weight_decay=0.1),
+  )
+  ours, alias = trajectories(pattern, so.mars_adamw(0.05, weight_decay=0.1))
+  assert_trajectories_close(ours, alias, atol=1e-6)
+
+
 def test_mars_shampoo_is_mars_muon_with_its_scaling_on_the_matrices():
   """On matrices alone the two aliases are one rule with ns_eps = eps (1-b1)."""
   params64, data64 = make_problem()
