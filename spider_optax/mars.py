@@ -53,6 +53,22 @@ def _betas(name: str, betas: Any) -> tuple[Any, Any]:
   )
 
 
+def _adamw_fallback(
+  adamw_1d: bool,
+  adamw_leaves: AdamWLeaves,
+  betas_1d: Any,
+  eps: Any,
+  mu_dtype: DTypeLike | None,
+) -> tuple[Callable[[optax.Params], Any] | None, optax.GradientTransformation]:
+  """Which leaves keep the member's update, and plain AdamW for the others."""
+  if not adamw_1d:
+    return None, optax.identity()
+  fallback = optax.scale_by_adam(
+    *_betas('betas_1d', betas_1d), eps, mu_dtype=mu_dtype
+  )
+  return _rank_rule(adamw_leaves), fallback
+
+
 def _rank_rule(adamw_leaves: AdamWLeaves) -> Callable[[optax.Params], Any]:
   """Which leaves keep the MARS update when the others go to AdamW."""
   if adamw_leaves == 'below_2d':
@@ -255,8 +271,9 @@ def mars_adamw(
   b2 = _checks.check_decay('b2', b2)
   eps = _checks.check_nonnegative('eps', eps)
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
-  is_main = _rank_rule(adamw_leaves) if adamw_1d else None
-  betas_1d = _betas('betas_1d', betas_1d) if adamw_1d else betas_1d
+  is_main, fallback = _adamw_fallback(
+    adamw_1d, adamw_leaves, betas_1d, eps, mu_dtype
+  )
   return _mars(
     learning_rate,
     optax.chain(
@@ -269,7 +286,7 @@ def mars_adamw(
     mu_dtype=mu_dtype,
     weight_decay=weight_decay,
     mask=mask,
-    fallback=optax.scale_by_adam(*betas_1d, eps, mu_dtype=mu_dtype),
+    fallback=fallback,
     is_main=is_main,
     lr_1d=lr_1d,
     weight_decay_1d=weight_decay_1d,
@@ -379,8 +396,9 @@ def mars_lion(
   b1 = _checks.check_decay('b1', b1)
   eps = _checks.check_nonnegative('eps', eps)
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
-  is_main = _rank_rule(adamw_leaves) if adamw_1d else None
-  betas_1d = _betas('betas_1d', betas_1d) if adamw_1d else betas_1d
+  is_main, fallback = _adamw_fallback(
+    adamw_1d, adamw_leaves, betas_1d, eps, mu_dtype
+  )
   return _mars(
     learning_rate,
     optax.chain(
@@ -393,7 +411,7 @@ def mars_lion(
     mu_dtype=mu_dtype,
     weight_decay=weight_decay,
     mask=mask,
-    fallback=optax.scale_by_adam(*betas_1d, eps, mu_dtype=mu_dtype),
+    fallback=fallback,
     is_main=is_main,
     lr_1d=lr_1d,
     weight_decay_1d=weight_decay_1d,
