@@ -17,7 +17,16 @@ def zeros_like(x: jax.Array, dtype: DTypeLike | None = None) -> jax.Array:
   link to ``x``, which XLA replicates on every device; ``shard_alike`` gives
   it the sharding of ``x`` (FSDP or tensor-parallel layouts included).
   """
+  if isinstance(x, jax.ShapeDtypeStruct):  # an abstract init (eval_shape)
+    return jnp.zeros(x.shape, dtype or x.dtype, out_sharding=x.sharding)
   return shard_alike.shard_alike(jnp.zeros_like(x, dtype=dtype), x)[0]
+
+
+def copy(x: jax.Array) -> jax.Array:
+  """A copy of ``x`` in a buffer of its own (zeros for an abstract ``x``)."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return zeros_like(x)
+  return jnp.copy(x)
 
 
 def overwrite(old: jax.Array, new: jax.Array) -> jax.Array:

@@ -117,7 +117,11 @@ def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
   def raise_if(pred, *values):
     if np.any(pred):
       raise ValueError(message.format(*values))
-    return np.zeros((), np.float32)
+    return np.zeros((), zero_dtype)
+
+  # The float type of a Python 0.0 (float64 under jax.enable_x64): both
+  # branches of the cond below must agree with it.
+  zero_dtype = jax.numpy.result_type(float)
 
   # The check returns a weakly typed float32 zero (a Python 0.0 in the
   # passing branch): adding it keeps the checked value's dtype and weak type,
@@ -131,7 +135,7 @@ def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
       jax.numpy.any(pred),
       lambda: jax.pure_callback(
         raise_if,
-        jax.ShapeDtypeStruct((), np.float32, weak_type=True),
+        jax.ShapeDtypeStruct((), zero_dtype, weak_type=True),
         pred,
         *values,
       ),

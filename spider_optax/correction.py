@@ -126,7 +126,7 @@ def recursive_correction(
       count=jnp.zeros([], jnp.int32),
       # A buffer of its own: loops that donate params and state together
       # must not donate one buffer twice.
-      prev_params=None if approx else jax.tree.map(jnp.copy, params),
+      prev_params=None if approx else jax.tree.map(_buffers.copy, params),
       prev_grads=jax.tree.map(
         lambda p: _buffers.zeros_like(p, state_dtype), params
       )

@@ -144,7 +144,7 @@ def spider_estimator(
       ),
       # A buffer of its own: loops that donate params and state together
       # must not donate one buffer twice.
-      prev_params=jax.tree.map(jnp.copy, params),
+      prev_params=jax.tree.map(_buffers.copy, params),
       diagnostics=measurement.empty() if diagnostics else None,
     )
 

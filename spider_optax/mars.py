@@ -586,7 +586,9 @@ def mars_muon(
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. It works under
-    ``optax.inject_hyperparams`` (with ``ns_steps`` in ``static_args``) and
+    ``optax.inject_hyperparams`` (with ``ns_steps``, and a callable
+    ``muon_weight_dimension_numbers``, in ``static_args``: inject_hyperparams
+    calls every other callable as a schedule) and
     :func:`spider_optax.apply_if_finite`.
 
   References:

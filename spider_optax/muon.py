@@ -106,18 +106,24 @@ def is_matrix(weight_dimension_numbers: DimensionNumbers) -> Callable:
 def _hashable(dims: MuonDimensionNumbers) -> MuonDimensionNumbers:
   """``dims`` with tuples for lists, so that it can be a static argument."""
   axes = lambda a: a if isinstance(a, int) else tuple(a)
-  return MuonDimensionNumbers(
-    axes(dims.reduction_axis), axes(dims.output_axis)
-  )
+  return MuonDimensionNumbers(axes(dims.reduction_axis), axes(dims.output_axis))
 
 
 # Jitted once per shape: optax's iteration builds a fresh loop body on every
 # call, which eager updates would otherwise compile each time (0.3 s a step).
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _newton_schulz(x, coeffs, eps, ns_steps, dims):
-  return orthogonalize_via_newton_schulz(
+  # On a mesh with Explicit axes, X X^T over a split axis is refused
+  # (sharding in types): the matrix is gathered for the iteration and split
+  # again after it, as XLA does by itself on Auto axes.
+  sharding = jax.typeof(x).sharding
+  explicit = not sharding.mesh.empty
+  if explicit:
+    x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+  out = orthogonalize_via_newton_schulz(
     x, coeffs, ns_steps, 'frobenius', eps, dims
   )
+  return jax.sharding.reshard(out, sharding.spec) if explicit else out
 
 
 def orthogonalize(

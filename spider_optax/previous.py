@@ -3,7 +3,6 @@
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from spider_optax import _buffers
@@ -104,7 +103,7 @@ def keep_prev_params() -> optax.GradientTransformationExtraArgs:
   def init_fn(params):
     _checks.check_float_params('keep_prev_params', params)
     # A buffer of its own, so that params and state can be donated together.
-    return KeepPrevParamsState(prev_params=jax.tree.map(jnp.copy, params))
+    return KeepPrevParamsState(prev_params=jax.tree.map(_buffers.copy, params))
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args

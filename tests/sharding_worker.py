@@ -24,6 +24,11 @@ minibatch at both points), the same steps in every run, and writes into OUT:
   run (or, ``_init``, as the jitted ``init`` left it);
   ``hlo_fsdp_step.txt``: the whole recursive step (gradients included) on
   the FSDP layout.
+- ``mars_muon.npz`` and ``mars_muon.json``: 10 steps of ``so.mars_muon`` on
+  a 16-32-8 MLP (:func:`mars_muon_results`), on one device in float32 and
+  float64 and with its leaves split over the 8 devices on a mesh of
+  Explicit axes and one of Auto axes; the layout of its state after a
+  jitted init and after the run, and the error where a run raised.
 
 tests/multiprocess_worker.py reuses the problem and the runs from here.
 Heavy imports live inside functions: pytest imports this file to collect
@@ -410,6 +415,189 @@ def run_pmap(params_np, data) -> np.ndarray:
   )[0]
 
 
+# --------------------------------------------------------------------------
+# MARS-M (so.mars_muon) on a mesh: its state's layout, and its trajectory.
+# --------------------------------------------------------------------------
+
+# A 16-32-8 tanh MLP: two matrices (Muon) and a bias (AdamW), each matrix
+# split over the 8 devices along one axis (w1 by columns, w2 by rows), the
+# bias split too.
+MARS_SHAPES = {'w1': (16, 32), 'b1': (32,), 'w2': (32, 8)}
+MARS_SPECS = {'w1': (None, 'data'), 'b1': ('data',), 'w2': ('data', None)}
+MARS_SAMPLES, MARS_MINIBATCH = 64, 16
+MARS_STEPS = 10
+MARS_LEARNING_RATE = 0.02
+
+
+def make_mars_problem():
+  """(params, (x, y)) as float32 NumPy for the MARS-M runs."""
+  rng = np.random.default_rng([SEED, 1])
+  x = rng.normal(size=(MARS_SAMPLES, 16))
+  y = np.sin(x @ rng.normal(size=(16, 8)))
+  params = {
+    'w1': rng.normal(size=MARS_SHAPES['w1']) / 4.0,
+    'b1': 0.1 * rng.normal(size=MARS_SHAPES['b1']),
+    'w2': rng.normal(size=MARS_SHAPES['w2']) / np.sqrt(32),
+  }
+  to32 = lambda a: np.asarray(a, np.float32)
+  return {k: to32(v) for k, v in params.items()}, (to32(x), to32(y))
+
+
+def mars_batch(k: int) -> np.ndarray:
+  return np.random.default_rng([SEED, 1, k]).choice(
+    MARS_SAMPLES, MARS_MINIBATCH, replace=False
+  )
+
+
+def make_mars_tx():
+  import spider_optax as so
+
+  # Weight decay and the global-norm clip (a reduction over all shards)
+  # included; one gradient per step (approx mode, the default).
+  return so.mars_muon(MARS_LEARNING_RATE, weight_decay=0.1)
+
+
+def mars_step(tx, gather: Callable = lambda p: p):
+  """The jitted step. ``gather`` brings each param whole to every device
+  before the forward pass (as FSDP does), where Explicit axes need it: the
+  batch is split over 'data', and a split weight would put 'data' on two
+  axes of a product. Its transpose splits the gradient like the param."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  def loss(params, batch):
+    x, y = batch
+    p = jax.tree.map(gather, params)
+    out = jnp.tanh(x @ p['w1'] + p['b1']) @ p['w2']
+    return jnp.mean((out - y) ** 2)
+
+  @jax.jit
+  def step(params, state, batch):
+    grads = jax.grad(loss)(params, batch)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+def mars_run(step, params, state, data, put_batch=lambda b: b):
+  """MARS_STEPS steps: (params after each, flattened; params; state)."""
+  x, y = data
+  trajectory = []
+  for k in range(MARS_STEPS):
+    idx = mars_batch(k)
+    params, state = step(params, state, put_batch((x[idx], y[idx])))
+    trajectory.append(flatten(params))
+  return np.stack(trajectory), params, state
+
+
+def mars_single(params_np, data, dtype=np.float32) -> np.ndarray:
+  """The one-device run, in float32 or (the rounding scale) float64.
+
+  The transformation is built outside x64 for both: its float32 constants
+  (the Newton-Schulz coefficients) are then the same numbers in both runs,
+  so that the float64 run is the float32 run's computation done exactly.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  tx = make_mars_tx()
+  with jax.enable_x64(dtype == np.float64):
+    cast = lambda t: jax.tree.map(lambda a: jnp.asarray(a, dtype), t)
+    params = cast(params_np)
+    state = jax.jit(tx.init)(params)
+    return mars_run(mars_step(tx), params, state, data, cast)[0]
+
+
+def mars_state_shardings(params, state) -> dict[str, dict[str, Any]]:
+  """Per param-shaped leaf of the state: its field, its param, whether it
+  is sharded like that param, and the shapes of the shard a device holds."""
+  import jax
+  from jax.tree_util import DictKey
+  from jax.tree_util import GetAttrKey
+
+  report = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    last = path[-1] if path else None
+    if not (isinstance(last, DictKey) and last.key in params):
+      continue  # counts and scalars
+    p = params[last.key]
+    field = next(k.name for k in reversed(path) if isinstance(k, GetAttrKey))
+    report[jax.tree_util.keystr(path)] = {
+      'param': last.key,
+      'field': field,
+      'spec': str(leaf.sharding.spec),
+      'params_spec': str(p.sharding.spec),
+      'type': str(jax.typeof(leaf)),
+      'params_type': str(jax.typeof(p)),
+      'equivalent': bool(leaf.sharding.is_equivalent_to(p.sharding, p.ndim)),
+      'global_shape': list(leaf.shape),
+      'shard_shape': list(leaf.addressable_shards[0].data.shape),
+      'params_shard_shape': list(p.addressable_shards[0].data.shape),
+    }
+  return report
+
+
+def mars_sharded(params_np, data, explicit: bool) -> dict[str, Any]:
+  """The run with params split as MARS_SPECS and the batch over 'data'.
+
+  Returns the state's layout after a jitted init and after the run, the
+  trajectory, and where a phase raised, its error (the phases after it are
+  then missing).
+  """
+  import traceback
+
+  import jax
+  from jax.sharding import AxisType
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  kind = AxisType.Explicit if explicit else AxisType.Auto
+  mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(kind,))
+  shardings = {k: NamedSharding(mesh, P(*s)) for k, s in MARS_SPECS.items()}
+  whole = NamedSharding(mesh, P())
+  gather = (lambda p: jax.sharding.reshard(p, whole)) if explicit else None
+  tx = make_mars_tx()
+  out: dict[str, Any] = {}
+  with jax.set_mesh(mesh):
+    params = {k: jax.device_put(v, shardings[k]) for k, v in params_np.items()}
+    try:
+      state = jax.jit(tx.init)(params)
+      out['after_init'] = mars_state_shardings(params, state)
+      step = mars_step(tx, gather) if gather else mars_step(tx)
+      put_batch = lambda b: jax.device_put(b, NamedSharding(mesh, P('data')))
+      trajectory, final, state = mars_run(step, params, state, data, put_batch)
+      out['after_run'] = mars_state_shardings(final, state)
+      out['final_params_equivalent'] = {
+        k: bool(p.sharding.is_equivalent_to(shardings[k], p.ndim))
+        for k, p in final.items()
+      }
+      out['trajectory'] = trajectory
+    except Exception as error:  # reported by the tests that need the phase
+      out['error'] = f'{type(error).__name__}: {error}\n' + ''.join(
+        traceback.format_exception(error)[-12:]
+      )
+  return out
+
+
+def mars_muon_results(out: str) -> None:
+  """Writes mars_muon.json (layouts, errors) and mars_muon.npz (runs)."""
+  params, data = make_mars_problem()
+  trajectories = {
+    'single': mars_single(params, data),
+    'float64': mars_single(params, data, np.float64),
+  }
+  report = {}
+  for name, explicit in (('explicit', True), ('auto', False)):
+    run = mars_sharded(params, data, explicit)
+    if 'trajectory' in run:
+      trajectories[name] = run.pop('trajectory')
+    report[name] = run
+  np.savez(os.path.join(out, 'mars_muon.npz'), **trajectories)
+  write(out, 'mars_muon.json', json.dumps(report, indent=1))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', required=True)
@@ -440,6 +628,7 @@ def main(argv=None) -> int:
   trajectories['pmap'] = run_pmap(params, data)
   np.savez(os.path.join(args.out, 'trajectories.npz'), **trajectories)
   write(args.out, 'shardings.json', json.dumps(shardings, indent=1))
+  mars_muon_results(args.out)
   return 0
 
 
