@@ -18,7 +18,7 @@ def zeros_like(x: jax.Array, dtype: DTypeLike | None = None) -> jax.Array:
   it the sharding of ``x`` (FSDP or tensor-parallel layouts included).
   """
   if isinstance(x, jax.ShapeDtypeStruct):  # an abstract init (eval_shape)
-    return jnp.zeros(x.shape, dtype or x.dtype, out_sharding=x.sharding)
+    return jnp.zeros(x.shape, dtype or x.dtype, device=x.sharding)
   return shard_alike.shard_alike(jnp.zeros_like(x, dtype=dtype), x)[0]
 
 
