@@ -25,7 +25,8 @@ class RecursiveCorrectionState(NamedTuple):
       the first update. None in approx mode.
     prev_grads: approx mode: the gradient :math:`g_k` passed to the last
       update, the :math:`g'_{k+1}` of the next step; zeros before the first
-      update. None in exact mode.
+      update; ``optax.MaskedNode()`` for the leaves that ``mask`` leaves
+      uncorrected (nothing is kept for them). None in exact mode.
   """
 
   count: chex.Array
@@ -120,6 +121,24 @@ def recursive_correction(
   state_dtype = _checks.as_dtype('state_dtype', state_dtype)
   name = f'recursive_correction(approx={approx})'
 
+  def mask_of(tree):
+    mask_tree = mask(tree) if callable(mask) else mask
+    if mask_tree is None:
+      return jax.tree.map(lambda _: True, tree)
+    if jax.tree.structure(mask_tree) != jax.tree.structure(tree):
+      raise ValueError(
+        f'mask has tree structure {jax.tree.structure(mask_tree)} but grads '
+        f'have {jax.tree.structure(tree)}: give one bool per leaf.'
+      )
+    return mask_tree
+
+  def kept(tree, mask_tree, keep):
+    # Approx mode keeps g_{k-1} only where it corrects: MaskedNode elsewhere
+    # (MARS's AdamW leaves, an embedding among them, cost no buffer).
+    return jax.tree.map(
+      lambda x, m: keep(x) if m else optax.MaskedNode(), tree, mask_tree
+    )
+
   def init_fn(params):
     _checks.check_float_params(name, params)
     return RecursiveCorrectionState(
@@ -127,8 +146,10 @@ def recursive_correction(
       # A buffer of its own: loops that donate params and state together
       # must not donate one buffer twice.
       prev_params=None if approx else jax.tree.map(_buffers.copy, params),
-      prev_grads=jax.tree.map(
-        lambda p: _buffers.zeros_like(p, state_dtype), params
+      prev_grads=kept(
+        params,
+        mask_of(params),
+        lambda p: _buffers.zeros_like(p, state_dtype),
       )
       if approx
       else None,
@@ -145,11 +166,12 @@ def recursive_correction(
           'gradient kept in its state. Drop prev_grads=, or build it with '
           'approx=False to use gradients at so.prev_params(state).'
         )
+      mask_tree = mask_of(updates)
       _checks.check_trees_match(
         'the params given to init',
         state.prev_grads,
         'grads',
-        updates,
+        kept(updates, mask_tree, lambda g: g),
         check_dtypes=False,
         hint='If the params changed, rebuild the state with tx.init(params).',
       )
@@ -176,14 +198,7 @@ def recursive_correction(
         'grads', updates, 'prev_grads', prev_grads, hint=_checks.PREV_GRADS_HINT
       )
       g_prime = prev_grads
-    mask_tree = mask(updates) if callable(mask) else mask
-    if mask_tree is None:
-      mask_tree = jax.tree.map(lambda _: True, updates)
-    if jax.tree.structure(mask_tree) != jax.tree.structure(updates):
-      raise ValueError(
-        f'mask has tree structure {jax.tree.structure(mask_tree)} but grads '
-        f'have {jax.tree.structure(updates)}: give one bool per leaf.'
-      )
+      mask_tree = mask_of(updates)
     started = state.count > 0  # g'_0 = 0: there is no previous step.
     gamma_k = gamma(state.count) if callable(gamma) else gamma
     scale = gamma_k * beta / (1 - beta)
@@ -194,13 +209,15 @@ def recursive_correction(
         if state_dtype is None
         else jnp.promote_types(g.dtype, state_dtype)
       )
+      if not corrected:  # g_prev may be a MaskedNode: nothing kept
+        return g.astype(out_dtype)
       dtype = jnp.promote_types(
         jnp.promote_types(out_dtype, g_prev.dtype), jnp.float32
       )
       g_wide = g.astype(dtype)
       g_prev = jnp.where(started, g_prev.astype(dtype), 0)
       c = g_wide + scale * (g_wide - g_prev)
-      return (c if corrected else g).astype(out_dtype)
+      return c.astype(out_dtype)
 
     corrected = jax.tree.map(correct, updates, g_prime, mask_tree)
     new_state = RecursiveCorrectionState(
@@ -210,7 +227,10 @@ def recursive_correction(
       else jax.tree.map(_buffers.overwrite, state.prev_params, params),
       # Read above, so its donated buffer is reused without an overwrite.
       prev_grads=jax.tree.map(
-        lambda old, g: g.astype(old.dtype), state.prev_grads, updates
+        lambda g, old, m: g.astype(old.dtype) if m else old,
+        updates,
+        state.prev_grads,
+        mask_tree,
       )
       if approx
       else None,

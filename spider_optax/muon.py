@@ -24,6 +24,7 @@ from optax.contrib import MuonDimensionNumbers
 # they run; this is optax.contrib.muon's own.
 from optax.contrib._muon import orthogonalize_via_newton_schulz
 
+from spider_optax import _buffers
 from spider_optax import _checks
 
 # A tree (or prefix tree) of MuonDimensionNumbers, None where a leaf is not a
@@ -313,10 +314,12 @@ def scale_by_adam_eps_first(
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
 
   def init_fn(params):
+    # Sharded like the params also in a jitted init on an Auto mesh (where
+    # optax.tree.zeros_like would be replicated).
     return optax.ScaleByAdamState(
       count=jnp.zeros([], jnp.int32),
-      mu=optax.tree.zeros_like(params, dtype=mu_dtype),
-      nu=optax.tree.zeros_like(params),
+      mu=jax.tree.map(lambda p: _buffers.zeros_like(p, mu_dtype), params),
+      nu=jax.tree.map(_buffers.zeros_like, params),
     )
 
   def update_fn(updates, state, params=None):

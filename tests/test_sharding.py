@@ -297,9 +297,10 @@ MARS_SHAPES = {'w1': (16, 32), 'b1': (32,), 'w2': (32, 8)}
 # The leaves of the state that must be split like their param: the kept
 # gradient (approx mode) of every leaf, the momentum of the two matrices
 # (Muon), AdamW's two moments of the bias.
+# The kept gradient only where the correction applies: b1 takes AdamW.
 MARS_STATE_FIELDS = {
   'w1': ['ema', 'prev_grads'],
-  'b1': ['mu', 'nu', 'prev_grads'],
+  'b1': ['mu', 'nu'],
   'w2': ['ema', 'prev_grads'],
 }
 MARS_STEPS = 10
