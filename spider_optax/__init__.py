@@ -19,6 +19,8 @@ from spider_optax.clipping import global_norm
 from spider_optax.clipping import relaxed_clip
 from spider_optax.clipping import relaxed_clip_factor
 from spider_optax.clipping import RelaxedClipState
+from spider_optax.correction import corrected_momentum
+from spider_optax.correction import CorrectedMomentumState
 from spider_optax.correction import recursive_correction
 from spider_optax.correction import RecursiveCorrectionState
 from spider_optax.estimator import spider_estimator
@@ -54,6 +56,8 @@ __all__ = (
   'apply_if_finite',
   'autoclip',
   'clip_by_leaf_norm',
+  'corrected_momentum',
+  'CorrectedMomentumState',
   'diagnostics',
   'global_norm',
   'is_anchor_step',

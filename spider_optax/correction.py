@@ -238,3 +238,106 @@ def recursive_correction(
     return corrected, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]
+
+
+class CorrectedMomentumState(NamedTuple):
+  """State of :func:`corrected_momentum`.
+
+  Attributes:
+    count: number of updates taken so far (int32).
+    buffer: :math:`b_k`, the one parameter-sized array it keeps (zeros
+      before the first update).
+  """
+
+  count: chex.Array
+  buffer: optax.Updates
+
+
+def corrected_momentum(
+  beta: chex.Numeric,
+  gamma: chex.Numeric,
+  *,
+  mu_dtype: DTypeLike | None = None,
+) -> optax.GradientTransformation:
+  r"""The momentum of the approx, unclipped corrected gradient, in one buffer.
+
+  The momentum :math:`m_k = \beta m_{k-1} + (1 - \beta) c_k` of
+  :func:`recursive_correction` ``(beta, gamma, approx=True)``, with
+  :math:`c_k = g_k + \gamma \frac{\beta}{1-\beta}(g_k - g_{k-1})`, needs
+  :math:`m` and :math:`g_{k-1}`. The same sequence comes from one buffer:
+
+  .. math::
+
+    b_k = \beta b_{k-1} + (1 - \gamma)(1 - \beta) g_k, \quad
+    m_k = \gamma g_k + b_k
+
+  (both sides satisfy :math:`m_k - \beta m_{k-1} = (1 - \beta + \gamma\beta)
+  g_k - \gamma\beta g_{k-1}` from :math:`m_0 = (1 - \beta + \gamma\beta)
+  g_0`). It is the memory-efficient MARS-M of the official code
+  (``mars_m_efficient.py``, whose buffer is :math:`b_k / \beta`), for a
+  constant :math:`\gamma` and no clip of :math:`c_k`.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, spider_optax as so
+    >>> one = so.corrected_momentum(0.5, 0.2)
+    >>> two = optax.chain(so.recursive_correction(0.5, 0.2, approx=True),
+    ...                   optax.ema(0.5, debias=False))
+    >>> g = {'w': jnp.array([1.0, -2.0])}
+    >>> s1, s2 = one.init(g), two.init(g)
+    >>> for k in range(3):
+    ...   g = {'w': g['w'] * 0.5 + 1.0}
+    ...   m1, s1 = one.update(g, s1)
+    ...   m2, s2 = two.update(g, s2)
+    >>> print(m1['w'], m2['w'])  # the same momentum
+    [1.625 1.1  ] [1.625 1.1  ]
+
+  Args:
+    beta: :math:`\beta \in [0, 1)`.
+    gamma: :math:`\gamma \geq 0`, a constant.
+    mu_dtype: dtype of the buffer; None: the params'.
+
+  Returns:
+    A :class:`optax.GradientTransformation` with a
+    :class:`CorrectedMomentumState`.
+
+  References:
+    Liu, Yuan, Gu, `MARS-M: When Variance Reduction Meets Matrices
+    <https://arxiv.org/abs/2510.21800>`_, 2025.
+  """
+  beta = _checks.check_decay('beta', beta)
+  gamma = _checks.check_nonnegative('gamma', gamma)
+  mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
+  name = 'corrected_momentum'
+
+  def init_fn(params):
+    _checks.check_float_params(name, params)
+    return CorrectedMomentumState(
+      count=jnp.zeros([], jnp.int32),
+      buffer=jax.tree.map(lambda p: _buffers.zeros_like(p, mu_dtype), params),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    _checks.check_state(state, CorrectedMomentumState, name)
+    _checks.check_trees_match(
+      'the params given to init',
+      state.buffer,
+      'grads',
+      updates,
+      check_dtypes=False,
+      hint='If the params changed, rebuild the state with tx.init(params).',
+    )
+    rate = (1 - gamma) * (1 - beta)
+    buffer = jax.tree.map(
+      lambda b, g: (beta * b + rate * g).astype(b.dtype), state.buffer, updates
+    )
+    momentum = jax.tree.map(
+      lambda g, b: gamma * g + b.astype(jnp.promote_types(b.dtype, g.dtype)),
+      updates,
+      buffer,
+    )
+    return momentum, CorrectedMomentumState(
+      count=optax.safe_increment(state.count), buffer=buffer
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -19,6 +19,7 @@ from spider_optax import _checks
 from spider_optax import muon
 from spider_optax.clipping import clip_by_leaf_norm
 from spider_optax.clipping import relaxed_clip
+from spider_optax.correction import corrected_momentum
 from spider_optax.correction import recursive_correction
 
 Mask = Any | Callable[[optax.Params], Any] | None
@@ -96,12 +97,14 @@ def _mars(
   is_main: Callable[[optax.Params], Any] | None = None,
   lr_1d: optax.ScalarOrSchedule | None = None,
   weight_decay_1d: optax.ScalarOrSchedule | None = None,
+  correct: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """The chain every member is: correction, direction, decay, learning rate.
 
   With ``fallback``, the leaves where ``is_main`` is False skip the
   correction and take ``fallback`` (on the raw gradient) in place of
   ``direction``, with ``lr_1d`` and ``weight_decay_1d`` where given.
+  ``correct=False``: ``direction`` corrects the gradient itself.
   """
   learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
   weight_decay = _checks.nonnegative_schedule('weight_decay', weight_decay)
@@ -137,6 +140,8 @@ def _mars(
         },
         labels,
       )
+  if not correct:
+    return optax.with_extra_args_support(body)
   return optax.chain(
     recursive_correction(
       b1, gamma, approx=approx, mask=is_main, state_dtype=mu_dtype
@@ -440,18 +445,29 @@ def _matrix_member(
 ) -> optax.GradientTransformationExtraArgs:
   """MARS-M and MARS-Shampoo: orthogonalised momentum of the clipped c_k."""
   dims = muon_weight_dimension_numbers
-  return _mars(
-    learning_rate,
-    optax.chain(
+  # Approx, unclipped, a constant gamma: the official memory-efficient
+  # MARS-M, the same momentum from one buffer instead of m and g_{k-1}.
+  one_buffer = approx and max_norm is None and not _checks.is_function(gamma)
+  momentum = (
+    [corrected_momentum(b1, gamma, mu_dtype=mu_dtype)]
+    if one_buffer
+    else [
       _clip(max_norm, per_tensor_clip),
       # m_k = b1 m_{k-1} + (1 - b1) c_k, with no bias correction and no
       # Nesterov step, as the official MARS-M: optax.contrib.scale_by_muon
       # corrects its momentum's bias (which moves eps relative to it) and
       # takes a Nesterov step by default.
       optax.ema(b1, debias=False, accumulator_dtype=mu_dtype),
+    ]
+  )
+  return _mars(
+    learning_rate,
+    optax.chain(
+      *momentum,
       muon.orthogonalize(ns_coeffs, ns_steps, ns_eps, dims),
       muon.scale_by_matrix_shape(consistent_rms, dims),
     ),
+    correct=not one_buffer,
     b1=b1,
     gamma=gamma,
     approx=approx,
@@ -529,14 +545,16 @@ def mars_muon(
   As the official code (``MARS_M/optimizers/mars_m.py``, arXiv 2510.21800):
   momentum without bias correction or Nesterov, :math:`G'_0 = 0`,
   :math:`\rho = 0.2`, decoupled weight decay times the learning rate on
-  every leaf. ``max_norm=None`` (no clip) with ``approx=True`` is its
-  memory-efficient variant (``mars_m_efficient.py``, which computes the same
-  momentum in one buffer instead of two). Where the defaults differ from the
-  official ones: it clips each matrix on its own (``per_tensor_clip=True``
-  here), decays weights by ``weight_decay=0.1``, and runs Newton-Schulz in
-  bfloat16; here the clip is by the global norm of the matrices, the decay
-  0, and Newton-Schulz runs in the momentum's dtype (float32 for float32
-  params, or ``mu_dtype``).
+  every leaf. ``max_norm=None`` (no clip) with ``approx=True`` and a
+  constant ``gamma`` is its memory-efficient variant
+  (``mars_m_efficient.py``): the same momentum from one buffer per matrix
+  instead of two (:func:`spider_optax.corrected_momentum`), Muon's memory.
+  Where the defaults differ from the official ones: it clips each matrix on
+  its own (``per_tensor_clip=True`` here), decays weights by
+  ``weight_decay=0.1``, and runs Newton-Schulz in bfloat16; here the clip
+  is by the global norm of the matrices, the decay 0, and Newton-Schulz
+  runs in the momentum's dtype (float32 for float32 params, or
+  ``mu_dtype``).
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, spider_optax as so

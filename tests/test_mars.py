@@ -433,3 +433,41 @@ def test_dimension_numbers_of_the_wrong_structure_say_what_is_expected():
   )
   with pytest.raises(ValueError, match='tree with the structure of the params'):
     tx.init(params)
+
+
+def state_floats(tx, params):
+  state = tx.init(params)
+  return sum(
+    x.size
+    for x in jax.tree.leaves(state)
+    if jnp.issubdtype(x.dtype, jnp.floating)
+  )
+
+
+def test_memory_efficient_mars_m_keeps_one_buffer_per_matrix():
+  """Approx, no clip, constant gamma: Muon's memory (one momentum per matrix)
+  and AdamW's two moments on the vector; the clipped form keeps g_{k-1}
+  too. The vector never gets a kept gradient."""
+  params = {'w': jnp.ones((30, 20)), 'b': jnp.ones(20)}
+  muon = optax.contrib.muon(0.1, nesterov=False, consistent_rms=0.2)
+  efficient = state_floats(so.mars_muon(0.1, max_norm=None), params)
+  clipped = state_floats(so.mars_muon(0.1), params)
+  assert 600 + 2 * 20 <= efficient <= state_floats(muon, params)
+  assert clipped == efficient + 600  # g_{k-1} of w: the matrix alone
+
+
+@pytest.mark.parametrize('gamma', [0.0, 0.1, 0.9])
+@pytest.mark.parametrize('beta', [0.0, 0.5, 0.95])
+def test_corrected_momentum_is_the_two_buffer_momentum(beta, gamma):
+  two = optax.chain(
+    so.recursive_correction(beta, gamma, approx=True),
+    optax.ema(beta, debias=False),
+  )
+  one = so.corrected_momentum(beta, gamma)
+  rng = np.random.default_rng(0)
+  grads = [{'w': jnp.asarray(rng.normal(size=(3, 2)))} for _ in range(6)]
+  s1, s2 = one.init(grads[0]), two.init(grads[0])
+  for g in grads:
+    m1, s1 = one.update(g, s1)
+    m2, s2 = two.update(g, s2)
+    np.testing.assert_allclose(m1['w'], m2['w'], rtol=1e-5, atol=1e-6)
