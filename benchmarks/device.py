@@ -6,10 +6,18 @@ backend (CPU, GPU or TPU):
 
 1. The jitted, donated update + ``optax.apply_updates`` of ``so.spider``
    (recursive step, with and without ``lean=True``), clip + SGD, Adam, AdamW
-   and ``so.mars_adamw`` on float32 params of 1e6, 1e7 and 1e8 (fewer with
+   and ``so.mars_adamw``, ``optax.lion(b1=0.95, b2=0.95)`` and
+   ``so.mars_lion`` on float32 params of 1e6, 1e7 and 1e8 (fewer with
    ``--quick``), with each update's time over its bytes bound: the two-pass
    bytes model of ``benchmarks/overhead.py`` divided by the bandwidth a jitted
-   ``a*x + y`` achieves on the same device.
+   ``a*x + y`` achieves on the same device. The matrix members,
+   ``so.mars_muon`` against ``optax.contrib.muon(nesterov=False,
+   consistent_rms=0.2, beta=0.95)`` and ``so.mars_shampoo`` against
+   ``optax.contrib.muon(nesterov=False, beta=0.95)``, on 1e6 and 1e7 params
+   of 500 x 500 matrices (and 1e8 as 100 of 1000 x 1000 on an accelerator;
+   on a 2-core CPU that size takes half a minute an update), against their
+   bound: Newton-Schulz's flops at the rate of a jitted ``x @ x`` on the same
+   matrices, plus their bytes at the measured bandwidth.
 2. The default mode's copy of x_k into its previous-params buffer, alone,
    against clip + SGD's update.
 3. A training step with ``so.paired_grad`` vectorized (one vmapped
@@ -19,7 +27,11 @@ backend (CPU, GPU or TPU):
 4. What the run-time checks of traced hyperparameters cost: ``so.spider``'s
    update on 1e3 params with a constant learning rate, a schedule, and
    ``optax.inject_hyperparams``.
-5. Automatic clipping: ``so.spider(lr, epsilon=...)``'s update with the fit
+5. A training step (one gradient + update + apply) on the character
+   transformer of ``benchmarks/tasks.py`` (2 layers, batch 16 and 64; one
+   pair on 1 layer with ``--quick``), each MARS member in approx mode
+   against its base optimizer.
+6. Automatic clipping: ``so.spider(lr, epsilon=...)``'s update with the fit
    redone on every sample and every 16th (the default), against the
    fixed-clip ``so.spider(lr, c0, c1)`` update, on 1e3 and 1e6 params; and
    the trajectory effect of amortising the refit, on the cosh problem of
@@ -28,7 +40,9 @@ backend (CPU, GPU or TPU):
 The targets of the per-step cost issue are printed with each ratio: lean
 within 2.2x clip + SGD, the default within 2.7x, automatic clipping within
 1.3x the fixed clip, the recursive-correction update within 1.3x AdamW, and
-on a GPU each update within 1.25x its bytes bound.
+on a GPU each update within 1.25x its bytes bound; each MARS member's
+update within 1.5x its bound (bytes, and flops for the matrix members) and
+its training step within 1.1x its base optimizer's.
 """
 
 import argparse
@@ -57,6 +71,8 @@ TARGETS = {
   'mars_adamw / adamw': 1.3,
   'auto_clip / fixed_clip': 1.3,
   'time / bytes bound (GPU)': 1.25,
+  'MARS update / its bound': 1.5,
+  'MARS step / base step': 1.1,
 }
 REFITS = (1, 16)
 
@@ -76,6 +92,25 @@ def update_costs(sizes: Sequence[int], reps: int, bar: tqdm.tqdm) -> dict:
       row[m] = {'median_s': t, 'time_over_bytes_bound': t / bound}
     rows[str(size)] = row
   return {'bandwidth': bw, 'updates': rows}
+
+
+def matrix_costs(
+  layouts: Sequence[tuple[int, int]],
+  methods: Sequence[str],
+  reps: int,
+  bandwidth: float,
+  bar: tqdm.tqdm,
+) -> dict:
+  """The matrix members and their bases on ``(count, n)`` square matrices
+  (:func:`benchmarks.overhead.matrix_costs`), half the repetitions from 1e7
+  parameters on."""
+  return overhead.matrix_costs(
+    layouts,
+    lambda size: reps if size <= 1_000_000 else max(2, reps // 2),
+    bandwidth,
+    bar,
+    methods,
+  )
 
 
 def paired_costs(
@@ -241,6 +276,19 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   quick = args.quick
   sizes = [10_000] if quick else [1_000_000, 10_000_000, 100_000_000]
   reps = 2 if quick else 10
+  layouts = overhead.MATRIX_LAYOUTS['quick' if quick else 'full']
+  if not quick and jax.default_backend() != 'cpu':
+    layouts = [*layouts, (100, 1000)]  # 1e8: 30 s an update on 2 CPU cores
+  matrix_methods = (
+    ('muon', 'mars_shampoo') if quick else overhead.MATRIX_METHODS
+  )
+  # Quick: one pair on a 1-layer transformer (each step compiles for 1-4 s).
+  members = ['mars_adamw'] if quick else list(overhead.MARS_BASES)
+  member_layers, member_batches = (1, [4]) if quick else (2, [16, 64])
+  member_reps = reps if quick else 3 * reps
+  matrix_reps = sum(
+    reps if c * n * n <= 1_000_000 else max(2, reps // 2) for c, n in layouts
+  )
   autoclip_sizes = [1_000] if quick else [1_000, 1_000_000]
   paired_cases = (
     [('mlp', 32)]
@@ -249,6 +297,8 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   )
   bar.reset(
     total=reps * (2 * len(sizes) + len(paired_cases) + len(autoclip_sizes) + 10)
+    + matrix_reps
+    + member_reps * len(member_batches)
   )
   bar.unit = 'rep'
   costs = update_costs(sizes, reps, bar)
@@ -257,6 +307,12 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
     device=str(jax.devices()[0].device_kind),
     targets=TARGETS,
     **costs,
+    matrix=matrix_costs(
+      layouts, matrix_methods, reps, costs['bandwidth']['bytes_per_s'], bar
+    ),
+    members=overhead.member_train_costs(
+      member_layers, member_batches, members, member_reps, bar
+    ),
     copy=copy_costs(sizes, reps, bar),
     paired=paired_costs(paired_cases, reps, bar),
     checks=check_costs(1_000, 10 * reps, bar),
@@ -278,6 +334,24 @@ def ratios(res: dict[str, Any]) -> dict[str, dict[str, float]]:
       'spider_lean / clip_sgd': t['spider_lean'] / t['clip_sgd'],
       'spider / clip_sgd': t['spider'] / t['clip_sgd'],
       'mars_adamw / adamw': t['mars_adamw'] / t['adamw'],
+      'mars_lion / lion': t['mars_lion'] / t['lion'],
+      'mars_adamw / its bound': row['mars_adamw']['time_over_bytes_bound'],
+      'mars_lion / its bound': row['mars_lion']['time_over_bytes_bound'],
+    }
+  for size, block in res['matrix'].items():
+    row = block['methods']
+    for m, base in overhead.MARS_BASES.items():
+      if m in row:
+        out.setdefault(f'matrix {size}', {}).update(
+          {
+            f'{m} / {base}': row[m]['ratio_vs_base'],
+            f'{m} / its bound': row[m]['time_over_bound'],
+          }
+        )
+  for batch, row in res['members']['results'].items():
+    out[f'transformer B={batch}'] = {
+      f'{m} step / {overhead.MARS_BASES[m]} step': row[m]['ratio_vs_base']
+      for m in res['members']['members']
     }
   for size, row in res['autoclip'].items():
     out.setdefault(f'autoclip {size}', {}).update(
@@ -289,6 +363,15 @@ def ratios(res: dict[str, Any]) -> dict[str, dict[str, float]]:
       }
     )
   return out
+
+
+def target(name: str) -> float | None:
+  """The issue's target for the ratio ``name`` of :func:`ratios`, or None."""
+  if name.endswith(' / its bound'):
+    return TARGETS['MARS update / its bound']
+  if name.endswith(' step'):
+    return TARGETS['MARS step / base step']
+  return next((v for k, v in TARGETS.items() if name.startswith(k[:8])), None)
 
 
 def report(res: dict[str, Any]) -> str:
@@ -306,14 +389,31 @@ def report(res: dict[str, Any]) -> str:
       for m, v in row.items()
     )
     lines.append(f'  P={float(size):.0e}: {cells}')
+  lines.append(
+    'matrix members, median ms (time / flops + bytes bound), '
+    'matmul rate of x @ x'
+  )
+  for size, block in res['matrix'].items():
+    cells = ', '.join(
+      f'{m} {v["median_s"] * 1e3:.2f} ({v["time_over_bound"]:.2f})'
+      for m, v in block['methods'].items()
+    )
+    lines.append(
+      f'  P={float(size):.0e} ({block["count"]} x {block["n"]}^2, '
+      f'{block["matmul_flops_per_s"] / 1e9:.1f} GFLOP/s): {cells}'
+    )
+  members = res['members']
+  lines.append(f'training step, {members["description"]}, median ms:')
+  for batch, row in members['results'].items():
+    lines.append(
+      f'  batch {batch}: '
+      + ', '.join(f'{m} {v["median_s"] * 1e3:.2f}' for m, v in row.items())
+    )
   lines.append('')
   lines.append('ratios (target)')
   for key, row in res['ratios'].items():
     for name, value in row.items():
-      target = next(
-        (v for k, v in TARGETS.items() if name.startswith(k[:8])), None
-      )
-      lines.append(f'  {key:>14} {name:36} {value:5.2f}x  ({target}x)')
+      lines.append(f'  {key:>14} {name:36} {value:5.2f}x  ({target(name)}x)')
   lines.append('')
   lines.append(
     "the default mode's copy of x_k alone, against clip + SGD's update: "

@@ -1,4 +1,5 @@
-"""Per-step overhead of SPIDER against clipped SGD and Adam.
+"""Per-step overhead of SPIDER against clipped SGD and Adam, and of each MARS
+member against the optimizer it is built on.
 
 What it measures, on the machine it runs on (all in one run):
 
@@ -7,7 +8,9 @@ What it measures, on the machine it runs on (all in one run):
    ``so.spider(lr, c0, c1)`` recursive step (also with ``lean=True``),
    ``optax.chain(
    optax.clip_by_global_norm(c), optax.sgd(lr))``, ``optax.adam(lr)``,
-   ``optax.adamw(lr)`` and ``so.mars_adamw(lr)`` (approx mode, one gradient).
+   ``optax.adamw(lr)`` and ``so.mars_adamw(lr)``, ``optax.lion(lr, b1=0.95,
+   b2=0.95)`` and ``so.mars_lion(lr)`` (the MARS members in approx mode, one
+   gradient per step).
    Every method is jitted with params and optimizer state donated (fair to all:
    each updates its buffers in place), compiled and warmed up outside the
    timing, and timed interleaved (the order of the methods rotates every
@@ -17,19 +20,25 @@ What it measures, on the machine it runs on (all in one run):
    outputs not aliased to a donated argument + temporaries.
 2. A bytes model: the float32 arrays each update must read and write, times
    4 bytes. ``apply_updates`` is counted as fused into the update (the updates
-   are never written out). Two columns:
+   are never written out), and a gradient produced in the same jitted step as
+   free to keep (g_{k-1} is written from g_k, not read back). Two columns:
    - ``ideal`` (one pass, as if the global norm were free): SPIDER reads
      g, g', v, x and writes v, x_prev, x: 7 arrays (lean, without x_prev:
      6); clip+SGD reads g, x and
      writes x: 3; Adam and AdamW read g, m, v, x and write m, v, x: 7; MARS
-     (approx) also reads and writes the kept gradient g_{k-1}: 9.
+     (approx) also reads and writes the kept gradient g_{k-1}: 9; Lion reads
+     g, m, x and writes m, x: 5; MARS-Lion reads g, g_{k-1}, m, x and writes
+     g_{k-1}, m, x: 7.
    - ``two_pass`` (the minimum given that the global norm must be complete
      before any element can be scaled): SPIDER pass 1 reads g, g', v, writes v
      (and reduces ||v||), pass 2 reads v, x, writes x, x_prev: 8 arrays
      (lean: 7);
      clip+SGD reads g (norm), then g, x and writes x: 4; Adam has no norm: 7;
-     MARS reads g, g_{k-1} for the norm of c_k, then the 9 arrays: 11.
-   The machine's achievable memory bandwidth is measured with a jitted
+     MARS reads g, g_{k-1} for the norm of c_k, then the 9 arrays: 11; Lion
+     has no norm: 5; MARS-Lion reads g, g_{k-1} for the norm, then its 7: 9.
+   So the bytes bound puts MARS-AdamW at 11/7 = 1.57x AdamW and MARS-Lion at
+   9/5 = 1.8x Lion. The machine's achievable memory bandwidth is measured
+   with a jitted
    ``y = a*x + y`` (3 arrays moved) and a copy over a large array; each method's
    bandwidth fraction is ``two_pass bytes / time / measured bandwidth``.
 3. What XLA fuses: the optimized HLO of each update
@@ -37,11 +46,40 @@ What it measures, on the machine it runs on (all in one run):
    instruction that reads or writes a parameter-sized array is one pass over
    memory. The number of passes per leaf and the bytes they move are reported
    next to the model.
-4. A full training step on an MLP (784-256-256-10, ReLU, random data) and
+4. The matrix members on square float32 matrices: ``so.mars_muon(lr)``
+   (MARS-M) against ``optax.contrib.muon(lr, nesterov=False,
+   consistent_rms=0.2, beta=0.95)`` (``muon_rms``) and ``so.mars_shampoo(lr)``
+   against ``optax.contrib.muon(lr, nesterov=False, beta=0.95)`` (``muon``),
+   on 1e6 parameters (4 matrices of 500 x 500) and 1e7 (40 of them); 1e8 (400
+   of them, about 10 s an update on a 2-core CPU: 5 minutes for the four
+   with their warm-up) is left out. These updates
+   are bound by the matmuls of Newton-Schulz, not by memory: each of its
+   ``ns_steps`` = 5 iterations on an m x n matrix (m <= n) is X X^T, A A and
+   B X, 4 m^2 n + 2 m^3 flops, so 30 n^3 for a square one (15000 flops per
+   parameter at n = 500, against the 32-48 bytes below). The bound is
+   ``flops / matmul rate + bytes / bandwidth``, the matmul rate measured by a
+   jitted ``x @ x`` over the same matrices timed interleaved with the
+   updates (its fastest repetition: a shared machine slows the median).
+   Its bytes (arrays of P float32 outside the matmuls):
+   ``optax.contrib.muon`` reads g, m and writes m (the Frobenius norm of m
+   reduced in the same pass), Newton-Schulz reads m and writes its result
+   O, the apply reads O, x and writes x: 8; MARS-M and MARS-Shampoo read g,
+   g_{k-1} for the norm of c_k, then g, g_{k-1}, m and write g_{k-1}, m, then
+   the same 5: 12. Bytes bound 12/8 = 1.5x, the bound with the flops 1.00x
+   at these shapes (the flops are identical).
+5. A full training step on an MLP (784-256-256-10, ReLU, random data) and
    the character LSTM of ``benchmarks/tasks.py`` (embedding 16, hidden 128,
    32 steps), batch 32 and 256: ``so.paired_grad`` (vectorized and not) +
    SPIDER update against one ``jax.grad`` + clip/SGD update. A naive estimate
    of the ratio is 2.0.
+6. A full training step (one ``jax.grad`` + update + apply, one jitted,
+   donated function) on the character transformer of ``benchmarks/tasks.py``
+   (2 layers, d 64, 4 heads, context 64, its params as a tree: the matrix
+   members need the matrices), batch 16 and 64, for each MARS member and its
+   base: ``so.mars_adamw`` / ``optax.adamw``, ``so.mars_lion`` /
+   ``optax.lion``, ``so.mars_muon`` / ``muon_rms``, ``so.mars_shampoo`` /
+   ``muon`` (the leaves that are not 2-D take AdamW in all four matrix
+   optimizers).
 
 Every step, update or training step, comes from ``benchmarks.common
 .step_pair``: the SPIDER steps are its recursive step (after one anchor), the
@@ -50,7 +88,7 @@ others its anchor step (a plain update).
 Run (from the repository root)::
 
   python -m benchmarks.overhead --quick      # < 1 minute
-  python -m benchmarks.overhead              # a few minutes
+  python -m benchmarks.overhead              # about 6 minutes on 2 cores
 
 Results go to ``--out`` (JSON, default benchmarks/out/overhead.json) and plots
 to ``--plot-dir`` (default benchmarks/out/).
@@ -68,6 +106,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import tqdm
 
@@ -79,9 +118,28 @@ from benchmarks import common  # noqa: E402
 from benchmarks import tasks  # noqa: E402
 
 LR, C0, C1, CLIP = 0.01, 1.0, 10.0, 1.0
-METHODS = ('spider', 'spider_lean', 'clip_sgd', 'adam', 'adamw', 'mars_adamw')
+METHODS = (
+  'spider',
+  'spider_lean',
+  'clip_sgd',
+  'adam',
+  'adamw',
+  'mars_adamw',
+  'lion',
+  'mars_lion',
+)
 BASELINE = 'clip_sgd'
-# Arrays of P float32 each update moves (see the module docstring).
+# The matrix members and their bases, timed on 2-D leaves (section 4).
+MATRIX_METHODS = ('muon_rms', 'mars_muon', 'muon', 'mars_shampoo')
+# Each MARS member and the optimizer it is built on.
+MARS_BASES = {
+  'mars_adamw': 'adamw',
+  'mars_lion': 'lion',
+  'mars_muon': 'muon_rms',
+  'mars_shampoo': 'muon',
+}
+# Arrays of P float32 each update moves (see the module docstring); for the
+# matrix methods, those outside the Newton-Schulz matmuls.
 BYTES_MODEL = {
   'ideal': {
     'spider': 7,
@@ -90,6 +148,12 @@ BYTES_MODEL = {
     'adam': 7,
     'adamw': 7,
     'mars_adamw': 9,
+    'lion': 5,
+    'mars_lion': 7,
+    'muon_rms': 8,
+    'mars_muon': 10,
+    'muon': 8,
+    'mars_shampoo': 10,
   },
   'two_pass': {
     'spider': 8,
@@ -98,8 +162,17 @@ BYTES_MODEL = {
     'adam': 7,
     'adamw': 7,
     'mars_adamw': 11,
+    'lion': 5,
+    'mars_lion': 9,
+    'muon_rms': 8,
+    'mars_muon': 12,
+    'muon': 8,
+    'mars_shampoo': 12,
   },
 }
+NS_STEPS = 5  # Newton-Schulz iterations of every matrix method (the default)
+# (count, n): count square n x n float32 matrices.
+MATRIX_LAYOUTS = {'quick': [(1, 64)], 'full': [(4, 500), (40, 500)]}
 TRAIN_METHODS = ('grad_clip_sgd', 'spider_paired_vmap', 'spider_paired_loop')
 
 
@@ -130,6 +203,21 @@ def _tx(method: str) -> optax.GradientTransformation:
     return optax.adamw(LR)
   if method == 'mars_adamw':
     return so.mars_adamw(LR)
+  if method == 'lion':
+    return optax.lion(LR, b1=0.95, b2=0.95)
+  if method == 'mars_lion':
+    return so.mars_lion(LR)
+  if method in ('muon_rms', 'muon'):
+    return optax.contrib.muon(
+      LR,
+      nesterov=False,
+      beta=0.95,
+      consistent_rms=0.2 if method == 'muon_rms' else None,
+    )
+  if method == 'mars_muon':
+    return so.mars_muon(LR)
+  if method == 'mars_shampoo':
+    return so.mars_shampoo(LR)
   raise ValueError(method)
 
 
@@ -387,14 +475,9 @@ def update_steps(size: int, key: jax.Array) -> dict[str, Timed]:
   params, grads, prev_grads = (make_params(size, k) for k in (k1, k2, k3))
   plain = lambda m: timed_step(m, params, common.GIVEN[0], (grads,))
   recursive = lambda m: recursive_update(m, params, grads, prev_grads)
-  return dict(
-    spider=recursive('spider'),
-    spider_lean=recursive('spider_lean'),
-    clip_sgd=plain('clip_sgd'),
-    adam=plain('adam'),
-    adamw=plain('adamw'),
-    mars_adamw=plain('mars_adamw'),
-  )
+  return {
+    m: recursive(m) if m.startswith('spider') else plain(m) for m in METHODS
+  }
 
 
 def hlo_analysis(method: str, timed: Timed, size: int) -> dict[str, Any]:
@@ -445,6 +528,159 @@ def update_row(
   return row
 
 
+# ---------------------------------------------------------- MARS members --
+
+
+def make_matrices(count: int, n: int, key: jax.Array) -> dict[str, jax.Array]:
+  """``count`` float32 matrices of ``n`` x ``n``, entries N(0, 0.01^2)."""
+  return {
+    f'w{i:03d}': jax.random.normal(k, (n, n), jnp.float32) * 0.01
+    for i, k in enumerate(jax.random.split(key, count))
+  }
+
+
+def ns_flops(params: Any, steps: int = NS_STEPS) -> int:
+  """Flops of Newton-Schulz on every 2-D leaf: each iteration on an m x n
+  matrix (m <= n) is X X^T, A A and B X, 4 m^2 n + 2 m^3 flops."""
+  total = 0
+  for x in jax.tree.leaves(params):
+    if x.ndim == 2:
+      m, n = sorted(x.shape)
+      total += steps * (4 * m * m * n + 2 * m**3)
+  return total
+
+
+def _matmul_runner(xs: Any) -> Callable[[], Any]:
+  """A runner of a jitted ``x @ x`` for every leaf of ``xs``, compiled."""
+  matmul = jax.jit(lambda xs: jax.tree.map(lambda x: x @ x, xs))
+  jax.block_until_ready(matmul(xs))
+  return lambda: jax.block_until_ready(matmul(xs))
+
+
+def matrix_costs(
+  layouts: Sequence[tuple[int, int]],
+  reps: Callable[[int], int],
+  bandwidth: float,
+  bar: tqdm.tqdm,
+  methods: Sequence[str] = MATRIX_METHODS,
+) -> dict[str, Any]:
+  """Each matrix method's update on ``count`` matrices of ``n`` x ``n``, for
+  each ``(count, n)`` in ``layouts`` (``reps(size)`` interleaved
+  repetitions), against its bound ``flops / matmul rate + bytes /
+  bandwidth``; the matmul rate is a jitted ``x @ x`` over the same matrices,
+  timed among the updates."""
+  rows = {}
+  for count, n in layouts:
+    size = count * n * n
+    k1, k2 = jax.random.split(jax.random.key(size))
+    params, grads = make_matrices(count, n, k1), make_matrices(count, n, k2)
+    runners: dict[str, Callable[[], Any]] = {
+      m: timed_step(m, params, common.GIVEN[0], (grads,)) for m in methods
+    }
+    runners['matmul'] = _matmul_runner(grads)
+    times = time_interleaved(
+      runners, reps(size), f'{count} matrices {n}x{n}', bar
+    )
+    del runners
+    # The bound takes the fastest matmul seen: on a shared machine the
+    # median is slowed by whatever else runs (the minima are also kept).
+    t_matmul = min(times['matmul'])
+    rate = count * 2 * n**3 / t_matmul
+    flops = ns_flops(params)
+    row = {}
+    for m in methods:
+      t = common.median(times[m])
+      model_bytes = BYTES_MODEL['two_pass'][m] * 4 * size
+      bound = flops / rate + model_bytes / bandwidth
+      row[m] = {
+        'median_s': t,
+        'min_s': float(min(times[m])),
+        'reps': len(times[m]),
+        'ns_flops': flops,
+        'model_bytes_two_pass': model_bytes,
+        'flop_time_s': flops / rate,
+        'bytes_time_s': model_bytes / bandwidth,
+        'bound_s': bound,
+        'time_over_bound': t / bound,
+        'min_over_bound': float(min(times[m])) / bound,
+        'time_over_flop_time': t / (flops / rate),
+      }
+    for m, base in MARS_BASES.items():
+      if m in row and base in row:
+        r, rb = row[m], row[base]
+        r['ratio_vs_base'] = r['median_s'] / rb['median_s']
+        r['min_ratio_vs_base'] = r['min_s'] / rb['min_s']
+        r['bound_ratio_vs_base'] = r['bound_s'] / rb['bound_s']
+    rows[str(size)] = {
+      'count': count,
+      'n': n,
+      'matmul_min_s': t_matmul,
+      'matmul_median_s': common.median(times['matmul']),
+      'matmul_flops_per_s': rate,
+      'methods': row,
+    }
+  return rows
+
+
+def transformer_model(
+  layers: int, batches: Sequence[int]
+) -> tuple[Callable[..., Any], Any, dict[int, tuple[Any, ...]], str]:
+  """The character transformer of ``benchmarks/tasks.py`` with its params as
+  a tree (2-D matrices for the matrix members): ``(loss_fn(params,
+  windows), params, {batch: (windows,)}, description)``."""
+  ids, alphabet = tasks.encode(tasks.pydoc_text())
+  params = jax.tree.map(
+    jnp.asarray, tasks.transformer_init(0, len(alphabet), layers=layers)
+  )
+  starts = np.linspace(0, len(ids) - tasks.CONTEXT - 2, max(batches))
+  windows = tasks.take_windows(jnp.asarray(ids), jnp.asarray(starts, int))
+  loss_fn = lambda p, w: tasks.lm_loss(p, {}, w)[0]
+  description = (
+    f'char transformer ({layers} layers, d 64, 4 heads, context '
+    f'{tasks.CONTEXT}, {len(alphabet)} symbols)'
+  )
+  return loss_fn, params, {b: (windows[:b],) for b in batches}, description
+
+
+def member_train_costs(
+  layers: int,
+  batches: Sequence[int],
+  members: Sequence[str],
+  reps: int,
+  bar: tqdm.tqdm,
+) -> dict[str, Any]:
+  """A training step (one gradient + update + apply) on the transformer for
+  each MARS member in ``members`` (approx mode) and its base optimizer, all
+  timed interleaved at each batch size."""
+  loss_fn, params, batch_of, description = transformer_model(layers, batches)
+  grad_fn = jax.grad(loss_fn)
+  methods = [m for member in members for m in (MARS_BASES[member], member)]
+  rows = {}
+  for b in batches:
+    steppers = {m: timed_step(m, params, grad_fn, batch_of[b]) for m in methods}
+    times = time_interleaved(steppers, reps, f'transformer B={b}', bar)
+    del steppers
+    row = {
+      m: {
+        'median_s': common.median(times[m]),
+        'min_s': float(min(times[m])),
+        'reps': len(times[m]),
+      }
+      for m in methods
+    }
+    for m in members:
+      row[m]['ratio_vs_base'] = (
+        row[m]['median_s'] / row[MARS_BASES[m]]['median_s']
+      )
+    rows[str(b)] = row
+  return {
+    'description': description,
+    'params': sum(x.size for x in jax.tree.leaves(params)),
+    'members': list(members),
+    'results': rows,
+  }
+
+
 def train_steps(
   loss_fn: Callable[..., Any], params: Any, batch: tuple[Any, ...]
 ) -> dict[str, Timed]:
@@ -478,9 +714,20 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
     )
   )
   train_reps = 10 if quick else 60
+  layouts = MATRIX_LAYOUTS['quick' if quick else 'full']
+  # One 500 x 500 update takes about 60 ms here: 1e7 (40 of them) 2.5 s.
+  matrix_reps = lambda size: 3 if quick else (10 if size <= 1e6 else 5)
+  # Quick: one pair (the cheapest to compile: a transformer step takes 1-4
+  # s), on 1 layer at batch 4.
+  members = ['mars_lion'] if quick else list(MARS_BASES)
+  member_layers, member_batches = (1, [4]) if quick else (2, [16, 64])
+  member_reps = 3 if quick else 40
   bar.reset(
-    total=sum(update_reps(s) for s in sizes) + train_reps * len(batches) * 2
-  )  # 2 models
+    total=sum(update_reps(s) for s in sizes)
+    + train_reps * len(batches) * 2  # 2 models
+    + sum(matrix_reps(c * n * n) for c, n in layouts)
+    + member_reps * len(member_batches)
+  )
   bar.unit = 'rep'
   bw = measure_bandwidth(
     4_000_000 if quick else 25_000_000, 10 if quick else 20
@@ -511,6 +758,8 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
     del steppers
     updates[str(size)] = update_row(size, times, hlo_here, bw['bytes_per_s'])
 
+  matrix = matrix_costs(layouts, matrix_reps, bw['bytes_per_s'], bar)
+
   train: dict[str, Any] = {}
   models = train_models(jax.random.fold_in(key, 7), batches)
   for name, (loss_fn, params, batch_of, description) in models.items():
@@ -537,6 +786,9 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
       'params': sum(x.size for x in jax.tree.leaves(params)),
       'results': rows,
     }
+  member_train = member_train_costs(
+    member_layers, member_batches, members, member_reps, bar
+  )
   return dict(
     config={
       'lr': LR,
@@ -555,14 +807,21 @@ def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
         'arrays of P float32 read+written per update, '
         'apply_updates counted as fused into the update; '
         'two_pass = minimum given that the global norm must '
-        'finish before scaling'
+        'finish before scaling; for the matrix methods, the arrays '
+        'outside the Newton-Schulz matmuls'
       ),
+      'matrix_methods': list(MATRIX_METHODS),
+      'mars_bases': MARS_BASES,
+      'matrix_layouts': layouts,
+      'ns_steps': NS_STEPS,
     },
     bandwidth=bw,
     updates=updates,
     hlo=hlo,
     hlo_by_size=hlo_by_size,
+    matrix_updates=matrix,
     train_step={'batches': batches, 'models': train},
+    member_train_step=member_train,
   )
 
 
@@ -623,6 +882,64 @@ def report(res: dict[str, Any]) -> str:
           for p in leaf
         )
       )
+  lines += [
+    '',
+    'MARS members against their bases: update + apply_updates, median '
+    '(t/bound = time / bytes bound; member / base; bound ratio)',
+    f'{"params":>7} {"member":>12} {"time":>10} {"t/bound":>7} '
+    f'{"base":>8} {"time":>10} {"t/bound":>7} {"ratio":>6} {"bound":>6}',
+  ]
+  for size, row in res['updates'].items():
+    for m, base in MARS_BASES.items():
+      if m not in row:
+        continue
+      r, rb = row[m], row[base]
+      lines.append(
+        f'{_fmt_size(int(size)):>7} {m:>12} {r["median_s"] * 1e3:>8.3f}ms '
+        f'{r["time_over_bytes_bound"]:>7.2f} {base:>8} '
+        f'{rb["median_s"] * 1e3:>8.3f}ms {rb["time_over_bytes_bound"]:>7.2f} '
+        f'{r["median_s"] / rb["median_s"]:>5.2f}x '
+        f'{r["model_bytes_two_pass"] / rb["model_bytes_two_pass"]:>5.2f}x'
+      )
+  lines += [
+    '',
+    'Matrix members on square float32 matrices (median and min; bound = NS '
+    'flops / fastest matmul rate + bytes / bandwidth)',
+    f'{"params":>7} {"matrices":>12} {"GFLOP/s":>7} {"method":>12} '
+    f'{"time":>10} {"min":>10} {"bound":>10} {"t/bound":>7} {"vs base":>7} '
+    f'{"(min)":>6}',
+  ]
+  for size, block in res['matrix_updates'].items():
+    shape = f'{block["count"]}x{block["n"]}^2'
+    for m, r in block['methods'].items():
+      ratio = r.get('ratio_vs_base')
+      lines.append(
+        f'{_fmt_size(int(size)):>7} {shape:>12} '
+        f'{block["matmul_flops_per_s"] / 1e9:>7.1f} {m:>12} '
+        f'{r["median_s"] * 1e3:>8.2f}ms {r["min_s"] * 1e3:>8.2f}ms '
+        f'{r["bound_s"] * 1e3:>8.2f}ms {r["time_over_bound"]:>7.2f} '
+        + (
+          f'{ratio:>6.2f}x {r["min_ratio_vs_base"]:>5.2f}x'
+          if ratio is not None
+          else ''
+        )
+      )
+  member = res['member_train_step']
+  lines += [
+    '',
+    f'Training step, {member["description"]} ({member["params"]} params), '
+    'median: each MARS member (approx) against its base',
+  ]
+  for b, row in member['results'].items():
+    lines.append(
+      f'{"batch " + b:>9}: '
+      + ', '.join(
+        f'{m} {row[m]["median_s"] * 1e3:.2f}ms / {MARS_BASES[m]} '
+        f'{row[MARS_BASES[m]]["median_s"] * 1e3:.2f}ms = '
+        f'{row[m]["ratio_vs_base"]:.2f}x'
+        for m in member['members']
+      )
+    )
   for model in res['train_step']['models'].values():
     lines += [
       '',

@@ -2,6 +2,7 @@
 
 import math
 
+from benchmark_scripts import load_benchmark
 from benchmark_scripts import run_quick
 
 
@@ -21,6 +22,28 @@ def test_quick_device(tmp_path_factory):
     assert ratios['spider / clip_sgd'] == (
       row['spider']['median_s'] / row['clip_sgd']['median_s']
     )
+    assert ratios['mars_lion / lion'] == (
+      row['mars_lion']['median_s'] / row['lion']['median_s']
+    )
+    assert (
+      ratios['mars_lion / its bound']
+      == (row['mars_lion']['time_over_bytes_bound'])
+    )
+  (block,) = res['matrix'].values()
+  assert set(block['methods']) == {'muon', 'mars_shampoo'}
+  shampoo = block['methods']['mars_shampoo']
+  assert res['ratios']['matrix 4096'] == {
+    'mars_shampoo / muon': shampoo['ratio_vs_base'],
+    'mars_shampoo / its bound': shampoo['time_over_bound'],
+  }
+  assert _positive(shampoo['ratio_vs_base'])
+  assert _positive(shampoo['time_over_bound'])
+  (step,) = res['ratios']['transformer B=4'].items()
+  assert step[0] == 'mars_adamw step / adamw step' and _positive(step[1])
+  device = load_benchmark('device')
+  assert device.target(step[0]) == 1.1
+  assert device.target('mars_lion / its bound') == 1.5
+  assert device.target('mars_lion / lion') is None
   for row in res['autoclip'].values():
     assert row['fixed_clip']['ratio_vs_fixed_clip'] == 1.0
     assert all(_positive(r['median_s']) for r in row.values())

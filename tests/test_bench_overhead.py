@@ -6,7 +6,17 @@ import os
 
 from benchmark_scripts import run_quick
 
-METHODS = ('spider', 'spider_lean', 'clip_sgd', 'adam', 'adamw', 'mars_adamw')
+METHODS = (
+  'spider',
+  'spider_lean',
+  'clip_sgd',
+  'adam',
+  'adamw',
+  'mars_adamw',
+  'lion',
+  'mars_lion',
+)
+MATRIX_METHODS = ('muon_rms', 'mars_muon', 'muon', 'mars_shampoo')
 
 
 def _positive(x):
@@ -56,6 +66,14 @@ def test_quick_overhead(tmp_path_factory):
       2 * int(size)
     )
 
+    # MARS-Lion keeps g_{k-1} beside Lion's momentum: one more array.
+    assert row['mars_lion']['peak_bytes'] >= row['lion']['peak_bytes'] + (
+      4 * int(size)
+    )
+    # The bytes bound: Lion moves 5 arrays, MARS-Lion 9 (norm pass + 7).
+    assert row['lion']['model_bytes_two_pass'] == 5 * 4 * int(size)
+    assert row['mars_lion']['model_bytes_two_pass'] == 9 * 4 * int(size)
+
   assert set(res['hlo_by_size']) == set(res['updates'])
   assert set(res['hlo']) == set(METHODS)
   for a in res['hlo'].values():
@@ -63,6 +81,34 @@ def test_quick_overhead(tmp_path_factory):
     assert _positive(a['bytes_moved_per_param'])
   # The global norm must finish before scaling: at least 2 passes per leaf.
   assert res['hlo']['spider']['passes_per_leaf'] >= 2
+  assert res['hlo']['mars_lion']['passes_per_leaf'] >= 2
+
+  # One 64 x 64 matrix: Newton-Schulz is 5 iterations of 6 * 64^3 flops.
+  assert set(res['matrix_updates']) == {'4096'}
+  (block,) = res['matrix_updates'].values()
+  assert (block['count'], block['n']) == (1, 64)
+  assert _positive(block['matmul_flops_per_s'])
+  assert set(block['methods']) == set(MATRIX_METHODS)
+  for method, r in block['methods'].items():
+    assert r['ns_flops'] == 5 * 6 * 64**3, method
+    for key in ('median_s', 'bound_s', 'time_over_bound', 'flop_time_s'):
+      assert _positive(r[key]), (method, key, r[key])
+    assert r['bound_s'] == r['flop_time_s'] + r['bytes_time_s']
+  for member, base in (('mars_muon', 'muon_rms'), ('mars_shampoo', 'muon')):
+    r, rb = block['methods'][member], block['methods'][base]
+    assert r['ratio_vs_base'] == r['median_s'] / rb['median_s']
+    assert r['model_bytes_two_pass'] == 12 * 4 * 4096
+    assert rb['model_bytes_two_pass'] == 8 * 4 * 4096
+
+  member = res['member_train_step']
+  assert member['members'] == ['mars_lion'] and member['params'] > 0
+  assert set(member['results']) == {'4'}
+  row = member['results']['4']
+  assert set(row) == {'lion', 'mars_lion'}
+  assert all(_positive(r['median_s']) for r in row.values())
+  assert row['mars_lion']['ratio_vs_base'] == (
+    row['mars_lion']['median_s'] / row['lion']['median_s']
+  )
 
   models = res['train_step']['models']
   assert set(models) == {'mlp', 'lstm'}
