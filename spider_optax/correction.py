@@ -337,7 +337,7 @@ def corrected_momentum(
       buffer,
     )
     return momentum, CorrectedMomentumState(
-      count=optax.safe_increment(state.count), buffer=buffer
+      count=jnp.asarray(optax.safe_increment(state.count)), buffer=buffer
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -8,7 +8,7 @@ members; by choice for the others) go to AdamW on the raw gradient.
 """
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, cast, Literal
 
 import chex
 import jax
@@ -449,7 +449,7 @@ def _matrix_member(
   # MARS-M, the same momentum from one buffer instead of m and g_{k-1}.
   one_buffer = approx and max_norm is None and not _checks.is_function(gamma)
   momentum = (
-    [corrected_momentum(b1, gamma, mu_dtype=mu_dtype)]
+    [corrected_momentum(b1, cast(chex.Numeric, gamma), mu_dtype=mu_dtype)]
     if one_buffer
     else [
       _clip(max_norm, per_tensor_clip),
