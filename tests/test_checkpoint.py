@@ -22,18 +22,17 @@ from A: that shows the optimizer state in the checkpoint matters.
 
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+import workers
 
 pytest.importorskip('flax')
 pytest.importorskip('orbax.checkpoint')
 pytest.importorskip('sklearn')
 
 _WORKER = pathlib.Path(__file__).resolve().with_name('checkpoint_worker.py')
-_ROOT = _WORKER.parents[1]
 
 APIS = ('linen', 'nnx')
 Q = 5  # Anchor period.
@@ -45,14 +44,8 @@ ESTIMATOR_FIELDS = ('count', 'steps_since_anchor', 'estimate', 'prev_params')
 
 
 def _run_worker(phase, out, ckpt, data):
-  env = dict(os.environ)
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHONPATH'] = os.pathsep.join(
-    [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else [])
-  )
-  cmd = [
-    sys.executable,
-    str(_WORKER),
+  workers.run_worker(
+    _WORKER,
     phase,
     '--out',
     str(out),
@@ -66,19 +59,8 @@ def _run_worker(phase, out, ckpt, data):
     str(K0),
     '--steps',
     str(NUM_STEPS),
-  ]
-  proc = subprocess.run(
-    cmd,
-    env=env,
-    capture_output=True,
-    text=True,
     timeout=TIMEOUT_S,
-    cwd=str(_ROOT),
-  )
-  assert proc.returncode == 0, (
-    f'{phase} worker failed ({proc.returncode}):\n'
-    f'--- stdout ---\n{proc.stdout[-5000:]}\n'
-    f'--- stderr ---\n{proc.stderr[-10000:]}'
+    what=f'{phase} worker',
   )
 
 

@@ -25,25 +25,12 @@ import time
 import numpy as np
 import pytest
 
+import workers
+
 _WORKER = pathlib.Path(__file__).resolve().with_name('multiprocess_worker.py')
-_ROOT = _WORKER.parents[1]
 NUM_PROCESSES = 2
 TIMEOUT_S = 180  # For the pair; each process takes ~10 s on 2 CPU cores.
 UNSUPPORTED = 77  # multiprocess_worker.UNSUPPORTED: no gloo in this JAX.
-
-
-def _env() -> dict[str, str]:
-  env = dict(os.environ)
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['XLA_FLAGS'] = ' '.join(
-    filter(
-      None, [env.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=2']
-    )
-  )
-  env['PYTHONPATH'] = os.pathsep.join(
-    [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else [])
-  )
-  return env
 
 
 def _free_port() -> int:
@@ -79,8 +66,8 @@ def _run_pair(out: pathlib.Path) -> None:
               '--process-id',
               str(i),
             ],
-            env=_env(),
-            cwd=str(_ROOT),
+            env=workers.worker_env(devices=2),
+            cwd=str(workers.ROOT),
             stdout=f,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -116,15 +103,14 @@ def results(tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
   out = tmp_path_factory.mktemp('multiprocess')
   # The one-process reference first: it runs alone, so that the pair's
   # deadline does not share two CPU cores with a third process.
-  proc = subprocess.run(
-    [sys.executable, str(_WORKER), '--out', str(out)],
-    env=_env(),
-    cwd=str(_ROOT),
-    capture_output=True,
-    text=True,
+  workers.run_worker(
+    _WORKER,
+    '--out',
+    str(out),
     timeout=TIMEOUT_S,
+    devices=2,
+    what='one-process reference',
   )
-  assert proc.returncode == 0, proc.stderr[-10000:]
   _run_pair(out)
   loaded = {}
   for name in ['single'] + [f'process{i}' for i in range(NUM_PROCESSES)]:

@@ -22,10 +22,7 @@ A change in optax that moves the split points fails here loudly.
 
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
-import sys
 import unittest
 from typing import Any
 
@@ -33,11 +30,11 @@ import pytest
 
 import optax_sharding_worker
 import spider_optax as so
+import workers
 
 _SHARDING_WORKER = (
   pathlib.Path(__file__).resolve().with_name('optax_sharding_worker.py')
 )
-_ROOT = _SHARDING_WORKER.parents[1]
 TIMEOUT_S = 300
 
 
@@ -160,30 +157,17 @@ def test_contrib_test_holds_our_members_only():
 def sharding_outcomes(tmp_path_factory) -> dict[str, str]:
   """Runs the worker once: ``{test name: 'ok' or what went wrong}``."""
   out = tmp_path_factory.mktemp('optax_sharding') / 'outcomes.json'
-  env = dict(os.environ)
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['XLA_FLAGS'] = ' '.join(
-    filter(
-      None, [env.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=8']
-    )
-  )
-  env['PYTHONPATH'] = os.pathsep.join(
-    [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else [])
-  )
-  proc = subprocess.run(
-    [sys.executable, str(_SHARDING_WORKER), '--out', str(out)],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=TIMEOUT_S,
-    cwd=str(_ROOT),
-  )
   # Exit 1 with the outcomes written is failing tests, reported one by one.
-  assert proc.returncode in (0, 1) and out.exists(), (
-    f'optax sharding worker failed ({proc.returncode}):\n'
-    f'--- stdout ---\n{proc.stdout[-5000:]}\n'
-    f'--- stderr ---\n{proc.stderr[-10000:]}'
+  proc = workers.run_worker(
+    _SHARDING_WORKER,
+    '--out',
+    str(out),
+    timeout=TIMEOUT_S,
+    devices=8,
+    ok=(0, 1),
+    what='optax sharding worker',
   )
+  assert out.exists(), proc.stderr[-10000:]
   outcomes = json.loads(out.read_text())
   assert (proc.returncode == 0) == all(v == 'ok' for v in outcomes.values())
   return outcomes

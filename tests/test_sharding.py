@@ -24,17 +24,15 @@ writes what it saw; the tests here check it:
 """
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import workers
+
 _WORKER = pathlib.Path(__file__).resolve().with_name('sharding_worker.py')
-_ROOT = _WORKER.parents[1]
 TIMEOUT_S = 300  # The worker takes ~20 s on 2 CPU cores.
 
 LAYOUTS = ('dp', 'fsdp', '2d')
@@ -50,28 +48,13 @@ DATA_PARALLEL_RUNS = LAYOUTS + (
 def results(tmp_path_factory) -> pathlib.Path:
   """Runs the worker once; returns the directory of what it wrote."""
   out = tmp_path_factory.mktemp('sharding')
-  env = dict(os.environ)
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['XLA_FLAGS'] = ' '.join(
-    filter(
-      None, [env.get('XLA_FLAGS'), '--xla_force_host_platform_device_count=8']
-    )
-  )
-  env['PYTHONPATH'] = os.pathsep.join(
-    [str(_ROOT)] + ([env['PYTHONPATH']] if env.get('PYTHONPATH') else [])
-  )
-  proc = subprocess.run(
-    [sys.executable, str(_WORKER), '--out', str(out)],
-    env=env,
-    capture_output=True,
-    text=True,
+  workers.run_worker(
+    _WORKER,
+    '--out',
+    str(out),
     timeout=TIMEOUT_S,
-    cwd=str(_ROOT),
-  )
-  assert proc.returncode == 0, (
-    f'sharding worker failed ({proc.returncode}):\n'
-    f'--- stdout ---\n{proc.stdout[-5000:]}\n'
-    f'--- stderr ---\n{proc.stderr[-10000:]}'
+    devices=8,
+    what='sharding worker',
   )
   return out
 
