@@ -15,7 +15,10 @@ baseline a user runs today, in about a minute on 2 CPU cores:
    context 64) on the pydoc help text that ships with Python, 90/10
    train/validation split, ``so.mars_adamw`` (approx mode: one gradient per
    step, AdamW's cost) against ``clip_by_global_norm(1)`` + ``adamw``, both
-   at the learning rates where ``benchmarks/family.py`` centres its grids.
+   at constant learning rates from the earlier constant-rate tuning, one
+   seed. Beside it the summary quotes the verdict of the paired-seed study
+   (``benchmarks/family.py``, whose results it reads from
+   ``benchmarks/results/family.json``): tuned methods, schedules, intervals.
 
 The hyperparameters of (1) come from a small sweep at this budget (seed 0):
 spider lr in {0.3 ... 5}, c0 in {0.05 ... 5, None}, c1 in {0.05 ... 5, None};
@@ -34,6 +37,7 @@ Run (from the repository root)::
 
 import argparse
 import functools
+import json
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
@@ -110,8 +114,8 @@ def evaluator(task: tasks.Task) -> Callable[[Any], dict[str, jax.Array]]:
 DEEP_STEPS = dict(full=400, quick=12)  # steps of both methods (batch 16)
 DEEP_EVALS = dict(full=8, quick=2)  # checkpoints after the first
 DEEP_BATCH = 16
-# The centres of benchmarks/family.py's learning-rate grids for this task
-# (its coarse sweep on seed 0); RESULTS.md section 5 has the full tuning.
+# The centres of the earlier constant-rate grids for this task (a coarse
+# sweep on seed 0, no schedule).
 ADAMW: dict[str, Any] = dict(learning_rate=2e-3, b1=0.9, b2=0.999)
 MARS: dict[str, Any] = dict(learning_rate=5e-3)
 DEEP_METHODS = ('mars_adamw', 'clip_adamw')
@@ -216,6 +220,44 @@ def deep_net(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   return dict(config=config, methods=methods)
 
 
+STUDY = pathlib.Path(__file__).resolve().parent / 'results' / 'family.json'
+
+
+def study_verdict(path: pathlib.Path = STUDY) -> list[str]:
+  """The paired-seed study's verdicts on the transformer against clip +
+  AdamW (``benchmarks/family.py``'s committed results), one line each."""
+  if not path.exists():
+    return []
+  task = json.loads(path.read_text())['tasks'].get('transformer')
+  if task is None:
+    return []
+  lines = []
+  for c in task['comparisons']:
+    if not c['comparison'].endswith('vs adamw'):
+      continue
+    d, sp = c['paired'], c.get('speedup') or {}
+    speed = (
+      f'; speedup at equal loss {sp["speedup"]:.2f}x '
+      f'[{sp["low"]:.2f}, {sp["high"]:.2f}]'
+      if sp.get('speedup') is not None
+      else ''
+    )
+    lines.append(
+      f'  {c["comparison"]}: {d["mean"]:+.4f} nats [{d["low"]:+.4f}, '
+      f'{d["high"]:+.4f}], {d["verdict"]}{speed}'
+    )
+  n = len(task['protocol']['eval_seeds'])
+  return (
+    [
+      f'- The study (benchmarks/family.py: tuned, warmup + cosine, {n} paired '
+      'seeds, 95% intervals), final validation loss against clip + AdamW:',
+      *lines,
+    ]
+    if lines
+    else []
+  )
+
+
 def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   bar.reset(total=len(METHODS) + len(DEEP_METHODS))
   results = dict(finite_sum=finite_sum(args, bar), deep_net=deep_net(args, bar))
@@ -262,7 +304,8 @@ def summary_text(results: dict[str, Any]) -> str:
       f'{s["mars_val_loss"]:.3f} against {s["adamw_val_loss"]:.3f} for clip + '
       f'AdamW ({abs(s["val_loss_gap"]):.3f} {better}); training loss '
       f'{s["mars_train_loss"]:.3f} against {s["adamw_train_loss"]:.3f}. One '
-      'seed: benchmarks/RESULTS.md has the seed spread and the tuning.',
+      'seed, constant learning rates, untuned.',
+      *study_verdict(),
     ]
   )
 

@@ -376,6 +376,10 @@ class DeepTask(NamedTuple):
     evaluate: ``(params, model_state) -> {'train_loss', 'val_loss'}``,
       jitted, in evaluation mode.
     n_train: the number of samples to draw from.
+    matrices: ``params -> tree`` of ``optax.contrib.MuonDimensionNumbers``
+      for the hidden weight matrices and None for every other leaf (for
+      Muon-type optimizers' ``muon_weight_dimension_numbers``), or None
+      (flat params).
   """
 
   name: str
@@ -386,6 +390,7 @@ class DeepTask(NamedTuple):
   data: Any
   evaluate: Callable[[Params, ModelState], dict[str, jax.Array]]
   n_train: int
+  matrices: Callable[[Params], Any] | None = None
 
 
 def encode(text: str) -> tuple[np.ndarray, str]:
@@ -523,8 +528,38 @@ def take_windows(ids: jax.Array, starts: jax.Array) -> jax.Array:
   return ids[starts[:, None] + jnp.arange(CONTEXT + 1)]
 
 
-def transformer_task(*, layers: int = 2) -> DeepTask:
-  """The character transformer on the pydoc text, split 90/10."""
+def _hidden_matrices(names: tuple[str, ...]) -> Callable[[Params], Any]:
+  """``matrices`` of a task: the 2-D leaves under keys ``names``, each a
+  matrix (in, out); None for every other leaf."""
+  dims = optax.contrib.MuonDimensionNumbers
+
+  def matrices(params):
+    def one(path, x):
+      keys = {getattr(k, 'key', None) for k in path}
+      if x.ndim >= 2 and keys & set(names):
+        return dims(tuple(range(x.ndim - 1)), x.ndim - 1)
+      return None
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+  return matrices
+
+
+def transformer_task(
+  *, layers: int = 2, d: int = 64, flat: bool = True, whole_split: bool = False
+) -> DeepTask:
+  """The character transformer on the pydoc text, split 90/10.
+
+  Args:
+    layers: transformer blocks.
+    d: the model width (4 heads).
+    flat: the params as one flat vector (:func:`flattened`); else the tree,
+      with ``matrices`` giving its hidden weight matrices (attention and MLP;
+      not the embeddings or the head).
+    whole_split: the validation loss on every non-overlapping window of the
+      validation text (666 windows, 42.6k predicted characters), not
+      :data:`EVAL_WINDOWS` fixed ones.
+  """
   ids, alphabet = encode(pydoc_text())
   cut = int(0.9 * len(ids))
   train, val = jnp.asarray(ids[:cut]), jnp.asarray(ids[cut:])
@@ -533,11 +568,19 @@ def transformer_task(*, layers: int = 2) -> DeepTask:
     np.linspace(0, size - CONTEXT - 1, EVAL_WINDOWS).astype(np.int32)
   )
   train_windows = take_windows(train, fixed(cut))
-  val_windows = take_windows(val, fixed(len(ids) - cut))
-  init, loss_fn = flattened(
-    lambda seed: (transformer_init(seed, len(alphabet), layers=layers), {}),
-    lm_loss,
+  val_starts = (
+    jnp.arange(0, len(ids) - cut - CONTEXT, CONTEXT + 1)
+    if whole_split
+    else fixed(len(ids) - cut)
   )
+  val_windows = take_windows(val, val_starts)
+  init = lambda seed: (
+    transformer_init(seed, len(alphabet), d=d, layers=layers),
+    {},
+  )
+  loss_fn = lm_loss
+  if flat:
+    init, loss_fn = flattened(init, lm_loss)
 
   @jax.jit
   def evaluate(params, model_state):
@@ -546,15 +589,17 @@ def transformer_task(*, layers: int = 2) -> DeepTask:
 
   return DeepTask(
     'transformer',
-    f'char transformer ({layers} layers, d 64, 4 heads, context {CONTEXT}) '
+    f'char transformer ({layers} layers, d {d}, 4 heads, context {CONTEXT}) '
     f'on pydoc_data.topics ({len(ids)} characters, {len(alphabet)} symbols, '
-    f'90/10 split; losses on {EVAL_WINDOWS} fixed windows of each split)',
+    f'90/10 split; losses on {val_windows.shape[0]} windows of the '
+    f'validation split, {EVAL_WINDOWS} of the train split)',
     init,
     loss_fn,
     take_windows,
     train,
     evaluate,
     n_starts,
+    None if flat else _hidden_matrices(('qkv', 'proj', 'w1', 'w2')),
   )
 
 
@@ -638,8 +683,10 @@ def cnn_loss(
   ).mean(), new_stats
 
 
-def cnn_task(*, test_size: float = 0.2) -> DeepTask:
-  """The CNN on sklearn's digits, a stratified train/test split (seed 0)."""
+def cnn_task(*, test_size: float = 0.2, flat: bool = True) -> DeepTask:
+  """The CNN on sklearn's digits, a stratified train/test split (seed 0);
+  ``flat`` as in :func:`transformer_task` (the matrices: both convolution
+  kernels, as window * in by out)."""
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
 
@@ -653,7 +700,9 @@ def cnn_task(*, test_size: float = 0.2) -> DeepTask:
     )
   )
   n = int(x_train.shape[0])
-  init, loss_fn = flattened(cnn_init, cnn_loss)
+  init, loss_fn = (
+    flattened(cnn_init, cnn_loss) if flat else (cnn_init, cnn_loss)
+  )
 
   @jax.jit
   def evaluate(params, stats):
@@ -673,4 +722,5 @@ def cnn_task(*, test_size: float = 0.2) -> DeepTask:
     (x_train, y_train),
     evaluate,
     n,
+    None if flat else _hidden_matrices(('conv1', 'conv2')),
   )

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from benchmark_scripts import load_benchmark
 from benchmark_scripts import ROOT
 from benchmark_scripts import run_quick
 
@@ -202,3 +203,19 @@ def test_prints_the_path_of_each_file(quick_run, capsys_output):
   results, out, _ = quick_run
   for path in (str(out), *results['plots']):
     assert f'  {path}\n' in capsys_output
+
+
+def test_summary_quotes_the_study(quick_run, capsys_output):
+  """The deep-net panel's summary states the paired-seed study's verdicts,
+  as they are in its committed results."""
+  qs = load_benchmark('quickstart')
+  results = json.loads(qs.STUDY.read_text())
+  comparisons = results['tasks']['transformer']['comparisons']
+  against = [c for c in comparisons if c['comparison'].endswith('vs adamw')]
+  assert against
+  for c in against:
+    d = c['paired']
+    assert (
+      f'  {c["comparison"]}: {d["mean"]:+.4f} nats [{d["low"]:+.4f}, '
+      f'{d["high"]:+.4f}], {d["verdict"]}' in capsys_output
+    )
