@@ -65,7 +65,7 @@ def test_evaluation_seeds_are_apart_and_every_arm_has_them(quick_run):
     p = task['protocol']
     assert not set(p['tuning_seeds']) & set(p['eval_seeds'])
     for arm in task['arms'].values():
-      assert [r['seed'] for r in arm['runs']] == p['eval_seeds']
+      assert [r['seed'] for r in arm['runs']] == list(p['eval_seeds'])
       assert arm['finals'] == [r['final_val_loss'] for r in arm['runs']]
       assert arm['mean'] == pytest.approx(np.mean(arm['finals']))
 
