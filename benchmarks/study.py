@@ -2,7 +2,7 @@
 
 A task is a model, a data source and a loss (``tasks.DeepTask``); an arm is
 an optimizer with its tuning grid (:class:`Arm`); a :class:`Protocol` fixes
-the budgets and seeds. :func:`run_study` then, on each task:
+the budgets and seeds. :func:`run_task` then, on one task:
 
 1. **Schedules as users run them.** Every run warms up linearly over the
    first ``warmup`` of its steps, then decays by a cosine to 0 at the end of
@@ -162,9 +162,12 @@ class Trainer:
     self._steps[name] = jax.jit(step, donate_argnums=(1, 3))
     return self._steps[name]
 
+  def cost(self, arm: Arm) -> int:
+    """Gradient evaluations of one step of ``arm``: B, or 2B if paired."""
+    return self.protocol.batch * (2 if arm.paired else 1)
+
   def steps_of(self, arm: Arm, budget: float) -> int:
-    cost = self.protocol.batch * (2 if arm.paired else 1)
-    return int(budget // cost)
+    return int(budget // self.cost(arm))
 
   def start(self, arm: Arm, lr: float, knob: Knob, seed: int):
     params, model_state = self.task.init(seed)
@@ -194,23 +197,28 @@ class Trainer:
     lrs = np.asarray(jax.vmap(schedule)(jnp.arange(n_steps)), np.float32)
     step = self.step_fn(name, arm)
     params, model_state, opt_state = self.start(arm, lr, knob, seed)
-    knob32 = {key: np.float32(v) for key, v in knob.items()}
     rng, key = np.random.default_rng(seed), jax.random.key(seed)
     marks = {round(n_steps * (i + 1) / checkpoints) for i in range(checkpoints)}
     curve: dict[str, list[float]] = dict(steps=[], grad_evals=[], val_loss=[])
-    cost = n_steps and budget // n_steps
+    cost = self.cost(arm)
     losses = []
     for k in range(n_steps):
       ids = rng.integers(0, task.n_train, p.batch).astype(np.int32)
-      hp = dict(learning_rate=lrs[k], **knob32)
       params, model_state, opt_state, loss = step(
-        hp, params, model_state, opt_state, task.data, ids, key, k
+        hyperparams(lrs[k], knob),
+        params,
+        model_state,
+        opt_state,
+        task.data,
+        ids,
+        key,
+        k,
       )
       losses.append(loss)
       if k + 1 in marks:
         val = float(task.evaluate(params, model_state)['val_loss'])
         curve['steps'].append(k + 1)
-        curve['grad_evals'].append(int((k + 1) * cost))
+        curve['grad_evals'].append((k + 1) * cost)
         curve['val_loss'].append(val if math.isfinite(val) else math.inf)
         if not math.isfinite(val):
           break
@@ -221,11 +229,20 @@ class Trainer:
       lr=lr,
       knob=knob,
       steps=n_steps,
-      grad_evals=int(n_steps * cost),
+      grad_evals=n_steps * cost,
       final_val_loss=curve['val_loss'][-1] if curve['val_loss'] else math.inf,
       train_loss_tail=float(np.mean(tail)) if tail else None,
       curve=curve,
     )
+
+
+def hyperparams(lr: float, knob: Knob) -> dict[str, np.float32]:
+  """A step's ``hp``: the learning rate and the knob, as float32 scalars (one
+  compilation serves every value)."""
+  return dict(
+    learning_rate=np.float32(lr),
+    **{key: np.float32(v) for key, v in knob.items()},
+  )
 
 
 # ---------------------------------------------------------------- tuning ---
@@ -359,10 +376,7 @@ def step_times(
   for r in range(p.timing_rounds + 1):
     for name, arm in arms.items():
       t = chosen[name]['tuning']
-      hp = dict(
-        learning_rate=np.float32(t['lr']),
-        **{k: np.float32(v) for k, v in t['knob'].items()},
-      )
+      hp = hyperparams(t['lr'], t['knob'])
       params, model_state, opt_state = carries[name]
       clock = time.perf_counter()
       out = jax.block_until_ready(
@@ -446,9 +460,7 @@ def run_task(
     )
   bar.set_postfix_str(f'{task.name}: timing')
   times = step_times(trainer, arms, main)
-  per_eval = {
-    n: times[n] / (p.batch * (2 if a.paired else 1)) for n, a in arms.items()
-  }
+  per_eval = {n: times[n] / trainer.cost(a) for n, a in arms.items()}
   ref = p.reference
   comparisons = []
   for name, arm in arms.items():

@@ -11,7 +11,8 @@ with Python (nothing is downloaded), as :class:`Task`:
   ``?``), cut into n non-overlapping windows of ``seq_len + 1`` characters;
   one window is one sample (mean next-character cross-entropy).
 
-Deep nets with a held-out split, for ``family.py``, as :class:`DeepTask`:
+Deep nets with a held-out split, for the study (``family.py``) and the
+quickstart, as :class:`DeepTask`:
 
 - :func:`transformer_task`: a pre-LayerNorm character transformer (pure
   JAX) on :func:`pydoc_text`, split 90/10 by position; a sample is a window
@@ -427,8 +428,9 @@ def flattened(
 ]:
   """``init`` and ``loss`` on the params as one flat float32 vector.
 
-  The optimizers of ``family.py`` are elementwise or use the global norm, so
-  a flat vector changes none of their updates (but the summation order of
+  For optimizers that are elementwise or use the global norm (not Muon-type
+  ones, which need the matrices: ``flat=False``), a flat vector changes none
+  of their updates (but the summation order of
   the norm); with one leaf in place of tens, XLA compiles an update 10-20x
   faster and runs it about 3x faster on a 2-core CPU.
   """
