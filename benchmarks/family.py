@@ -7,12 +7,16 @@ paired evaluation with 95% intervals, speedup at equal loss from the
 reference's runs at 0.5x to 4x its budget, interleaved step times). This
 file only says which tasks and arms it runs.
 
-Tasks (``benchmarks/tasks.py``, nothing downloaded): ``transformer``, the
-2-layer character transformer (d 64, 117k params) on the pydoc help text,
-its validation loss on all 666 windows of the held-out 10%; ``cnn``, the CNN
-with BatchNorm and dropout on sklearn's digits (loss on the whole test
-split). ``tasks.transformer_task(d=96)`` (2.1x the params) is ready for the
-next size; it is not in the plan yet.
+Tasks (``benchmarks/tasks.py``, nothing downloaded), 200 steps x 16
+windows on the transformers, 225 x 32 images on the CNN, 8 evaluation
+seeds each: ``transformer``, the 2-layer character transformer (d 64, 117k
+params) on the pydoc help text, its validation loss on all 666 windows of
+the held-out 10%, with every arm below; ``transformer_d96``, the same at
+d 96 (249k params, 2.1x), and ``cnn``, the CNN with BatchNorm and dropout on
+sklearn's digits (loss on the whole test split), each with the family's
+best member (MARS-M), its bases and its control. The ``long`` arms run
+again at twice the budget: Muon, MARS-M and its control everywhere, and
+MARS-AdamW and its control on the main transformer.
 
 Arms (clip = global norm 1 where the optimizer has one; library defaults for
 everything not named):
@@ -35,6 +39,7 @@ Run (from the repository root)::
 """
 
 import argparse
+import dataclasses
 import functools
 import pathlib
 import sys
@@ -112,7 +117,7 @@ ARMS: dict[str, study.Arm] = {
   'lion': study.Arm(
     'Lion', lion, -1, ({'b1': 0.9, 'b2': 0.99}, {'b1': 0.95, 'b2': 0.98})
   ),
-  'muon': study.Arm('Muon', muon, 4, ({'beta': 0.9}, {'beta': 0.95})),
+  'muon': study.Arm('Muon', muon, 8, ({'beta': 0.9}, {'beta': 0.95})),
   'mars_adamw': study.Arm(
     'MARS-AdamW',
     mars_adamw,
@@ -127,13 +132,20 @@ ARMS: dict[str, study.Arm] = {
   ),
   'mars_lion_g0': study.Arm('MARS-Lion γ=0', g0(mars_lion), -1, MOMENTA),
   'mars_muon': study.Arm(
-    'MARS-M', mars_muon, 4, MOMENTA, base='muon', control='mars_muon_g0'
+    'MARS-M', mars_muon, 8, MOMENTA, base='muon', control='mars_muon_g0'
   ),
-  'mars_muon_g0': study.Arm('MARS-M γ=0', g0(mars_muon), 4, MOMENTA),
+  'mars_muon_g0': study.Arm('MARS-M γ=0', g0(mars_muon), 8, MOMENTA),
   'storm': study.Arm(
     'STORM (exact)', storm, 15, ({'beta': 0.9}, {'beta': 0.99}), paired=True
   ),
 }
+
+
+# The study's main task (its d=96 twin has 2.1x the params).
+transformer_task = functools.partial(
+  tasks.transformer_task, flat=False, whole_split=True
+)
+LONG = ('muon', 'mars_muon', 'mars_muon_g0')
 
 
 def plan(mode: str) -> list[tuple[str, Any, study.Protocol, tuple[str, ...]]]:
@@ -148,7 +160,7 @@ def plan(mode: str) -> list[tuple[str, Any, study.Protocol, tuple[str, ...]]]:
       max_widen=0,
       checkpoints=2,
       curve_arms=('adamw',),
-      long_arms=('mars_muon',),
+      long_arms=('mars_muon', 'mars_muon_g0'),
       timing_rounds=2,
     )
     small = functools.partial(
@@ -160,41 +172,42 @@ def plan(mode: str) -> list[tuple[str, Any, study.Protocol, tuple[str, ...]]]:
       (
         'cnn',
         functools.partial(tasks.cnn_task, flat=False),
-        p,
+        dataclasses.replace(p, long_arms=()),
         ('adamw', 'mars_muon'),
       ),
     ]
-  main = study.Protocol(
-    batch=16,
-    budget=200 * 16,
-    tuning_seeds=(100, 101),
-    eval_seeds=tuple(range(8)),
-    checkpoints=4,
-    curve_arms=('adamw',),
-    long_arms=('muon', 'mars_muon'),
-  )
-  transformer = functools.partial(
-    tasks.transformer_task, flat=False, whole_split=True
-  )
+
+  def protocol(batch: int, steps: int, long_arms=LONG, **options):
+    return study.Protocol(
+      batch=batch,
+      budget=steps * batch,
+      tuning_seeds=(100, 101),
+      eval_seeds=tuple(range(8)),
+      checkpoints=4,
+      curve_arms=('adamw',),
+      long_arms=long_arms,
+      **options,
+    )
+
+  best = ('adamw', 'muon', 'mars_muon', 'mars_muon_g0')
   return [
     (
       'transformer',
-      transformer,
-      main,
-      ('adamw', 'muon', 'mars_muon', 'mars_muon_g0', 'mars_adamw'),
+      transformer_task,
+      protocol(16, 200, long_arms=LONG + ('mars_adamw', 'mars_adamw_g0')),
+      tuple(ARMS),
+    ),
+    (
+      'transformer_d96',
+      functools.partial(transformer_task, d=96),
+      protocol(16, 200),
+      best,
     ),
     (
       'cnn',
       functools.partial(tasks.cnn_task, flat=False),
-      study.Protocol(
-        batch=32,
-        budget=225 * 32,
-        tuning_seeds=(100, 101),
-        eval_seeds=tuple(range(8)),
-        checkpoints=4,
-        max_widen=6,
-      ),
-      ('adamw', 'muon', 'mars_muon', 'mars_muon_g0'),
+      protocol(32, 225, max_widen=6),
+      best,
     ),
   ]
 

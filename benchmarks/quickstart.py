@@ -11,14 +11,16 @@ baseline a user runs today, in about a minute on 2 CPU cores:
    ``clip_by_global_norm(0.25)`` + ``sgd(2.0)`` on minibatches of 32. What
    the variance-reduction theory bounds is the distance to a stationary
    point, the full-gradient norm; the script reports it and the loss.
-2. A small deep net: a 2-layer character transformer (d 64, 4 heads,
-   context 64) on the pydoc help text that ships with Python, 90/10
-   train/validation split, ``so.mars_adamw`` (approx mode: one gradient per
-   step, AdamW's cost) against ``clip_by_global_norm(1)`` + ``adamw``, both
-   at constant learning rates from the earlier constant-rate tuning, one
-   seed. Beside it the summary quotes the verdict of the paired-seed study
-   (``benchmarks/family.py``, whose results it reads from
-   ``benchmarks/results/family.json``): tuned methods, schedules, intervals.
+2. A small deep net: the 2-layer character transformer of the paired-seed
+   study (``benchmarks/family.py``: d 64, 4 heads, context 64, on the pydoc
+   help text that ships with Python, 90/10 train/validation split, the loss
+   on the whole validation split), the member the study recommends, MARS-M
+   (``so.mars_muon``, approx mode: one gradient per step), against
+   ``clip_by_global_norm(1)`` + ``adamw``. Both run the study's protocol
+   (warmup + cosine decay to 0, its budget) at the configurations the study
+   tuned for them (read from ``benchmarks/results/family.json``), on one
+   seed. Beside it the summary quotes the study's verdicts: 8 paired seeds,
+   95% intervals.
 
 The hyperparameters of (1) come from a small sweep at this budget (seed 0):
 spider lr in {0.3 ... 5}, c0 in {0.05 ... 5, None}, c1 in {0.05 ... 5, None};
@@ -54,6 +56,8 @@ import spider_optax as so
 if __package__ in (None, ''):  # python benchmarks/quickstart.py
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
+from benchmarks import family  # noqa: E402
+from benchmarks import study  # noqa: E402
 from benchmarks import tasks  # noqa: E402
 
 SPIDER: dict[str, Any] = dict(learning_rate=1.0, c0=0.1, c1=0.05)
@@ -111,14 +115,10 @@ def evaluator(task: tasks.Task) -> Callable[[Any], dict[str, jax.Array]]:
   return evaluate
 
 
-DEEP_STEPS = dict(full=400, quick=12)  # steps of both methods (batch 16)
-DEEP_EVALS = dict(full=8, quick=2)  # checkpoints after the first
-DEEP_BATCH = 16
-# The centres of the earlier constant-rate grids for this task (a coarse
-# sweep on seed 0, no schedule).
-ADAMW: dict[str, Any] = dict(learning_rate=2e-3, b1=0.9, b2=0.999)
-MARS: dict[str, Any] = dict(learning_rate=5e-3)
-DEEP_METHODS = ('mars_adamw', 'clip_adamw')
+DEEP_ARMS = ('mars_muon', 'adamw')  # the study's member, its reference
+DEEP_STEPS = dict(quick=12)  # full: the study's budget
+DEEP_EVALS = dict(full=8, quick=2)  # checkpoints along each run
+STUDY = pathlib.Path(__file__).resolve().parent / 'results' / 'family.json'
 
 TERMS = (
   (
@@ -129,14 +129,16 @@ TERMS = (
   ('passes', 'gradient evaluations / n: how many times the data was used'),
   (
     'train loss',
-    'the loss on the whole training set (digits), or on 256 '
-    'fixed windows of the training text (transformer)',
+    'the loss on the whole training set (digits), or the mean minibatch '
+    'loss over the last 10% of the steps (transformer)',
   ),
   ('|grad f|', 'the norm of the full gradient: 0 at a stationary point'),
-  ('val loss', 'the loss on 256 fixed windows of the held-out 10% of the text'),
+  ('val loss', 'the loss on the whole held-out 10% of the text (666 windows)'),
+  ('lr', 'the peak learning rate of the schedule, as the study tuned it'),
   (
     'wall s',
-    'seconds spent in the steps (compilation and checkpoints excluded)',
+    'seconds spent in the steps, compilation and checkpoints excluded '
+    '(digits; the study times the transformer steps)',
   ),
 )
 
@@ -175,60 +177,60 @@ def finite_sum(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
   return dict(config=config, methods=methods)
 
 
+def study_task(path: pathlib.Path = STUDY) -> dict[str, Any] | None:
+  """The study's transformer results (``benchmarks/family.py``'s committed
+  JSON), or None before it has run."""
+  if not path.exists():
+    return None
+  return json.loads(path.read_text())['tasks'].get('transformer')
+
+
 def deep_net(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
-  """so.mars_adamw against clip + AdamW on the character transformer."""
-  task = tasks.transformer_task()
+  """MARS-M against clip + AdamW on the study's transformer, one seed, at the
+  configurations and the budget the study chose (its arms' centres and
+  first knobs, and 200 steps, before it has run)."""
+  study_results = study_task()
   mode = 'quick' if args.quick else 'full'
-  steps = DEEP_STEPS[mode]
-  budget = steps * DEEP_BATCH
-  params, model_state = task.init(args.seed)
-  txs = dict(
-    mars_adamw=so.mars_adamw(**MARS),
-    clip_adamw=optax.chain(
-      optax.clip_by_global_norm(1.0), optax.adamw(**ADAMW)
-    ),
+  batch = 16 if study_results is None else study_results['protocol']['batch']
+  budget = (
+    DEEP_STEPS[mode] * batch
+    if mode == 'quick' or study_results is None
+    else study_results['protocol']['budget']
   )
-  methods = {}
-  for name, tx in txs.items():
-    grad = lambda p, idx: jax.grad(
-      lambda p: task.loss(p, model_state, task.take(task.data, idx))[0]
-    )(p)
-    step, _ = common.step_pair(lambda _, tx=tx: tx, grad)
-    methods[name] = common.run_budgeted(
-      common.Stepper(
-        init=tx.init,
-        step=functools.partial(jax.jit(step), None),
-        batch_size=DEEP_BATCH,
-        cost=DEEP_BATCH,
-      ),
-      params,
-      rng=np.random.default_rng(args.seed),
-      n=task.n_train,
-      budget=budget,
-      every=budget // DEEP_EVALS[mode],
-      evaluate=lambda p: task.evaluate(p, model_state),
-    ).record()
+  protocol = study.Protocol(
+    batch=batch, budget=budget, tuning_seeds=(), eval_seeds=(args.seed,)
+  )
+  trainer = study.Trainer(family.transformer_task(), protocol)
+  methods, config = {}, {}
+  for name in DEEP_ARMS:
+    arm = family.ARMS[name]
+    k_lr, knob = arm.lr_centre, arm.knobs[0]
+    if study_results is not None:
+      t = study_results['arms'][name]['tuning']
+      k_lr, knob = t['k_lr'], t['knob']
+    methods[name] = trainer.run(
+      name, arm, k_lr, knob, args.seed, budget, checkpoints=DEEP_EVALS[mode]
+    )
+    config[name] = dict(label=arm.label, lr=study.ladder(k_lr), **knob)
     bar.update()
   config = dict(
-    task=task.description,
-    batch_size=DEEP_BATCH,
+    task=trainer.task.description,
+    batch_size=batch,
     budget=budget,
     seed=args.seed,
-    mars_adamw=dict(MARS),
-    clip_adamw=dict(ADAMW, clip=1.0),
+    schedule=f'warmup {protocol.warmup:g} of the steps, cosine decay to 0',
+    tuned_by='benchmarks/family.py'
+    if study_results is not None
+    else 'nothing yet (the study has not run): arm centres',
+    **config,
   )
   return dict(config=config, methods=methods)
-
-
-STUDY = pathlib.Path(__file__).resolve().parent / 'results' / 'family.json'
 
 
 def study_verdict(path: pathlib.Path = STUDY) -> list[str]:
   """The paired-seed study's verdicts on the transformer against clip +
   AdamW (``benchmarks/family.py``'s committed results), one line each."""
-  if not path.exists():
-    return []
-  task = json.loads(path.read_text())['tasks'].get('transformer')
+  task = study_task(path)
   if task is None:
     return []
   lines = []
@@ -259,29 +261,27 @@ def study_verdict(path: pathlib.Path = STUDY) -> list[str]:
 
 
 def experiment(args: argparse.Namespace, bar: tqdm.tqdm) -> dict[str, Any]:
-  bar.reset(total=len(METHODS) + len(DEEP_METHODS))
+  bar.reset(total=len(METHODS) + len(DEEP_ARMS))
   results = dict(finite_sum=finite_sum(args, bar), deep_net=deep_net(args, bar))
   return dict(results, summary=summarize(results))
 
 
 def summarize(results: dict[str, Any]) -> dict[str, float]:
   """The figures the summary states, from the runs' last checkpoints."""
-  last = lambda part, name, key: results[part]['methods'][name]['curves'][key][
+  fs = lambda name, key: results['finite_sum']['methods'][name]['curves'][key][
     -1
   ]
-  fs = lambda name, key: last('finite_sum', name, key)
-  dn = lambda name, key: last('deep_net', name, key)
+  dn = results['deep_net']['methods']
+  member, reference = (dn[name] for name in DEEP_ARMS)
   return dict(
     spider_grad_norm=fs('spider', 'grad_norm'),
     sgd_grad_norm=fs('clipped_sgd', 'grad_norm'),
     grad_norm_ratio=fs('clipped_sgd', 'grad_norm') / fs('spider', 'grad_norm'),
     spider_loss=fs('spider', 'loss'),
     sgd_loss=fs('clipped_sgd', 'loss'),
-    mars_val_loss=dn('mars_adamw', 'val_loss'),
-    adamw_val_loss=dn('clip_adamw', 'val_loss'),
-    val_loss_gap=dn('clip_adamw', 'val_loss') - dn('mars_adamw', 'val_loss'),
-    mars_train_loss=dn('mars_adamw', 'train_loss'),
-    adamw_train_loss=dn('clip_adamw', 'train_loss'),
+    member_val_loss=member['final_val_loss'],
+    adamw_val_loss=reference['final_val_loss'],
+    val_loss_gap=reference['final_val_loss'] - member['final_val_loss'],
   )
 
 
@@ -290,6 +290,7 @@ def summary_text(results: dict[str, Any]) -> str:
   s, fs, dn = results['summary'], results['finite_sum'], results['deep_net']
   passes = fs['config']['budget'] / fs['config']['n']
   better = 'lower' if s['val_loss_gap'] > 0 else 'higher'
+  member, reference = (dn['config'][name]['label'] for name in DEEP_ARMS)
   return '\n'.join(
     [
       'Summary',
@@ -300,11 +301,10 @@ def summary_text(results: dict[str, Any]) -> str:
       f'{s["sgd_grad_norm"]:.2g}); training loss {s["spider_loss"]:.4f} '
       f'against {s["sgd_loss"]:.4f}.',
       f'- Small deep net (char transformer), {dn["config"]["budget"]} sequence '
-      'gradients each: so.mars_adamw ends with a validation loss of '
-      f'{s["mars_val_loss"]:.3f} against {s["adamw_val_loss"]:.3f} for clip + '
-      f'AdamW ({abs(s["val_loss_gap"]):.3f} {better}); training loss '
-      f'{s["mars_train_loss"]:.3f} against {s["adamw_train_loss"]:.3f}. One '
-      'seed, constant learning rates, untuned.',
+      f'gradients each, warmup + cosine: {member} ends with a validation loss '
+      f'of {s["member_val_loss"]:.3f} against {s["adamw_val_loss"]:.3f} for '
+      f'{reference} ({abs(s["val_loss_gap"]):.3f} {better}), one seed, at the '
+      'configurations the study tuned.',
       *study_verdict(),
     ]
   )
@@ -312,24 +312,24 @@ def summary_text(results: dict[str, Any]) -> str:
 
 # Each table's columns: (header, width, the value of a run).
 FINITE_SUM_COLUMNS = (
+  ('steps', 6, lambda r, n: str(r['steps'])),
+  ('grad evals', 10, lambda r, n: str(r['oracle_calls'])),
   ('passes', 7, lambda r, n: f'{r["oracle_calls"] / n:.1f}'),
   ('train loss', 10, lambda r, n: f'{r["curves"]["loss"][-1]:.5f}'),
   ('|grad f|', 9, lambda r, n: f'{r["curves"]["grad_norm"][-1]:.5f}'),
+  ('wall s', 7, lambda r, n: f'{r["wall_time_s"]:.2f}'),
 )
 DEEP_NET_COLUMNS = (
-  ('train loss', 10, lambda r, n: f'{r["curves"]["train_loss"][-1]:.4f}'),
-  ('val loss', 9, lambda r, n: f'{r["curves"]["val_loss"][-1]:.4f}'),
+  ('steps', 6, lambda r, n: str(r['steps'])),
+  ('grad evals', 10, lambda r, n: str(r['grad_evals'])),
+  ('lr', 8, lambda r, n: f'{r["lr"]:.3g}'),
+  ('train loss', 10, lambda r, n: f'{r["train_loss_tail"]:.4f}'),
+  ('val loss', 9, lambda r, n: f'{r["final_val_loss"]:.4f}'),
 )
 
 
 def table(title: str, part: dict[str, Any], columns: tuple, n: int) -> list:
-  """A part's table: steps, gradient evaluations, its columns, wall time."""
-  columns = (
-    ('steps', 6, lambda r, n: str(r['steps'])),
-    ('grad evals', 10, lambda r, n: str(r['oracle_calls'])),
-    *columns,
-    ('wall s', 7, lambda r, n: f'{r["wall_time_s"]:.2f}'),
-  )
+  """A part's table: a row per method, a column per entry of ``columns``."""
   header = f'{"method":<12}' + ''.join(f' {h:>{w}}' for h, w, _ in columns)
   rows = [
     f'{name:<12}' + ''.join(f' {cell(r, n):>{w}}' for _, w, cell in columns)
@@ -361,13 +361,19 @@ def plots(results: dict[str, Any], plot_dir: pathlib.Path) -> list[str]:
   panels = (
     (fs, 'loss', 1 / n, '1. digits: full training loss', 'passes', 'log'),
     (fs, 'grad_norm', 1 / n, '1. digits: |grad f|', 'passes', 'log'),
-    (dn, 'val_loss', 1.0, '2. transformer: val loss', 'sequences', 'linear'),
   )
   for ax, (part, key, scale, title, xlabel, yscale) in zip(axes, panels):
     for name, r in part['methods'].items():
       c = r['curves']
       ax.plot(np.asarray(c['oracle_calls']) * scale, c[key], label=name)
     common.label_axes(ax, xlabel, title, yscale=yscale, legend=True)
+  ax = axes[-1]
+  for name, r in dn['methods'].items():
+    label = dn['config'][name]['label']
+    ax.plot(r['curve']['grad_evals'], r['curve']['val_loss'], label=label)
+  common.label_axes(
+    ax, 'sequences', '2. transformer: val loss (one seed)', legend=True
+  )
   fig.suptitle(
     'spider-optax against what you use today, at equal gradient evaluations',
     fontsize=10,

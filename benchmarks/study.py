@@ -103,7 +103,8 @@ class Protocol:
     curve_budgets: multiples of ``budget`` (1 included).
     long_arms: arms also tuned (learning rate only) and evaluated at
       ``long_budget`` times the budget; each is compared there with its base
-      (an arm of ``long_arms`` too, or of ``curve_arms``).
+      and its control (each an arm of ``long_arms`` too, or of
+      ``curve_arms``).
     long_budget: that multiple (in ``curve_budgets`` for the bases).
     timing_rounds: rounds of the interleaved step timing.
   """
@@ -483,17 +484,17 @@ def run_task(
           )
         )
   for name, result in long.items():
-    base = arms[name].base
-    other = long.get(base) or curves.get(base, {}).get(p.long_budget)
-    if other is not None:
-      comparisons.append(
-        compare(
-          f'{name} vs {base} at {p.long_budget:g}x budget',
-          result,
-          other,
-          curves.get(base),
+    for base in (arms[name].base, arms[name].control):
+      other = long.get(base) or curves.get(base, {}).get(p.long_budget)
+      if base is not None and other is not None:
+        comparisons.append(
+          compare(
+            f'{name} vs {base} at {p.long_budget:g}x budget',
+            result,
+            other,
+            curves.get(base),
+          )
         )
-      )
   budgets_ref = sorted(curves.get(ref, {}))
   power = None
   if len(budgets_ref) >= 2:

@@ -107,6 +107,11 @@ def test_comparisons_are_the_paired_differences(quick_run):
         assert f'{name} vs adamw' in names
     if 'muon' in arms:
       assert {'mars_muon vs muon', 'mars_muon vs mars_muon_g0'} <= names
+  # At the long budget, each long arm against its long control.
+  names = {
+    c['comparison'] for c in results['tasks']['transformer']['comparisons']
+  }
+  assert 'mars_muon vs mars_muon_g0 at 2x budget' in names
 
 
 def test_the_reference_curve_and_power(quick_run):
