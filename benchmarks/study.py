@@ -255,6 +255,54 @@ def config_key(k_lr: int, knob: Knob) -> str:
   )
 
 
+def search(
+  score: Callable[[int, int], float],
+  ks: Sequence[int],
+  n_knobs: int,
+  *,
+  max_widen: int,
+  bounds: tuple[int, int] | None = None,
+) -> Results:
+  """The best of a grid of ladder indices ``ks`` times ``n_knobs`` knob
+  values, widened while its learning rate is at an edge.
+
+  Args:
+    score: ``score(k, j)``, the loss of ladder value ``k`` with knob ``j``
+      (inf when it diverged); lower is better.
+    ks: the first ladder indices.
+    n_knobs: the number of knob values, tried at every index.
+    max_widen: at most this many indices added, each the next one beyond the
+      edge where the best sits.
+    bounds: the lowest and highest index the ladder has, if it ends.
+
+  Returns:
+    ``k`` and ``j`` of the best, its ``score``, ``edge`` (whether its index
+    is still the smallest or largest tried), ``ks`` (every index tried, in
+    order), ``scores`` keyed by ``(k, j)`` and ``widened``.
+  """
+  ks = sorted(ks)
+  scores = {(k, j): score(k, j) for k in ks for j in range(n_knobs)}
+  lo, hi = bounds or (-math.inf, math.inf)
+  widened = 0
+  while True:
+    (k, j), best = min(scores.items(), key=lambda kv: kv[1])
+    edge = k in (ks[0], ks[-1])
+    new = k + (1 if k == ks[-1] else -1)
+    if (
+      not edge
+      or widened >= max_widen
+      or not math.isfinite(best)
+      or not lo <= new <= hi
+    ):
+      break
+    ks = sorted([*ks, new])
+    scores.update({(new, i): score(new, i) for i in range(n_knobs)})
+    widened += 1
+  return dict(
+    k=k, j=j, score=best, edge=edge, ks=ks, scores=scores, widened=widened
+  )
+
+
 def tune(
   trainer: Trainer,
   name: str,
@@ -265,46 +313,35 @@ def tune(
   knobs: Sequence[Knob],
   bar: tqdm.tqdm,
 ) -> Results:
-  """The grid on the tuning seeds, widened while the best is at an edge."""
+  """The grid on the tuning seeds (:func:`search`)."""
   p = trainer.protocol
-  ks = list(range(centre - (p.lrs - 1) // 2, centre + p.lrs // 2 + 1))
-  scores: dict[tuple[int, int], float] = {}
+  ks = range(centre - (p.lrs - 1) // 2, centre + p.lrs // 2 + 1)
   runs: dict[str, list[float]] = {}
 
-  def run_lr(k):
-    for j, knob in enumerate(knobs):
-      finals = []
-      for seed in p.tuning_seeds:
-        bar.set_postfix_str(f'{name} tune {config_key(k, knob)} s{seed}')
-        r = trainer.run(name, arm, k, knob, seed, budget)
-        finals.append(r['final_val_loss'])
-        bar.update(1)
-      runs[config_key(k, knob)] = finals
-      scores[k, j] = float(np.mean(finals))
+  def score(k: int, j: int) -> float:
+    if k not in ks and j == 0:  # widening: more runs than planned
+      bar.total += len(knobs) * len(p.tuning_seeds)
+    finals = []
+    for seed in p.tuning_seeds:
+      bar.set_postfix_str(f'{name} tune {config_key(k, knobs[j])} s{seed}')
+      r = trainer.run(name, arm, k, knobs[j], seed, budget)
+      finals.append(r['final_val_loss'])
+      bar.update(1)
+    runs[config_key(k, knobs[j])] = finals
+    return float(np.mean(finals))
 
-  for k in ks:
-    run_lr(k)
-  widened = 0
-  while True:
-    (k_best, j_best), best = min(scores.items(), key=lambda kv: kv[1])
-    edge = k_best in (min(ks), max(ks))
-    if not edge or widened >= p.max_widen or not math.isfinite(best):
-      break
-    new = k_best + (1 if k_best == max(ks) else -1)
-    bar.total += len(knobs) * len(p.tuning_seeds)
-    ks.append(new)
-    run_lr(new)
-    widened += 1
+  best = search(score, ks, len(knobs), max_widen=p.max_widen)
+  k_best, knob = best['k'], dict(knobs[best['j']])
   return dict(
     k_lr=k_best,
     lr=ladder(k_best),
-    knob=dict(knobs[j_best]),
-    config=config_key(k_best, knobs[j_best]),
-    score=best,
-    edge=edge,
-    lr_grid=[ladder(k) for k in sorted(ks)],
-    n_configs=len(scores),
-    widened=widened,
+    knob=knob,
+    config=config_key(k_best, knob),
+    score=best['score'],
+    edge=best['edge'],
+    lr_grid=[ladder(k) for k in best['ks']],
+    n_configs=len(best['scores']),
+    widened=best['widened'],
     runs=runs,
   )
 

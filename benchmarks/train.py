@@ -34,8 +34,11 @@ the ``clip_by_global_norm`` threshold); sarah and svrg, which have no
 threshold, run 9 learning rates from a finer ladder. Every lr grid is a
 window of a shared ladder (``LADDER``, ``FINE_LADDER``, which contains it,
 and ``ADAM_LADDER``, since Adam's lr has other units), placed per method so
-that its best is interior. The run with the lowest final full training loss
-is that method's result (diverged runs are never picked), and the output
+that its best is interior, and widened by the study harness's grid search
+(``benchmarks/study.py``'s ``search``: up to 3 more ladder values in full
+mode, each beyond the edge where the best sits). The run with the lowest
+final full training loss is that method's result (diverged runs are never
+picked), and the output
 flags (``edge``: true; ``edge_lr``, ``edge_clip``) every best that sits at
 the smallest or largest value of its lr or scale grid, so a grid that is too
 narrow cannot pass unnoticed. The gradients are jitted once per task and the
@@ -77,6 +80,7 @@ import spider_optax as so
 if __package__ in (None, ''):  # python benchmarks/train.py
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
+from benchmarks import study  # noqa: E402
 from benchmarks import tasks  # noqa: E402
 
 METHODS = ('spider', 'sarah', 'svrg', 'clipped_sgd', 'clipped_adam')
@@ -123,6 +127,13 @@ FINE_LADDER = (
   100.0,
 )
 ADAM_LADDER = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+LADDERS = dict(
+  spider=LADDER,
+  sarah=FINE_LADDER,
+  svrg=FINE_LADDER,
+  clipped_sgd=LADDER,
+  clipped_adam=ADAM_LADDER,
+)
 QUICK: dict[str, Any] = dict(  # the quick mode of every task
   lr_grid=dict(
     spider=(0.3, 1.0),
@@ -133,6 +144,7 @@ QUICK: dict[str, Any] = dict(  # the quick mode of every task
   ),
   clip_scale_grid=(1.0,),
   eval_every_passes=1,
+  max_widen=0,
 )
 
 # Per-task settings. ``budget`` and ``eval_every`` are in passes (units of n).
@@ -157,6 +169,7 @@ TASKS: dict[str, dict[str, Any]] = dict(
         clipped_adam=(1e-3, 3e-3, 1e-2),
       ),
       clip_scale_grid=(0.3, 1.0, 3.0),
+      max_widen=3,
     ),
     quick=dict(QUICK, budget_passes=8),
     # Base thresholds: quickstart.py's tuned values for this model (Adam:
@@ -178,6 +191,7 @@ TASKS: dict[str, dict[str, Any]] = dict(
         clipped_adam=(1e-2, 3e-2, 1e-1),
       ),
       clip_scale_grid=(0.3, 1.0, 3.0),
+      max_widen=3,
     ),
     quick=dict(QUICK, n=256, budget_passes=6),
     # Base thresholds: the centres of the grids, placed by a coarse sweep
@@ -400,35 +414,52 @@ def run_task(name: str, mode: str, seed: int, bar: tqdm.tqdm) -> dict[str, Any]:
     eval_every=every,
     methods={},
   )
-  for method in METHODS:
+
+  def searched(method: str) -> dict[str, Any]:
+    """The method's lr x threshold grid (``study.search``) and its best."""
     lrs, scales = method_grid(method, mode_settings)
-    runs, config = {}, {}
-    for scale in scales:
+    ladder = LADDERS[method]
+    runs, steppers = {}, {}
+
+    def score(k: int, j: int) -> float:
+      lr, scale = ladder[k], scales[j]
       clip = clip_thresholds(method, settings, scale)
-      stepper, config = method_steppers(method, n, clip, fns)
-      for lr in lrs:
-        key = run_key(lr, clip)
-        bar.set_postfix_str(f'{name}/{method} {key}')
-        run = common.run_budgeted(
-          stepper(jnp.float32(lr)),
-          task.params,
-          rng=np.random.default_rng(seed),
-          n=n,
-          budget=budget,
-          every=every,
-          evaluate=evaluate,
-        ).record()
-        final = {
-          f'final_{k}': None if run['diverged'] else run['curves'][k][-1]
-          for k in ('loss', 'grad_norm')
-        }
-        runs[key] = dict(
-          learning_rate=lr, clip_scale=scale, clip=clip, **run, **final
-        )
-        bar.update(1)
-    result['methods'][method] = best_of(
-      method, runs, lrs, scales, config, settings
+      if j not in steppers:  # one compilation per threshold
+        steppers[j] = method_steppers(method, n, clip, fns)
+      stepper, _ = steppers[j]
+      key = run_key(lr, clip)
+      bar.set_postfix_str(f'{name}/{method} {key}')
+      run = common.run_budgeted(
+        stepper(jnp.float32(lr)),
+        task.params,
+        rng=np.random.default_rng(seed),
+        n=n,
+        budget=budget,
+        every=every,
+        evaluate=evaluate,
+      ).record()
+      final = {
+        f'final_{c}': None if run['diverged'] else run['curves'][c][-1]
+        for c in ('loss', 'grad_norm')
+      }
+      runs[key] = dict(
+        learning_rate=lr, clip_scale=scale, clip=clip, **run, **final
+      )
+      bar.update(1)
+      return math.inf if run['diverged'] else final['final_loss']
+
+    best = study.search(
+      score,
+      [ladder.index(lr) for lr in lrs],
+      len(scales),
+      max_widen=mode_settings['max_widen'],
+      bounds=(0, len(ladder) - 1),
     )
+    lrs = tuple(ladder[k] for k in best['ks'])
+    return best_of(method, runs, lrs, scales, steppers[0][1], settings)
+
+  for method in METHODS:
+    result['methods'][method] = searched(method)
   return result
 
 

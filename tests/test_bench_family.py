@@ -179,3 +179,26 @@ def test_paired_cnn_step_shares_batch_and_dropout_key():
   # Evaluation mode (no key) uses the running statistics, unchanged.
   _, same = task.loss(params, stats, batch)
   jax.tree.map(np.testing.assert_array_equal, same, stats)
+
+
+def test_search_widens_until_interior_within_bounds():
+  """The grid grows by one index beyond the edge where the best sits, until
+  the best is interior, ``max_widen`` is spent or the ladder ends."""
+  calls = []
+
+  def score(k, j):
+    calls.append((k, j))
+    return (k - 5) ** 2 + 0.5 * j
+
+  best = study.search(score, [0, 1, 2], 2, max_widen=10)
+  assert (best['k'], best['j'], best['edge']) == (5, 0, False)
+  assert best['ks'] == list(range(7)) and best['widened'] == 4
+  assert len(calls) == len(set(calls)) == len(best['scores']) == 14
+  short = study.search(score, [0, 1, 2], 1, max_widen=1)
+  assert (short['k'], short['edge'], short['ks']) == (3, True, [0, 1, 2, 3])
+  ends = study.search(score, [0, 1, 2], 1, max_widen=10, bounds=(0, 3))
+  assert (ends['k'], ends['edge'], ends['widened']) == (3, True, 1)
+  low = study.search(score, [8, 9, 10], 1, max_widen=10)
+  assert (low['k'], low['ks'][0], low['edge']) == (5, 4, False)
+  diverged = study.search(lambda k, j: math.inf, [0, 1], 1, max_widen=5)
+  assert diverged['widened'] == 0 and diverged['edge']
