@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
+from spider_optax import _arrays
 from spider_optax import _buffers
 from spider_optax import _checks
+from spider_optax import _masks
 from spider_optax import previous
 
 
@@ -34,6 +36,7 @@ class RecursiveCorrectionState(NamedTuple):
   prev_grads: optax.Updates | None
 
 
+@_arrays.scalar_leaves
 def recursive_correction(
   beta: chex.Numeric,
   gamma: optax.ScalarOrSchedule = 1.0,
@@ -91,9 +94,12 @@ def recursive_correction(
       :math:`k = 0, 1, \ldots`).
     approx: use the previous step's gradient for :math:`g'_k` (one gradient
       per step) instead of ``prev_grads``.
-    mask: a tree of bools with the structure of the params, or a callable
-      that returns one from the gradients; leaves where it is False pass
-      through uncorrected (:math:`c_k = g_k`). None corrects every leaf.
+    mask: what :func:`optax.masked` takes: a tree of bools with the
+      structure of the params or a prefix of it, or a callable that returns
+      one from the gradients; leaves where it is False pass through
+      uncorrected (:math:`c_k = g_k`). None corrects every leaf. Anything
+      else (string labels, bool arrays, traced bools) is refused, naming
+      the leaf.
       Under ``optax.inject_hyperparams`` a callable mask must be named in
       ``static_args``.
     state_dtype: dtype of the kept gradient (approx mode) and of the emitted
@@ -122,15 +128,7 @@ def recursive_correction(
   name = f'recursive_correction(approx={approx})'
 
   def mask_of(tree):
-    mask_tree = mask(tree) if callable(mask) else mask
-    if mask_tree is None:
-      return jax.tree.map(lambda _: True, tree)
-    if jax.tree.structure(mask_tree) != jax.tree.structure(tree):
-      raise ValueError(
-        f'mask has tree structure {jax.tree.structure(mask_tree)} but grads '
-        f'have {jax.tree.structure(tree)}: give one bool per leaf.'
-      )
-    return mask_tree
+    return _masks.resolve(mask, tree)
 
   def kept(tree, mask_tree, keep):
     # Approx mode keeps g_{k-1} only where it corrects: MaskedNode elsewhere
@@ -253,6 +251,7 @@ class CorrectedMomentumState(NamedTuple):
   buffer: optax.Updates
 
 
+@_arrays.scalar_leaves
 def corrected_momentum(
   beta: chex.Numeric,
   gamma: chex.Numeric,

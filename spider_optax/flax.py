@@ -51,14 +51,56 @@ def prev_params(
   ``nnx.state(model, optimizer.wrt)``. With ``so.spider(..., lean=True)``
   pass the ``model``: the previous point is rebuilt from its params.
   """
+  if not isinstance(optimizer, nnx.Optimizer) and isinstance(
+    model, nnx.Optimizer
+  ):
+    raise TypeError(
+      'so.flax.prev_params(optimizer, model) takes the nnx.Optimizer first, '
+      'then the model: they are swapped.'
+    )
+  _check_pair('prev_params', optimizer=optimizer, model=model)
   params = None if model is None else nnx.state(model, optimizer.wrt)
   return _prev_pure(optimizer, params)
+
+
+def _check_pair(name: str, *, model: Any, optimizer: Any) -> None:
+  """TypeError unless the model and optimizer are what they should be.
+
+  ``model`` an nnx.Module (or None), ``optimizer`` an nnx.Optimizer; the
+  message says when the two are swapped.
+  """
+  if isinstance(model, nnx.Optimizer) and isinstance(optimizer, nnx.Module):
+    raise TypeError(
+      f'so.flax.{name} takes (model, optimizer): the model and the optimizer '
+      'are swapped.'
+    )
+  if not isinstance(optimizer, nnx.Optimizer):
+    raise TypeError(
+      f'so.flax.{name} needs an nnx.Optimizer, e.g. nnx.Optimizer(model, '
+      f'so.spider(...), wrt=nnx.Param), got {type(optimizer).__name__}.'
+    )
+  if model is not None and not isinstance(model, nnx.Module):
+    raise TypeError(
+      f'so.flax.{name} needs the nnx.Module that the optimizer updates, got '
+      f'{type(model).__name__}.'
+    )
 
 
 def _prev_pure(optimizer: nnx.Optimizer, params: nnx.State | None) -> Any:
   """x_{k-1} as plain arrays, rebuilt from ``params`` for a lean state."""
   pure = None if params is None else nnx.as_pure(params)
-  return lookup.prev_params(nnx.as_pure(optimizer.opt_state), pure)
+  try:
+    return lookup.prev_params(nnx.as_pure(optimizer.opt_state), pure)
+  except lookup.NoPrevParamsError:
+    raise lookup.NoPrevParamsError(
+      'This nnx.Optimizer keeps no previous parameters, so there is no '
+      'second point for a paired gradient. Build it on a paired-gradient '
+      'optimizer, e.g. '
+      'nnx.Optimizer(model, so.spider(...), wrt=nnx.Param) (or so.storm, '
+      'so.mars_adamw(..., approx=False)); a one-gradient optimizer (plain '
+      'optax, or MARS in approx mode) takes nnx.grad(loss_fn)(model) '
+      'instead.'
+    ) from None
 
 
 def _loss_of_params(
@@ -82,9 +124,11 @@ def _loss_of_params(
   graphdef, params, rest = nnx.split(model, optimizer.wrt, ...)
   rest = nnx.as_pure(rest)
 
+  checked = paired.checked_loss(loss_fn, has_aux)
+
   def loss_of_params(p, *args, **kwargs):
     copy = nnx.merge(graphdef, p, rest)
-    out = loss_fn(copy, *args, **kwargs)
+    out = checked(copy, *args, **kwargs)
     loss, aux = out if has_aux else (out, None)
     return loss, (aux, nnx.as_pure(nnx.split(copy, optimizer.wrt, ...)[2]))
 
@@ -116,6 +160,7 @@ def prev_model(model: nnx.Module, optimizer: nnx.Optimizer) -> nnx.Module:
   RNG counters) is copied from ``model``, so running the copy leaves
   ``model`` as it was.
   """
+  _check_pair('prev_model', model=model, optimizer=optimizer)
   copy = nnx.clone(model)
   nnx.update(copy, _prev_like(nnx.state(model, optimizer.wrt), optimizer))
   return copy
@@ -206,6 +251,7 @@ def _nnx_form(
     )
 
   def on_model(model, optimizer, *batch, **kwargs):
+    _check_pair(f'{name}(loss_fn)', model=model, optimizer=optimizer)
     loss_of_params, params = _loss_of_params(loss_fn, model, optimizer, has_aux)
     (value, grads), (prev_value, prev_grads), *variance = (
       paired.paired_value_and_grad(loss_of_params, True, **options)(

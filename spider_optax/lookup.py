@@ -69,6 +69,10 @@ def estimator_state(state: Any) -> SpiderEstimatorState | LeanSpiderState:
   )
 
 
+class NoPrevParamsError(ValueError):
+  """A state without previous parameters (no paired-gradient estimator)."""
+
+
 def prev_params(state: Any, params: optax.Params | None = None) -> optax.Params:
   """The previous parameters :math:`x_{k-1}` kept by a paired-gradient state.
 
@@ -124,8 +128,21 @@ def prev_params(state: Any, params: optax.Params | None = None) -> optax.Params:
       'instead, in one jitted step: so.paired_grad(loss_fn, '
       'microbatches=k)(params, so.prev_params(state), batch).'
     )
+  found = [value for _, value in found_with_path]
   lean = find_all(state, LeanSpiderState)
-  if lean:
+  if lean and not found:  # (a kept copy, e.g. keep_prev_params, comes first)
+    if len(lean) > 1 or any(
+      _is_masked(x)
+      for x in jax.tree.leaves(lean[0].estimate, is_leaf=_is_masked)
+    ):
+      raise ValueError(
+        'so.spider(..., lean=True) sits inside optax.masked, '
+        'optax.partition or multi_transform here: it holds only its '
+        "group's leaves, so it cannot rebuild the whole model's previous "
+        'params for the paired gradient. Put so.keep_prev_params() first '
+        'in the chain, outside the partition (so.prev_params then reads its '
+        'copy), or use lean=False.'
+      )
     if params is None:
       raise ValueError(
         'This optimizer state is lean (so.spider(..., lean=True)): it keeps '
@@ -133,30 +150,33 @@ def prev_params(state: Any, params: optax.Params | None = None) -> optax.Params:
         'ones. Call so.prev_params(state, params) with the params of this '
         'step.'
       )
-    return rebuild_prev_params(
-      find_one(state, LeanSpiderState, what='lean spider', build=''), params
-    )
-  found = [value for _, value in found_with_path]
+    return rebuild_prev_params(lean[0], params)
   if not found:
-    raise ValueError(
+    raise NoPrevParamsError(
       'This optimizer state keeps no previous parameters. Build the '
       'optimizer with so.spider(...), so.storm(...) or '
       'so.mars_adamw(..., approx=False), then pass the state that tx.init '
       f'returned. {_checks.RESTORE_HINT}'
     )
-  return _merged(found)
+  kept = [
+    any(getattr(k, 'tuple_name', None) == 'KeepPrevParamsState' for k in path)
+    for path, _ in found_with_path
+  ]
+  return _merged(found, kept)
 
 
 def _is_masked(x: Any) -> bool:
   return isinstance(x, optax.MaskedNode)
 
 
-def _merged(found: list[Any]) -> optax.Params:
+def _merged(found: list[Any], kept: list[bool]) -> optax.Params:
   """One x_{k-1} from every kept copy: each leaf from a copy that has it.
 
   Inside ``optax.partition``, ``multi_transform`` or ``masked`` an estimator
-  keeps only its group's leaves (``optax.MaskedNode`` elsewhere); the copies
-  hold the same params of the last update where they overlap.
+  keeps only its group's leaves (``optax.MaskedNode`` elsewhere). Two
+  estimators may not both keep a leaf (which of them is the paired gradient
+  for?); :func:`keep_prev_params` (``kept``) may overlap any of them, as it
+  holds the same params of the last update.
   """
   flat = [jax.tree_util.tree_flatten(f, is_leaf=_is_masked) for f in found]
   if any(treedef != flat[0][1] for _, treedef in flat):
@@ -165,6 +185,24 @@ def _merged(found: list[Any]) -> optax.Params:
       'for different params; so.prev_params needs one model. Pass the '
       'sub-state of the one you mean.'
     )
+  paths = [
+    jax.tree_util.keystr(path)
+    for path, _ in jax.tree_util.tree_flatten_with_path(
+      found[0], is_leaf=_is_masked
+    )[0]
+  ]
+  for i, column in enumerate(zip(*(leaves for leaves, _ in flat))):
+    holders = [
+      x for x, keep in zip(column, kept) if not keep and not _is_masked(x)
+    ]
+    if len(holders) > 1:
+      raise ValueError(
+        f'This optimizer state holds {len(holders)} paired-gradient '
+        f'estimators that each keep the previous params of params{paths[i]}: '
+        'so.prev_params cannot tell which one the paired gradient is for. '
+        'Give each leaf one estimator (optax.partition, or optax.masked), '
+        'or pass the sub-state of the one you mean.'
+      )
   leaves = [
     next((x for x in column if not _is_masked(x)), column[0])
     for column in zip(*(leaves for leaves, _ in flat))

@@ -136,7 +136,9 @@ def paired_value_and_grad(
     ``(value_and_grad at params, value_and_grad at prev_params)``, and with
     ``split_batch`` the float32 variance estimate as a third element.
   """
-  value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
+  value_and_grad = jax.value_and_grad(
+    checked_loss(loss_fn, has_aux), has_aux=has_aux
+  )
 
   def one_pair(params, prev_params, *args, **kwargs):
     _checks.check_trees_match(
@@ -170,6 +172,15 @@ def paired_value_and_grad(
         f'split_batch=True needs a batch of at least 2 samples, got {b}.'
       )
     m = b // 2
+    if m % microbatches or (b - m) % microbatches:
+      k = microbatches
+      raise ValueError(
+        f'split_batch=True with microbatches={k}: each half of the batch of '
+        f'{b} samples ({m} and {b - m}) is accumulated over {k} '
+        f'micro-batches, so {k} must divide both. Use a batch that is a '
+        f'multiple of {2 * k}, fewer microbatches, or drop split_batch=True '
+        '(or microbatches=) to keep this batch size.'
+      )
     first, second = (
       paired(
         params,
@@ -192,6 +203,43 @@ def paired_value_and_grad(
     return mean(first[0], second[0]), mean(first[1], second[1]), variance
 
   return paired_halves
+
+
+def checked_loss(
+  loss_fn: Callable[..., Any], has_aux: bool
+) -> Callable[..., Any]:
+  """``loss_fn``, whose output is checked to fit ``has_aux`` when traced.
+
+  With ``has_aux=True`` it must return a pair ``(loss, aux)``; without, one
+  scalar: the message says which flag to change (jax.value_and_grad's own
+  errors name neither).
+  """
+
+  def checked(*args, **kwargs):
+    out = loss_fn(*args, **kwargs)
+    pair = isinstance(out, (tuple, list)) and len(out) == 2
+    if has_aux and not pair:
+      raise TypeError(
+        'has_aux=True needs loss_fn to return a pair (loss, aux), got '
+        f'{_kind(out)}. Return (loss, aux), or drop has_aux=True for a loss '
+        'that returns only the scalar loss.'
+      )
+    if not has_aux and isinstance(out, (tuple, list)):
+      raise TypeError(
+        f'loss_fn returned {_kind(out)} where a scalar loss is needed. If it '
+        'returns (loss, aux), pass has_aux=True.'
+      )
+    return out
+
+  return checked
+
+
+def _kind(value: Any) -> str:
+  if isinstance(value, (tuple, list)):
+    return f'a {type(value).__name__} of {len(value)}'
+  if hasattr(value, 'shape'):
+    return f'an array of shape {tuple(value.shape)}'
+  return f'a {type(value).__name__}'
 
 
 def _default_vectorized() -> bool:

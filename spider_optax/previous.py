@@ -5,6 +5,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from spider_optax import _arrays
 from spider_optax import _buffers
 from spider_optax import _checks
 
@@ -48,6 +49,7 @@ class KeepPrevParamsState(NamedTuple):
   prev_params: optax.Params
 
 
+@_arrays.scalar_leaves
 def keep_prev_params() -> optax.GradientTransformationExtraArgs:
   r"""Keeps the whole model's previous parameters :math:`x_{k-1}`.
 

@@ -1,12 +1,14 @@
 """Wrappers that make SPIDER robust in real training loops."""
 
 import numbers
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from spider_optax import _arrays
 from spider_optax import _checks
 
 
@@ -20,16 +22,47 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(checked)) if checked else jnp.array(True)
 
 
+def _count_limit(value: Any) -> Any:
+  """``max_consecutive_errors`` checked: an int >= 0.
+
+  A Python or NumPy int is checked now. An integer scalar array (what
+  ``optax.inject_hyperparams`` passes, traced under jit) is checked when the
+  step runs (``_checks.error_if``), as optax's own ``apply_if_finite``
+  takes it.
+  """
+  message = 'max_consecutive_errors must be an int >= 0, got {}.'
+  dtype = getattr(value, 'dtype', None)
+  if isinstance(value, (bool, np.bool_)) or (
+    dtype is not None and dtype == np.bool_
+  ):
+    raise TypeError(message.format(repr(value)))
+  if isinstance(value, numbers.Integral):
+    if value < 0:
+      raise ValueError(message.format(repr(value)))
+    return int(value)
+  if (
+    dtype is None
+    or np.ndim(value) != 0
+    or not jnp.issubdtype(dtype, jnp.integer)
+  ):
+    raise TypeError(
+      message.format(repr(value)) + ' (An integer scalar array, as '
+      'optax.inject_hyperparams passes, is taken too.)'
+    )
+  return _checks.error_if(value < 0, message, value, result=value)
+
+
+@_arrays.scalar_leaves
 def apply_if_finite(
   inner: optax.GradientTransformation,
   max_consecutive_errors: int,
 ) -> optax.GradientTransformationExtraArgs:
   """Skips a step whose input or output holds a NaN or Inf.
 
-  The input: ``grads`` and every floating-point extra argument
-  (``prev_grads``, ``grad_diff_variance`` for adaptive anchoring, ...). The
-  output: the updates of the inner transformation, which can overflow from
-  finite input (a float16 estimator, a huge learning rate).
+  The input: ``grads``, the ``params`` and every floating-point extra
+  argument (``prev_grads``, ``grad_diff_variance`` for adaptive anchoring,
+  ...). The output: the updates of the inner transformation, which can
+  overflow from finite input (a float16 estimator, a huge learning rate).
 
   :func:`optax.apply_if_finite` inspects only the first argument of ``update``.
   In a SPIDER recursive step a non-finite ``prev_grads`` would pass that check
@@ -55,21 +88,13 @@ def apply_if_finite(
   Args:
     inner: the transformation to guard, e.g. :func:`spider_optax.spider`.
     max_consecutive_errors: how many non-finite steps in a row to skip before
-      giving up and applying them.
+      giving up and applying them: an int >= 0, or an integer scalar array
+      (under ``optax.inject_hyperparams``, checked when the step runs).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`.
   """
-  if (
-    isinstance(max_consecutive_errors, (bool, np.bool_))
-    or not isinstance(max_consecutive_errors, numbers.Integral)
-    or max_consecutive_errors < 0
-  ):
-    raise ValueError(
-      'max_consecutive_errors must be an int >= 0 (NumPy ints too), got '
-      f'{max_consecutive_errors!r}.'
-    )
-  max_consecutive_errors = int(max_consecutive_errors)
+  max_consecutive_errors = _count_limit(max_consecutive_errors)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -88,7 +113,9 @@ def apply_if_finite(
     # Every array the update receives but the params (grads and every extra
     # argument: prev_grads, grad_diff_variance, ...), and what it returns: an
     # estimator that overflows its dtype makes inf from finite input.
-    isfinite = _all_finite((updates, extra_args, new_updates))
+    # The params too: NaN params would be kept as x_{k-1} (a paired
+    # estimator's previous point) and never counted.
+    isfinite = _all_finite((updates, extra_args, new_updates, params))
     notfinite_count = jnp.where(
       isfinite, 0, optax.safe_increment(state.notfinite_count)
     )

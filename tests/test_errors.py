@@ -129,9 +129,11 @@ def test_update_without_params():
     tx.update(GRADS, tx.init(PARAMS))
 
 
-@pytest.mark.parametrize('bad', [-1, 1.5, None])
-def test_apply_if_finite_bad_max_consecutive_errors(bad):
-  with pytest.raises(ValueError, match='max_consecutive_errors'):
+@pytest.mark.parametrize(
+  'bad,error', [(-1, ValueError), (1.5, TypeError), (None, TypeError)]
+)
+def test_apply_if_finite_bad_max_consecutive_errors(bad, error):
+  with pytest.raises(error, match='max_consecutive_errors must be an int'):
     so.apply_if_finite(so.spider(0.1), bad)
 
 
