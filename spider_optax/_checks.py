@@ -1,5 +1,7 @@
 """Argument checks of the public API: clear errors that say what to do."""
 
+import inspect
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -209,6 +211,7 @@ def check_range(
     raise TypeError(f'{name} must be {expected}, got None.')
   if is_function(value):
     if schedule:
+      check_schedule(name, value)
       return value
     raise TypeError(
       f'{name} must be {expected}, got the callable {value!r}: only '
@@ -233,17 +236,95 @@ def check_range(
     raise TypeError(f'{name} must be {expected}, got {value!r}.')
   suffix = f' {hint}' if hint else ''
   if is_concrete(value):
-    number = float(value)
-    if not in_range(number):
-      raise ValueError(f'{name} must be {expected}, got {value!r}.{suffix}')
+    number = as_float(value)
+    used = as_float32(number)
+    if not (in_range(number) and in_range(used)):
+      detail = ''
+      if not (used == number or math.isnan(number)):
+        flushed = (
+          ', which flushes numbers below 1.2e-38 to 0' if not used else ''
+        )
+        detail = f' ({used!r} {IN_FLOAT32}{flushed})'
+      raise ValueError(
+        f'{name} must be {expected}, got {value!r}{detail}.{suffix}'
+      )
     return value
   return error_if(
-    ~in_range(value),
+    ~(in_range(value) & in_range(traced_float32(value))),
     f'{name} must be {expected}, got {{}} (a traced value, e.g. from '
-    f'optax.inject_hyperparams or a schedule).{suffix}',
+    f'optax.inject_hyperparams or a schedule; judged on its float32 '
+    f'value).{suffix}',
     value,
     result=value,
   )
+
+
+IN_FLOAT32 = 'in float32, the precision the step computes it in'
+
+
+def as_float(value: Any) -> float:
+  """A concrete real scalar as a Python float (a huge int: +-inf)."""
+  try:
+    return float(value)
+  except OverflowError:
+    return math.copysign(math.inf, value)
+
+
+def as_float32(number: float) -> float:
+  """``number`` as the step uses it: rounded to float32, denormals flushed.
+
+  One verdict for a hyperparameter however it arrives: a Python literal is
+  judged on the value that an injected one (a float32 array) has. XLA on
+  CPU flushes float32 numbers below the smallest normal (1.2e-38) to 0.
+  """
+  with np.errstate(over='ignore'):
+    used = float(np.float32(number))
+  return 0.0 if abs(used) < np.finfo(np.float32).tiny else used
+
+
+def traced_float32(value: Any) -> Any:
+  """:func:`as_float32` of a traced value."""
+  used = jax.numpy.asarray(value).astype(jax.numpy.float32)
+  tiny = np.finfo(np.float32).tiny
+  return jax.numpy.where(jax.numpy.abs(used) < tiny, 0.0, used)
+
+
+SCHEDULE = (
+  'a schedule is a function of the step count that returns a number, e.g. '
+  'optax.cosine_decay_schedule(0.1, 1000) or lambda count: 0.1 * 0.99**count'
+)
+
+
+def check_schedule(name: str, schedule: Any) -> None:
+  """Raises TypeError where ``schedule`` cannot be called with a step count.
+
+  Decided on ``inspect.signature``; a callable whose signature cannot be
+  read (a builtin, a NumPy ufunc) is accepted, and checked where it is
+  called (:func:`call_schedule`).
+  """
+  try:
+    signature = inspect.signature(schedule)
+  except (TypeError, ValueError):
+    return
+  try:
+    signature.bind(0)
+  except TypeError:
+    raise TypeError(
+      f'{name} must be a number or a schedule, got the callable '
+      f'{schedule!r} with signature {signature}, which cannot be called with '
+      f'the step count alone: {SCHEDULE}.'
+    ) from None
+
+
+def call_schedule(name: str, schedule: Any, count: Any) -> Any:
+  """``schedule(count)``; a TypeError of the call names ``name``."""
+  try:
+    return schedule(count)
+  except TypeError as error:
+    raise TypeError(
+      f'{name}: calling the schedule {schedule!r} with the step count raised '
+      f'TypeError ({error}): {SCHEDULE}.'
+    ) from error
 
 
 def checked_schedule(
@@ -252,9 +333,11 @@ def checked_schedule(
   """``schedule`` whose every value is checked by :func:`check_range`."""
   if not is_function(schedule):
     return schedule
+  check_schedule(name, schedule)
 
   def checked(count):
-    return check_range(name, schedule(count), in_range, expected)
+    value = call_schedule(name, schedule, count)
+    return check_range(name, value, in_range, expected)
 
   return checked
 
@@ -309,20 +392,24 @@ def as_dtype(name: str, value: Any) -> Any:
   """
   if value is None:
     return None
+  expected = (
+    f'{name} must be a floating-point dtype such as jnp.float32 or '
+    "'float32', or None (the params' dtype)"
+  )
   dtype = getattr(value, 'dtype', None)
-  if (
-    dtype is not None
-    and np.ndim(value) == 0
-    and jax.numpy.issubdtype(dtype, jax.numpy.floating)
-  ):
-    return jax.dtypes.canonicalize_dtype(dtype)
   try:
-    return jax.dtypes.canonicalize_dtype(value)
+    if dtype is not None and np.ndim(value) == 0:
+      dtype = jax.dtypes.canonicalize_dtype(dtype)
+    else:
+      dtype = jax.dtypes.canonicalize_dtype(value)
   except TypeError:
+    raise TypeError(f'{expected}, got {value!r}.') from None
+  if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
     raise TypeError(
-      f'{name} must be a floating-point dtype such as jnp.float32 or '
-      f"'float32', got {value!r}."
-    ) from None
+      f'{expected}, got {value!r} (dtype {dtype}): a state of that dtype '
+      'would hold the moments truncated or rounded to bools.'
+    )
+  return dtype
 
 
 PREV_GRADS_HINT = (

@@ -50,7 +50,8 @@ def global_norm(tree: optax.Updates) -> chex.Array:
   def rescaled():
     largest = jnp.zeros([], total.dtype)
     for x in jax.tree.leaves(tree):
-      largest = jnp.maximum(largest, jnp.max(jnp.abs(x)).astype(total.dtype))
+      if x.size:  # an empty leaf (shape (0,) or (3, 0)) adds nothing
+        largest = jnp.maximum(largest, jnp.max(jnp.abs(x)).astype(total.dtype))
     safe = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, 1.0)
     norm = safe * jnp.sqrt(_sum_of_squares(tree, safe))
     return jnp.where(jnp.isfinite(largest), norm, jnp.inf).astype(total.dtype)
@@ -65,14 +66,47 @@ def relaxed_clip_factor(
   c0: chex.Numeric | None = None,
   c1: chex.Numeric | None = None,
 ) -> chex.Array:
-  """min(1, c0 / norm, c1 / norm**2), with None dropping a term; 1 at norm 0."""
+  """min(1, c0 / norm, c1 / norm**2), with None dropping a term; 1 at norm 0.
+
+  ``c1 / norm / norm``: the square of a norm from 1.8e19 on would overflow
+  float32 and give a factor of 0.
+  """
   factor = jnp.ones_like(norm)
   safe_norm = jnp.where(norm > 0, norm, 1.0)
   if c0 is not None:
     factor = jnp.minimum(factor, c0 / safe_norm)
   if c1 is not None:
-    factor = jnp.minimum(factor, c1 / jnp.square(safe_norm))
+    factor = jnp.minimum(factor, c1 / safe_norm / safe_norm)
   return jnp.where(norm > 0, factor, 1.0)
+
+
+def step_length(
+  norm: chex.Array, c0: chex.Numeric | None, c1: chex.Numeric | None
+) -> chex.Array:
+  """min(norm, c0, c1 / norm): the clipped update's norm (norm > 0)."""
+  length = norm
+  if c0 is not None:
+    length = jnp.minimum(length, c0)
+  if c1 is not None:
+    length = jnp.minimum(length, c1 / jnp.where(norm > 0, norm, 1.0))
+  return length
+
+
+def clip_leaf(
+  u: chex.Array, norm: chex.Array, factor: chex.Array, length: chex.Array
+) -> chex.Array:
+  """``u * factor`` in ``u``'s dtype, as ``(u / norm) * length`` when clipped.
+
+  The direction first, as ``optax.clip_by_global_norm`` computes it: for a
+  norm near float32's top (3e38) the factor ``c0 / norm`` is a denormal,
+  which XLA flushes to 0 on some paths and not others (a zero step, and a
+  different step eager and jitted); ``u / norm`` and ``length`` stay normal.
+  """
+  safe = jnp.where(norm > 0, norm, 1.0).astype(
+    jnp.promote_types(u.dtype, norm.dtype)
+  )
+  clipped = (u / safe) * length.astype(safe.dtype)
+  return jnp.where(factor < 1, clipped, u).astype(u.dtype)
 
 
 def apply_relaxed_clip(
@@ -83,8 +117,10 @@ def apply_relaxed_clip(
   For callers whose thresholds are valid by construction (automatic
   clipping's fitted ones), so that no check runs on every step.
   """
-  factor = relaxed_clip_factor(global_norm(updates), c0, c1)
-  updates = jax.tree.map(lambda u: (u * factor).astype(u.dtype), updates)
+  norm = global_norm(updates)
+  factor = relaxed_clip_factor(norm, c0, c1)
+  length = step_length(norm, c0, c1)
+  updates = jax.tree.map(lambda u: clip_leaf(u, norm, factor, length), updates)
   return updates, RelaxedClipState(clip_factor=factor.astype(jnp.float32))
 
 
@@ -191,16 +227,18 @@ def clip_by_leaf_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
   """
   max_norm = _checks.check_positive('max_norm', max_norm)
 
+  def init_fn(params):
+    _checks.check_float_params('clip_by_leaf_norm', params)
+    return optax.EmptyState()
+
   def update_fn(updates, state, params=None):
     del params
 
     def clip(u):
-      norm = global_norm(u)
-      factor = jnp.where(norm > max_norm, max_norm / norm, 1.0)
-      return (u * factor).astype(u.dtype)
+      norm = global_norm(u)  # 0 for an empty leaf: passed through
+      factor = jnp.where(norm > max_norm, 0.0, 1.0)
+      return clip_leaf(u, norm, factor, jnp.minimum(norm, max_norm))
 
     return jax.tree.map(clip, updates), state
 
-  return optax.GradientTransformation(
-    lambda params: optax.EmptyState(), update_fn
-  )
+  return optax.GradientTransformation(init_fn, update_fn)
