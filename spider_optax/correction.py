@@ -20,7 +20,10 @@ class RecursiveCorrectionState(NamedTuple):
   """State of :func:`recursive_correction`.
 
   Attributes:
-    count: number of updates taken so far (int32).
+    correction_count: number of updates taken so far (int32). Not named
+      ``count``, so that ``optax.tree_utils.tree_get(state, 'count')`` reads
+      the one step count of the optimizer it sits in front of (Adam's in
+      ``so.mars_adamw``), as on its optax counterpart.
     prev_params: exact mode: the params :math:`x_k` passed to the last update,
       i.e. the previous parameters :math:`x_{k-1}` of the next step, read with
       :func:`spider_optax.prev_params`; equal to the initial params before
@@ -31,7 +34,7 @@ class RecursiveCorrectionState(NamedTuple):
       uncorrected (nothing is kept for them). None in exact mode.
   """
 
-  count: chex.Array
+  correction_count: chex.Array
   prev_params: optax.Params | None
   prev_grads: optax.Updates | None
 
@@ -140,7 +143,7 @@ def recursive_correction(
   def init_fn(params):
     _checks.check_float_params(name, params)
     return RecursiveCorrectionState(
-      count=jnp.zeros([], jnp.int32),
+      correction_count=jnp.zeros([], jnp.int32),
       # A buffer of its own: loops that donate params and state together
       # must not donate one buffer twice.
       prev_params=None if approx else jax.tree.map(_buffers.copy, params),
@@ -197,8 +200,8 @@ def recursive_correction(
       )
       g_prime = prev_grads
       mask_tree = mask_of(updates)
-    started = state.count > 0  # g'_0 = 0: there is no previous step.
-    gamma_k = gamma(state.count) if callable(gamma) else gamma
+    started = state.correction_count > 0  # g'_0 = 0: there is no previous step.
+    gamma_k = gamma(state.correction_count) if callable(gamma) else gamma
     scale = gamma_k * beta / (1 - beta)
 
     def correct(g, g_prev, corrected):
@@ -219,7 +222,9 @@ def recursive_correction(
 
     corrected = jax.tree.map(correct, updates, g_prime, mask_tree)
     new_state = RecursiveCorrectionState(
-      count=jnp.asarray(optax.safe_increment(state.count)),
+      correction_count=jnp.asarray(
+        optax.safe_increment(state.correction_count)
+      ),
       prev_params=None
       if approx
       else jax.tree.map(_buffers.overwrite, state.prev_params, params),
@@ -242,12 +247,13 @@ class CorrectedMomentumState(NamedTuple):
   """State of :func:`corrected_momentum`.
 
   Attributes:
-    count: number of updates taken so far (int32).
+    correction_count: number of updates taken so far (int32); not ``count``,
+      as in :class:`RecursiveCorrectionState`.
     buffer: :math:`b_k`, the one parameter-sized array it keeps (zeros
       before the first update).
   """
 
-  count: chex.Array
+  correction_count: chex.Array
   buffer: optax.Updates
 
 
@@ -311,7 +317,7 @@ def corrected_momentum(
   def init_fn(params):
     _checks.check_float_params(name, params)
     return CorrectedMomentumState(
-      count=jnp.zeros([], jnp.int32),
+      correction_count=jnp.zeros([], jnp.int32),
       buffer=jax.tree.map(lambda p: _buffers.zeros_like(p, mu_dtype), params),
     )
 
@@ -336,7 +342,10 @@ def corrected_momentum(
       buffer,
     )
     return momentum, CorrectedMomentumState(
-      count=jnp.asarray(optax.safe_increment(state.count)), buffer=buffer
+      correction_count=jnp.asarray(
+        optax.safe_increment(state.correction_count)
+      ),
+      buffer=buffer,
     )
 
   return optax.GradientTransformation(init_fn, update_fn)

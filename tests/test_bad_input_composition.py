@@ -370,3 +370,39 @@ def test_prev_params_refuses_two_estimators_of_one_leaf():
   )
   got = so.prev_params(tx.init(PARAMS))
   jax.tree.map(np.testing.assert_array_equal, got, PARAMS)
+
+
+# (our optimizer, its optax counterpart in the same configuration)
+COUNTERPARTS = [
+  ('mars_adamw', so.mars_adamw(0.1), optax.adamw(0.1)),
+  ('mars_adamw_exact', so.mars_adamw(0.1, approx=False), optax.adamw(0.1)),
+  ('mars_lion', so.mars_lion(0.1), optax.lion(0.1)),
+  (
+    'storm',
+    so.storm(0.1, 0.9),
+    optax.chain(
+      optax.ema(0.9, debias=False), optax.scale_by_learning_rate(0.1)
+    ),
+  ),
+]
+
+
+@pytest.mark.parametrize(
+  'name,ours,theirs', COUNTERPARTS, ids=[c[0] for c in COUNTERPARTS]
+)
+def test_tree_get_count_answers_as_on_the_optax_counterpart(name, ours, theirs):
+  """The step count read with tree_get is there exactly where it is on the
+  optax counterpart, and counts the updates."""
+  extra = {'prev_grads': GRADS} if name in ('mars_adamw_exact', 'storm') else {}
+  count = lambda s: optax.tree_utils.tree_get(s, 'count', None)
+  for tx, kw in ((ours, extra), (theirs, {})):
+    state = tx.init(PARAMS)
+    for _ in range(3):
+      _, state = tx.update(GRADS, state, PARAMS, **kw)
+    if tx is ours:
+      got = count(state)
+    else:
+      want = count(state)
+  assert (got is None) == (want is None)
+  if want is not None:
+    assert int(got) == int(want) == 3

@@ -277,7 +277,7 @@ def test_recursive_correction_formula(approx):
     np.testing.assert_allclose(c['a'], want_a, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(c['b'], grads['b'])
     previous = grads
-    assert int(state.count) == k + 1
+    assert int(state.correction_count) == k + 1
     if approx:
       assert state.prev_params is None
       # g_{k-1} is kept where it corrects, nothing for the masked leaf.
