@@ -488,3 +488,47 @@ def check_count(name: str, value: Any) -> None:
     or value <= 0
   ):
     raise ValueError(f'{name} must be a positive int, got {value!r}.')
+
+
+def _all_finite(tree: Any) -> Any:
+  leaves = [
+    jax.numpy.all(jax.numpy.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jax.numpy.issubdtype(jax.numpy.result_type(x), jax.numpy.inexact)
+  ]
+  return jax.numpy.all(jax.numpy.stack(leaves)) if leaves else True
+
+
+def overflow_checked(tx: Any, what: str, formula: str) -> Any:
+  """``tx`` whose update raises where finite gradients give a non-finite one.
+
+  For a correction whose output can exceed the range of its dtype although
+  every input is finite: ``c_k = g_k + s (g_k - g'_k)`` of float32 gradients
+  near 3e38 (or float16 ones near 6e4) is inf, and the clip after it turns
+  inf into NaN. Non-finite gradients pass as they are (so that
+  ``so.apply_if_finite`` skips the step). A ``ValueError`` eagerly, the same
+  message at run time under jit (:func:`error_if`).
+  """
+  import optax
+
+  tx = optax.with_extra_args_support(tx)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    out, new_state = tx.update(updates, state, params, **extra_args)
+    inputs = (updates, extra_args.get('prev_grads'))
+    overflowed = ~_all_finite(out) & _all_finite(inputs)
+    dtypes = sorted(
+      {str(jax.numpy.result_type(x)) for x in jax.tree.leaves(out)}
+    )
+    out = error_if(
+      overflowed,
+      f'{what}: finite gradients gave a non-finite {formula}: it exceeds the '
+      f'range of {" and ".join(dtypes)} (gradients near its largest number). '
+      'Scale the loss down, clip the raw gradients before the optimizer '
+      '(optax.clip_by_global_norm), or keep the state wider (mu_dtype='
+      'jnp.float32 for float16 or bfloat16 params).',
+      result=out,
+    )
+    return out, new_state
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)

@@ -223,7 +223,11 @@ def storm(
   beta = _checks.check_decay('beta', beta)
   mu_dtype = _checks.as_dtype('mu_dtype', mu_dtype)
   return optax.chain(
-    recursive_correction(beta, 1.0, approx=approx, state_dtype=mu_dtype),
+    _checks.overflow_checked(
+      recursive_correction(beta, 1.0, approx=approx, state_dtype=mu_dtype),
+      'so.storm',
+      "corrected gradient c_k = g_k + beta / (1 - beta) (g_k - g'_k)",
+    ),
     optax.ema(beta, debias=False, accumulator_dtype=mu_dtype),
     relaxed_clip(c0, c1),
     optax.scale_by_learning_rate(learning_rate),

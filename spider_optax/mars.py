@@ -12,6 +12,7 @@ from typing import Any, cast, Literal
 
 import chex
 import jax
+import numpy as np
 import optax
 from jax.typing import DTypeLike
 
@@ -44,6 +45,8 @@ def _clip(
 
 def _betas(name: str, betas: Any) -> tuple[Any, Any]:
   """``betas`` as a checked pair of decays."""
+  if isinstance(betas, np.ndarray | jax.Array) and np.shape(betas) == (2,):
+    betas = tuple(betas)
   if not isinstance(betas, tuple | list) or len(betas) != 2:
     raise TypeError(
       f'{name} must be a pair (b1, b2) of numbers in [0, 1), got {betas!r}.'
@@ -61,13 +64,16 @@ def _adamw_fallback(
   eps: Any,
   mu_dtype: DTypeLike | None,
 ) -> tuple[Callable[[optax.Params], Any] | None, optax.GradientTransformation]:
-  """Which leaves keep the member's update, and plain AdamW for the others."""
+  """Which leaves keep the member's update, and plain AdamW for the others.
+
+  ``betas_1d`` is checked also where no leaf takes it (``adamw_1d=False``):
+  one verdict for a value however the rest is configured.
+  """
+  b1_1d, b2_1d = _betas('betas_1d', betas_1d)
+  rule = _rank_rule(adamw_leaves)
   if not adamw_1d:
     return None, optax.identity()
-  fallback = optax.scale_by_adam(
-    *_betas('betas_1d', betas_1d), eps, mu_dtype=mu_dtype
-  )
-  return _rank_rule(adamw_leaves), fallback
+  return rule, muon.scale_by_adam(b1_1d, b2_1d, eps, mu_dtype=mu_dtype)
 
 
 def _rank_rule(adamw_leaves: AdamWLeaves) -> Callable[[optax.Params], Any]:
@@ -98,6 +104,7 @@ def _mars(
   lr_1d: optax.ScalarOrSchedule | None = None,
   weight_decay_1d: optax.ScalarOrSchedule | None = None,
   correct: bool = True,
+  name: str = 'MARS',
 ) -> optax.GradientTransformationExtraArgs:
   """The chain every member is: correction, direction, decay, learning rate.
 
@@ -143,8 +150,12 @@ def _mars(
   if not correct:
     return optax.with_extra_args_support(body)
   return optax.chain(
-    recursive_correction(
-      b1, gamma, approx=approx, mask=is_main, state_dtype=mu_dtype
+    _checks.overflow_checked(
+      recursive_correction(
+        b1, gamma, approx=approx, mask=is_main, state_dtype=mu_dtype
+      ),
+      name,
+      "corrected gradient c_k = g_k + gamma b1 / (1 - b1) (g_k - g'_k)",
     ),
     body,
   )
@@ -283,9 +294,10 @@ def mars_adamw(
     learning_rate,
     optax.chain(
       _clip(max_norm, per_tensor_clip),
-      optax.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype),
+      muon.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype),
     ),
     b1=b1,
+    name='so.mars_adamw',
     gamma=gamma,
     approx=approx,
     mu_dtype=mu_dtype,
@@ -411,6 +423,7 @@ def mars_lion(
       optax.scale_by_lion(b1, b1, mu_dtype=mu_dtype),
     ),
     b1=b1,
+    name='so.mars_lion',
     gamma=gamma,
     approx=approx,
     mu_dtype=mu_dtype,
@@ -442,6 +455,7 @@ def _matrix_member(
   lr_1d: optax.ScalarOrSchedule | None,
   weight_decay_1d: optax.ScalarOrSchedule | None,
   mu_dtype: DTypeLike | None,
+  name: str,
 ) -> optax.GradientTransformationExtraArgs:
   """MARS-M and MARS-Shampoo: orthogonalised momentum of the clipped c_k."""
   dims = muon_weight_dimension_numbers
@@ -449,7 +463,13 @@ def _matrix_member(
   # MARS-M, the same momentum from one buffer instead of m and g_{k-1}.
   one_buffer = approx and max_norm is None and not _checks.is_function(gamma)
   momentum = (
-    [corrected_momentum(b1, cast(chex.Numeric, gamma), mu_dtype=mu_dtype)]
+    [
+      _checks.overflow_checked(
+        corrected_momentum(b1, cast(chex.Numeric, gamma), mu_dtype=mu_dtype),
+        name,
+        'momentum m_k = gamma g_k + b_k',
+      )
+    ]
     if one_buffer
     else [
       _clip(max_norm, per_tensor_clip),
@@ -468,6 +488,7 @@ def _matrix_member(
       muon.scale_by_matrix_shape(consistent_rms, dims),
     ),
     correct=not one_buffer,
+    name=name,
     b1=b1,
     gamma=gamma,
     approx=approx,
@@ -625,6 +646,7 @@ def mars_muon(
   betas_1d = _betas('betas_1d', betas_1d)
   return _matrix_member(
     learning_rate,
+    name='so.mars_muon',
     fallback=muon.scale_by_adam_eps_first(*betas_1d, eps, mu_dtype),
     b1=b1,
     gamma=gamma,
@@ -742,7 +764,8 @@ def mars_shampoo(
   betas_1d = _betas('betas_1d', betas_1d)
   return _matrix_member(
     learning_rate,
-    fallback=optax.scale_by_adam(*betas_1d, eps, mu_dtype=mu_dtype),
+    name='so.mars_shampoo',
+    fallback=muon.scale_by_adam(*betas_1d, eps, mu_dtype=mu_dtype),
     b1=b1,
     gamma=gamma,
     weight_decay=weight_decay,

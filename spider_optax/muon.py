@@ -121,9 +121,18 @@ def _newton_schulz(x, coeffs, eps, ns_steps, dims):
   explicit = not sharding.mesh.empty
   if explicit:
     x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+  # The Frobenius norm of entries from 1.8e19 on overflows float32 (the
+  # iteration would divide by inf: a zero step): a power of two brings the
+  # largest entry near 1 first, exactly, where eps is negligible anyway.
+  largest = jnp.max(jnp.abs(x)).astype(jnp.float32) if x.size else 0.0
+  huge = largest > 2.0**60
+  scale = jnp.where(huge, jnp.exp2(jnp.floor(jnp.log2(largest))), 1.0)
   out = orthogonalize_via_newton_schulz(
-    x, coeffs, ns_steps, 'frobenius', eps, dims
+    x / scale.astype(x.dtype), coeffs, ns_steps, 'frobenius', eps, dims
   )
+  # A zero matrix (a frozen layer, a zero gradient) orthogonalises to zero,
+  # also where eps is 0 or rounds to 0 in x's dtype (0 / 0 otherwise).
+  out = jnp.where(largest > 0, out, jnp.zeros_like(out))
   return jax.sharding.reshard(out, sharding.spec) if explicit else out
 
 
@@ -233,7 +242,7 @@ def scale_by_matrix_shape(
   )
 
   def one(x, dims):
-    if dims is None:
+    if dims is None or not x.size:  # an empty matrix: nothing to scale
       return x
     # optax.contrib.muon's scale_by_shape, which needs every leaf to be a
     # matrix; this passes the others through.
@@ -263,6 +272,51 @@ def scale_by_matrix_shape(
 def _sqrt_bias_correction(decay: Any, count: Any) -> jax.Array:
   """sqrt(1 - decay**count), computed in float32 or wider."""
   return jnp.sqrt(1 - decay**count)
+
+
+def adam_ratio(
+  m: chex.Array, v: chex.Array, eps: Any, root: Any = None
+) -> chex.Array:
+  """``m / (sqrt(v) + eps)`` (times ``root``), in at least float32.
+
+  In float16 an ``eps`` of 1e-8 rounds to 0; with ``eps`` 0 a zero gradient
+  gives 0 / 0, and a tiny one, whose square underflowed to 0, m / 0. Where
+  the denominator is 0 the ratio is its limit, ``sign(m)`` (0 for m = 0):
+  never NaN. Elsewhere it is ``optax.scale_by_adam``'s ratio exactly.
+  """
+  out_dtype = jnp.result_type(m, v)
+  dtype = jnp.promote_types(out_dtype, jnp.float32)
+  m, v = m.astype(dtype), v.astype(dtype)
+  denominator = jnp.sqrt(v) + eps
+  ratio = m / denominator
+  if root is not None:
+    ratio = ratio * root.astype(dtype)
+  return jnp.where(denominator > 0, ratio, jnp.sign(m)).astype(out_dtype)
+
+
+def scale_by_adam(
+  b1: chex.Numeric = 0.9,
+  b2: chex.Numeric = 0.999,
+  eps: chex.Numeric = 1e-8,
+  mu_dtype: DTypeLike | None = None,
+) -> optax.GradientTransformation:
+  r"""``optax.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype)``, never NaN.
+
+  The same moments, bias corrections and state (``optax.ScaleByAdamState``),
+  with the ratio of :func:`adam_ratio`: in float16 (where ``eps`` = 1e-8
+  rounds to 0) and with ``eps`` = 0 a zero gradient entry gives a zero
+  update, not ``0 / 0``.
+
+  Args:
+    b1: :math:`\beta_1 \in [0, 1)`.
+    b2: :math:`\beta_2 \in [0, 1)`.
+    eps: :math:`\epsilon \geq 0`, added to :math:`\sqrt{\hat v}`.
+    mu_dtype: dtype of :math:`m`; None: the params'.
+
+  Returns:
+    A :class:`optax.GradientTransformation`.
+  """
+  return _adam(b1, b2, eps, mu_dtype, eps_first=False)
 
 
 def scale_by_adam_eps_first(
@@ -308,6 +362,18 @@ def scale_by_adam_eps_first(
     Liu et al., `Muon is Scalable for LLM Training
     <https://arxiv.org/abs/2502.16982>`_, 2025.
   """
+  return _adam(b1, b2, eps, mu_dtype, eps_first=True)
+
+
+def _adam(
+  b1: chex.Numeric,
+  b2: chex.Numeric,
+  eps: chex.Numeric,
+  mu_dtype: DTypeLike | None,
+  *,
+  eps_first: bool,
+) -> optax.GradientTransformation:
+  """Adam, with ``eps`` before (``eps_first``) or after the corrections."""
   b1 = _checks.check_decay('b1', b1)
   b2 = _checks.check_decay('b2', b2)
   eps = _checks.check_nonnegative('eps', eps)
@@ -328,12 +394,18 @@ def scale_by_adam_eps_first(
     nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
     count = optax.safe_increment(state.count)
     mu_hat = optax.tree.bias_correction(mu, b1, count)
-    root = _sqrt_bias_correction(b2, count)
-    updates = jax.tree.map(
-      lambda m, v: m / (jnp.sqrt(v) + eps) * root.astype(v.dtype), mu_hat, nu
-    )
+    if eps_first:
+      root = _sqrt_bias_correction(b2, count)
+      updates = jax.tree.map(
+        lambda m, v: adam_ratio(m, v, eps, root), mu_hat, nu
+      )
+    else:
+      nu_hat = optax.tree.bias_correction(nu, b2, count)
+      updates = jax.tree.map(lambda m, v: adam_ratio(m, v, eps), mu_hat, nu_hat)
     return updates, optax.ScaleByAdamState(
-      count=count, mu=optax.tree.cast(mu, mu_dtype), nu=nu
+      count=count,
+      mu=optax.tree.cast(mu, mu_dtype),
+      nu=optax.tree.cast_like(nu, state.nu),
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
