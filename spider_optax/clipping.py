@@ -11,11 +11,26 @@ from spider_optax import _buffers
 from spider_optax import _checks
 
 
+def divide(x: Any, d: Any) -> chex.Array:
+  """``x / d`` for a scalar ``d > 0``, also near float32's largest number.
+
+  XLA on CPU computes a division by a scalar as a multiplication by its
+  reciprocal on some paths: from ``d`` = 8.5e37 on, ``1 / d`` is a denormal,
+  flushed to 0, and the quotient 0 (eagerly, and not under jit, or the other
+  way round). Both are scaled by 2**-64 (exactly) first where ``d`` is huge.
+  """
+  x, d = jnp.asarray(x), jnp.asarray(d)
+  dtype = jnp.promote_types(x.dtype, d.dtype)
+  x, d = x.astype(dtype), d.astype(dtype)
+  p = jnp.where(d > 2.0**100, 2.0**-64, 1.0).astype(dtype)
+  return (x * p) / (d * p)
+
+
 def _sum_of_squares(tree: optax.Updates, scale: Any = 1.0) -> chex.Array:
   """sum |x / scale|^2 over every leaf, in at least float32 (complex too)."""
   total = jnp.zeros([], jnp.float32)
   for x in jax.tree.leaves(tree):
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32)) / scale
+    x = divide(x.astype(jnp.promote_types(x.dtype, jnp.float32)), scale)
     total = total + jnp.sum(jnp.real(x * jnp.conj(x)))
   return total
 
@@ -45,6 +60,18 @@ def global_norm(tree: optax.Updates) -> chex.Array:
     >>> print(so.global_norm({'z': jnp.array([3 + 4j])}))
     5.0
   """
+  scale, root = norm_parts(tree)
+  return scale * root  # inf where the norm exceeds float32's range
+
+
+def norm_parts(tree: optax.Updates) -> tuple[chex.Array, chex.Array]:
+  """``(scale, root)`` with ``scale * root`` :func:`global_norm`'s value.
+
+  ``scale`` is 1, or, where the plain sum of squares over- or underflows,
+  the largest :math:`|x|`: then ``x / scale / root`` is the direction even
+  where the norm itself (3e38 times the root of the number of such
+  entries) exceeds float32's range.
+  """
   total = _sum_of_squares(tree)
 
   def rescaled():
@@ -52,13 +79,19 @@ def global_norm(tree: optax.Updates) -> chex.Array:
     for x in jax.tree.leaves(tree):
       if x.size:  # an empty leaf (shape (0,) or (3, 0)) adds nothing
         largest = jnp.maximum(largest, jnp.max(jnp.abs(x)).astype(total.dtype))
-    safe = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, 1.0)
-    norm = safe * jnp.sqrt(_sum_of_squares(tree, safe))
-    return jnp.where(jnp.isfinite(largest), norm, jnp.inf).astype(total.dtype)
+    finite = jnp.isfinite(largest)
+    safe = jnp.where(finite & (largest > 0), largest, 1.0)
+    root = jnp.sqrt(_sum_of_squares(tree, safe))
+    return (
+      jnp.where(finite, safe, jnp.inf).astype(total.dtype),
+      jnp.where(finite, root, 1.0).astype(total.dtype),
+    )
 
   # NaN takes the plain branch and stays NaN.
   extreme = jnp.isposinf(total) | (total < _SMALLEST_PLAIN_SUM)
-  return _buffers.cond(extreme, rescaled, lambda: jnp.sqrt(total))
+  return _buffers.cond(
+    extreme, rescaled, lambda: (jnp.ones([], total.dtype), jnp.sqrt(total))
+  )
 
 
 def relaxed_clip_factor(
@@ -74,9 +107,9 @@ def relaxed_clip_factor(
   factor = jnp.ones_like(norm)
   safe_norm = jnp.where(norm > 0, norm, 1.0)
   if c0 is not None:
-    factor = jnp.minimum(factor, c0 / safe_norm)
+    factor = jnp.minimum(factor, divide(c0, safe_norm))
   if c1 is not None:
-    factor = jnp.minimum(factor, c1 / safe_norm / safe_norm)
+    factor = jnp.minimum(factor, divide(divide(c1, safe_norm), safe_norm))
   return jnp.where(norm > 0, factor, 1.0)
 
 
@@ -88,24 +121,28 @@ def step_length(
   if c0 is not None:
     length = jnp.minimum(length, c0)
   if c1 is not None:
-    length = jnp.minimum(length, c1 / jnp.where(norm > 0, norm, 1.0))
+    length = jnp.minimum(length, divide(c1, jnp.where(norm > 0, norm, 1.0)))
   return length
 
 
 def clip_leaf(
-  u: chex.Array, norm: chex.Array, factor: chex.Array, length: chex.Array
+  u: chex.Array,
+  parts: tuple[chex.Array, chex.Array],
+  factor: chex.Array,
+  length: chex.Array,
 ) -> chex.Array:
-  """``u * factor`` in ``u``'s dtype, as ``(u / norm) * length`` when clipped.
+  """``u * factor`` in ``u``'s dtype, as ``u / norm * length`` when clipped.
 
-  The direction first, as ``optax.clip_by_global_norm`` computes it: for a
-  norm near float32's top (3e38) the factor ``c0 / norm`` is a denormal,
-  which XLA flushes to 0 on some paths and not others (a zero step, and a
-  different step eager and jitted); ``u / norm`` and ``length`` stay normal.
+  The direction first, as ``optax.clip_by_global_norm`` computes it, from
+  the norm's :func:`norm_parts` (finite also where the norm overflows), by
+  :func:`divide`: for a norm near float32's top (3e38) the factor ``c0 /
+  norm`` is a denormal, flushed to 0 on some paths and not others (a zero
+  step, and a different step eager and jitted).
   """
-  safe = jnp.where(norm > 0, norm, 1.0).astype(
-    jnp.promote_types(u.dtype, norm.dtype)
-  )
-  clipped = (u / safe) * length.astype(safe.dtype)
+  scale, root = parts
+  dtype = jnp.promote_types(u.dtype, root.dtype)
+  safe = jnp.where(root > 0, root, 1.0).astype(dtype)
+  clipped = divide(divide(u, scale.astype(dtype)), safe) * length.astype(dtype)
   return jnp.where(factor < 1, clipped, u).astype(u.dtype)
 
 
@@ -117,10 +154,11 @@ def apply_relaxed_clip(
   For callers whose thresholds are valid by construction (automatic
   clipping's fitted ones), so that no check runs on every step.
   """
-  norm = global_norm(updates)
+  parts = norm_parts(updates)
+  norm = parts[0] * parts[1]
   factor = relaxed_clip_factor(norm, c0, c1)
   length = step_length(norm, c0, c1)
-  updates = jax.tree.map(lambda u: clip_leaf(u, norm, factor, length), updates)
+  updates = jax.tree.map(lambda u: clip_leaf(u, parts, factor, length), updates)
   return updates, RelaxedClipState(clip_factor=factor.astype(jnp.float32))
 
 
@@ -235,9 +273,10 @@ def clip_by_leaf_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
     del params
 
     def clip(u):
-      norm = global_norm(u)  # 0 for an empty leaf: passed through
+      parts = norm_parts(u)
+      norm = parts[0] * parts[1]  # 0 for an empty leaf: passed through
       factor = jnp.where(norm > max_norm, 0.0, 1.0)
-      return clip_leaf(u, norm, factor, jnp.minimum(norm, max_norm))
+      return clip_leaf(u, parts, factor, jnp.minimum(norm, max_norm))
 
     return jax.tree.map(clip, updates), state
 

@@ -125,10 +125,14 @@ def _newton_schulz(x, coeffs, eps, ns_steps, dims):
   # iteration would divide by inf: a zero step): a power of two brings the
   # largest entry near 1 first, exactly, where eps is negligible anyway.
   largest = jnp.max(jnp.abs(x)).astype(jnp.float32) if x.size else 0.0
-  huge = largest > 2.0**60
-  scale = jnp.where(huge, jnp.exp2(jnp.floor(jnp.log2(largest))), 1.0)
+  # Two factors of at least 2**-64 (a denormal one would be flushed to 0).
+  power = jnp.where(largest > 2.0**60, jnp.floor(jnp.log2(largest)), 0.0)
+  half = jnp.floor(power / 2)
+  x = (
+    x * jnp.exp2(-half).astype(x.dtype) * jnp.exp2(half - power).astype(x.dtype)
+  )
   out = orthogonalize_via_newton_schulz(
-    x / scale.astype(x.dtype), coeffs, ns_steps, 'frobenius', eps, dims
+    x, coeffs, ns_steps, 'frobenius', eps, dims
   )
   # A zero matrix (a frozen layer, a zero gradient) orthogonalises to zero,
   # also where eps is 0 or rounds to 0 in x's dtype (0 / 0 otherwise).
@@ -390,21 +394,33 @@ def _adam(
 
   def update_fn(updates, state, params=None):
     del params
-    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    # The moments of this step in at least float32: in float16 the square
+    # of a gradient entry below 2e-4 times (1 - b2) underflows to 0, and
+    # m / eps would be a huge step. Kept in the state's own dtypes.
+    out_dtypes = jax.tree.map(
+      lambda g, m, v: jnp.result_type(g, m, v), updates, state.mu, state.nu
+    )
+    wide = lambda tree: jax.tree.map(
+      lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree
+    )
+    grads = wide(updates)
+    mu = optax.tree.update_moment(grads, wide(state.mu), b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(grads, wide(state.nu), b2, 2)
     count = optax.safe_increment(state.count)
     mu_hat = optax.tree.bias_correction(mu, b1, count)
     if eps_first:
       root = _sqrt_bias_correction(b2, count)
-      updates = jax.tree.map(
-        lambda m, v: adam_ratio(m, v, eps, root), mu_hat, nu
-      )
+      ratio = lambda m, v: adam_ratio(m, v, eps, root)
+      nu_hat = nu
     else:
+      ratio = lambda m, v: adam_ratio(m, v, eps)
       nu_hat = optax.tree.bias_correction(nu, b2, count)
-      updates = jax.tree.map(lambda m, v: adam_ratio(m, v, eps), mu_hat, nu_hat)
+    updates = jax.tree.map(
+      lambda m, v, dtype: ratio(m, v).astype(dtype), mu_hat, nu_hat, out_dtypes
+    )
     return updates, optax.ScaleByAdamState(
       count=count,
-      mu=optax.tree.cast(mu, mu_dtype),
+      mu=optax.tree.cast_like(mu, state.mu),
       nu=optax.tree.cast_like(nu, state.nu),
     )
 
