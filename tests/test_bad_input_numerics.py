@@ -484,6 +484,7 @@ EDGES = [
   ('bfloat16', 38.0, [0.9, 0.0, -0.2], (3,)),
   ('float32', -38.0, [1.0, 0.5], (3,)),
   ('float16', 4.8, [1.0, -0.7, 0.0], (2, 2)),
+  ('float16', 0.0, [1.0, 0.001, 0.0], (3,)),  # (1 - b2) c^2 underflows
   ('float64', 38.5, [1.0, -1.0, 0.0], (3,)),
 ]
 
@@ -653,3 +654,25 @@ def test_mars_and_storm_at_every_magnitude_step_right_or_say_what_overflowed(
         e, np.asarray(jitted[key], np.float64), rtol=rtol, atol=1e-6
       )
       np.testing.assert_allclose(e, want[key], rtol=rtol, atol=2e-3)
+
+
+@pytest.mark.parametrize(
+  'build',
+  [
+    lambda: so.mars_shampoo(0.1, eps=0.0),
+    lambda: so.mars_muon(0.1, ns_eps=0.0),
+    lambda: so.mars_muon(0.1, ns_eps=0.0, max_norm=None),
+    lambda: so.muon.orthogonalize(eps=0.0),
+  ],
+)
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_a_zero_matrix_orthogonalises_to_zero_even_with_eps_zero(build, dtype):
+  """0 / (0 + eps) is 0 / 0 with eps = 0 (and float16's eps of 1e-7 is a
+  denormal): a frozen layer's zero gradient gives a zero step."""
+  params = {'w': jnp.ones((2, 3), dtype), 'v': jnp.ones((3, 2), dtype)}
+  grads = {'w': jnp.zeros((2, 3), dtype), 'v': jnp.eye(3, 2, dtype=dtype)}
+  for jit in (False, True):
+    updates = first_update(build(), grads, params, jit=jit)
+    np.testing.assert_array_equal(np.asarray(updates['w']), 0.0)
+    assert bool(jnp.all(jnp.isfinite(updates['v'])))
+    assert float(jnp.max(jnp.abs(updates['v']))) > 0
