@@ -8,6 +8,7 @@ import optax
 from jax.typing import DTypeLike
 
 from spider_optax import _checks
+from spider_optax import _guard
 from spider_optax.autoclip import auto_clip_spider
 from spider_optax.clipping import relaxed_clip
 from spider_optax.correction import recursive_correction
@@ -15,6 +16,7 @@ from spider_optax.estimator import spider_estimator
 from spider_optax.lean import lean_spider
 
 
+@_guard.public
 def spider(
   learning_rate: optax.ScalarOrSchedule,
   c0: chex.Numeric | None = None,
@@ -148,6 +150,7 @@ def spider(
   )
 
 
+@_guard.public
 def storm(
   learning_rate: optax.ScalarOrSchedule,
   beta: chex.Numeric,

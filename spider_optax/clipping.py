@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from spider_optax import _arrays
 from spider_optax import _buffers
 from spider_optax import _checks
 
@@ -60,7 +61,7 @@ def global_norm(tree: optax.Updates) -> chex.Array:
     >>> print(so.global_norm({'z': jnp.array([3 + 4j])}))
     5.0
   """
-  scale, root = norm_parts(tree)
+  scale, root = norm_parts(_arrays.as_arrays(tree))  # {'w': 1.0} too
   return scale * root  # inf where the norm exceeds float32's range
 
 
@@ -173,6 +174,7 @@ class RelaxedClipState(NamedTuple):
   clip_factor: chex.Array
 
 
+@_arrays.scalar_leaves
 def relaxed_clip(
   c0: chex.Numeric | None = None,
   c1: chex.Numeric | None = None,
@@ -238,6 +240,7 @@ def relaxed_clip(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+@_arrays.scalar_leaves
 def clip_by_leaf_norm(max_norm: chex.Numeric) -> optax.GradientTransformation:
   r"""Clips each leaf to L2 norm ``max_norm`` on its own (per tensor).
 

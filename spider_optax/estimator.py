@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import DTypeLike
 
+from spider_optax import _arrays
 from spider_optax import _buffers
 from spider_optax import _checks
 from spider_optax import measurement
@@ -61,6 +62,7 @@ class SpiderEstimatorState(NamedTuple):
   diagnostics: measurement.SpiderDiagnostics | None = None
 
 
+@_arrays.scalar_leaves
 def spider_estimator(
   estimator_dtype: DTypeLike | None = None,
   *,

@@ -52,14 +52,14 @@ class LeanSpiderState(NamedTuple):
 
 
 def _first_entry(x: Any) -> jax.Array:
-  """``x``'s first entry; a 0 for a leaf sharded along an Explicit mesh axis.
+  """``x``'s first entry; 0 for an empty leaf or one split on Explicit axes.
 
   On such a leaf one entry cannot be read without gathering the leaf (JAX
   refuses the slice), so the check skips it: its first entry is always 0.
   """
   spec = getattr(getattr(jax.typeof(x), 'sharding', None), 'spec', ())
-  if any(axis is not None for axis in spec):
-    return jnp.zeros((), x.dtype)
+  if x.size == 0 or any(axis is not None for axis in spec):
+    return jnp.zeros((), x.dtype)  # (an empty leaf has no first entry)
   return jnp.ravel(x)[0]
 
 

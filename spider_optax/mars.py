@@ -17,6 +17,7 @@ import optax
 from jax.typing import DTypeLike
 
 from spider_optax import _checks
+from spider_optax import _guard
 from spider_optax import muon
 from spider_optax.clipping import clip_by_leaf_norm
 from spider_optax.clipping import relaxed_clip
@@ -161,6 +162,7 @@ def _mars(
   )
 
 
+@_guard.public
 def mars_adamw(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -310,6 +312,7 @@ def mars_adamw(
   )
 
 
+@_guard.public
 def mars_lion(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -502,6 +505,7 @@ def _matrix_member(
   )
 
 
+@_guard.public
 def mars_muon(
   learning_rate: optax.ScalarOrSchedule,
   *,
@@ -666,6 +670,7 @@ def mars_muon(
   )
 
 
+@_guard.public
 def mars_shampoo(
   learning_rate: optax.ScalarOrSchedule,
   *,

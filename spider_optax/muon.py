@@ -117,10 +117,13 @@ def _newton_schulz(x, coeffs, eps, ns_steps, dims):
   # On a mesh with Explicit axes, X X^T over a split axis is refused
   # (sharding in types): the matrix is gathered for the iteration and split
   # again after it, as XLA does by itself on Auto axes.
+  # (Only axes of Explicit type show in the spec of a type; the NamedSharding
+  # on its abstract mesh needs no jax.set_mesh context.)
   sharding = jax.typeof(x).sharding
-  explicit = not sharding.mesh.empty
+  explicit = any(axis is not None for axis in sharding.spec)
+  named = lambda spec: jax.sharding.NamedSharding(sharding.mesh, spec)
   if explicit:
-    x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+    x = jax.sharding.reshard(x, named(jax.sharding.PartitionSpec()))
   # The Frobenius norm of entries from 1.8e19 on overflows float32 (the
   # iteration would divide by inf: a zero step): a power of two brings the
   # largest entry near 1 first, exactly, where eps is negligible anyway.
@@ -137,7 +140,7 @@ def _newton_schulz(x, coeffs, eps, ns_steps, dims):
   # A zero matrix (a frozen layer, a zero gradient) orthogonalises to zero,
   # also where eps is 0 or rounds to 0 in x's dtype (0 / 0 otherwise).
   out = jnp.where(largest > 0, out, jnp.zeros_like(out))
-  return jax.sharding.reshard(out, sharding.spec) if explicit else out
+  return jax.sharding.reshard(out, named(sharding.spec)) if explicit else out
 
 
 def orthogonalize(

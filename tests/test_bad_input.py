@@ -72,8 +72,12 @@ def test_a_hyperparameter_gets_one_verdict_eager_and_jitted(
 ):
   expected, in_range = valid
   message = f'{name} must be {expected}'
-  ok = in_range(value)
-  # Eager: the constructor decides.
+  with np.errstate(over='ignore'):
+    as_float32 = float(np.float32(value))  # the value the step will use
+  if abs(as_float32) < np.finfo(np.float32).tiny:
+    as_float32 = 0.0  # and XLA flushes float32 denormals to zero
+  ok = in_range(value) and in_range(as_float32)
+  # Eager: the constructor decides, on the value and its float32 rounding.
   eager = verdict(factory, **{**kwargs, name: value})
   assert (eager is None) == ok, eager
   if not ok:
@@ -84,10 +88,6 @@ def test_a_hyperparameter_gets_one_verdict_eager_and_jitted(
   with np.errstate(over='ignore'):
     state.hyperparams[name] = jnp.asarray(np.float32(value))
   jitted = verdict(jax.jit(tx.update), GRADS, state, PARAMS)
-  with np.errstate(over='ignore'):
-    as_float32 = float(np.float32(value))  # what the injected value became
-  if abs(as_float32) < np.finfo(np.float32).tiny:
-    as_float32 = 0.0  # and XLA flushes float32 denormals to zero
   if not in_range(as_float32):
     assert jitted is not None and message in jitted, jitted
   else:

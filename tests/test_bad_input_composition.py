@@ -326,6 +326,16 @@ SCALAR_CASES = [
   ('recursive_correction', so.recursive_correction(0.9, approx=True), False),
   ('recursive_correction_exact', so.recursive_correction(0.9), True),
   ('apply_if_finite', so.apply_if_finite(optax.sgd(0.1), 2), False),
+  ('spider', so.spider(0.1, c0=1.0), True),
+  ('spider_lean', so.spider(0.1, c0=1.0, lean=True), True),
+  ('spider_estimator', so.spider_estimator(), True),
+  ('storm', so.storm(0.1, 0.9), True),
+  ('mars_adamw', so.mars_adamw(0.1), False),
+  ('mars_adamw_exact', so.mars_adamw(0.1, approx=False), True),
+  ('mars_lion', so.mars_lion(0.1), False),
+  ('mars_muon', so.mars_muon(0.1), False),
+  ('clip_by_leaf_norm', so.clip_by_leaf_norm(1.0), False),
+  ('relaxed_clip', so.relaxed_clip(1.0), False),
 ]
 
 
@@ -406,3 +416,40 @@ def test_tree_get_count_answers_as_on_the_optax_counterpart(name, ours, theirs):
   assert (got is None) == (want is None)
   if want is not None:
     assert int(got) == int(want) == 3
+
+
+def test_global_norm_of_python_floats():
+  assert float(so.global_norm({'w': 3.0, 'v': jnp.array([4.0])})) == 5.0
+
+
+STATES = {
+  'mars_adamw': lambda: so.mars_adamw(0.1),
+  'mars_adamw_1d': lambda: so.mars_adamw(0.1, adamw_1d=True),
+  'mars_lion': lambda: so.mars_lion(0.1),
+  'mars_muon': lambda: so.mars_muon(0.1),
+  'spider': lambda: so.spider(0.1, c0=1.0),
+  'spider_lean': lambda: so.spider(0.1, c0=1.0, lean=True),
+  'storm': lambda: so.storm(0.1, 0.9),
+  'storm_approx': lambda: so.storm(0.1, 0.9, approx=True),
+}
+MATRICES = {'k': jnp.ones((4, 3)), 'b': jnp.zeros(3)}
+
+
+@pytest.mark.parametrize('made_by', list(STATES))
+@pytest.mark.parametrize('used_by', list(STATES))
+def test_a_state_of_another_configuration_says_rebuild(made_by, used_by):
+  """A state made by one optimizer or configuration, fed to another: an
+  error that says to rebuild it (never an AttributeError from inside a
+  chain, never a silent run), eager and under jit."""
+  if made_by == used_by:
+    return
+  state = STATES[made_by]().init(MATRICES)
+  tx = STATES[used_by]()
+  grads = jax.tree.map(lambda x: x + 0.1, MATRICES)
+  exact = used_by in ('spider', 'spider_lean', 'storm')
+  extra = {'prev_grads': grads} if exact else {}
+  for update in (tx.update, jax.jit(tx.update)):
+    with pytest.raises(
+      (TypeError, ValueError), match=r'rebuild the state with tx.init\(params\)'
+    ):
+      update(grads, state, MATRICES, **extra)
