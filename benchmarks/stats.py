@@ -32,6 +32,10 @@ def t_quantile(n: int, level: float = LEVEL) -> float:
   return float(scipy_stats.t.ppf(0.5 + level / 2, n - 1))
 
 
+# Differences of losses below this are float32 rounding, not a verdict.
+ROUNDING = 1e-4
+
+
 def paired(
   method: Sequence[float], baseline: Sequence[float], level: float = LEVEL
 ) -> Results:
@@ -39,7 +43,11 @@ def paired(
 
   Returns the mean, sd and n of the differences, the ``level`` t-interval,
   the wins (seeds where the method's loss is lower) and a verdict: 'better'
-  or 'worse' where the interval excludes 0, else 'no detectable difference'.
+  or 'worse' where the interval excludes 0, else 'no detectable difference';
+  'equal (within rounding)' where the whole interval lies within
+  :data:`ROUNDING` of 0 (two runs that differ only by float32 rounding, e.g.
+  a MARS arm at gamma = 0 against its base, give intervals of 1e-7 that
+  exclude 0 and mean nothing).
   A seed where either run diverged (a loss that is not finite) makes the
   comparison fail: verdict 'a run diverged', no interval.
   """
@@ -65,7 +73,13 @@ def paired(
   half = t_quantile(n, level) * sd / math.sqrt(n)
   low, high = mean - half, mean + half
   verdict = (
-    'better' if high < 0 else 'worse' if low > 0 else 'no detectable difference'
+    'equal (within rounding)'
+    if max(abs(low), abs(high)) < ROUNDING
+    else 'better'
+    if high < 0
+    else 'worse'
+    if low > 0
+    else 'no detectable difference'
   )
   return dict(
     n=n,

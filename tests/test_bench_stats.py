@@ -40,6 +40,13 @@ def test_paired_verdicts():
   assert stats.paired(base + [0.1, math.inf, 0, 0], base)['verdict'] == (
     'a run diverged'
   )
+  # Rounding-sized differences (a gamma = 0 arm against its base): the
+  # interval excludes 0 but lies within 1e-4 of it.
+  rounding = base + [1e-6, 0.0, 1.2e-6, 7e-7]
+  assert stats.paired(rounding, base)['verdict'] == 'equal (within rounding)'
+  assert stats.paired(base + [2e-4, 3e-4, 2.5e-4, 2e-4], base)['verdict'] == (
+    'worse'
+  )
   with pytest.raises(ValueError, match='equal-length'):
     stats.paired([1.0, 2.0], [1.0])
 
