@@ -91,8 +91,8 @@ def _prev_pure(optimizer: nnx.Optimizer, params: nnx.State | None) -> Any:
   pure = None if params is None else nnx.as_pure(params)
   try:
     return lookup.prev_params(nnx.as_pure(optimizer.opt_state), pure)
-  except lookup.NoPrevParamsError:
-    raise lookup.NoPrevParamsError(
+  except lookup._NoPrevParamsError:
+    raise lookup._NoPrevParamsError(
       'This nnx.Optimizer keeps no previous parameters, so there is no '
       'second point for a paired gradient. Build it on a paired-gradient '
       'optimizer, e.g. '

@@ -69,7 +69,7 @@ def estimator_state(state: Any) -> SpiderEstimatorState | LeanSpiderState:
   )
 
 
-class NoPrevParamsError(ValueError):
+class _NoPrevParamsError(ValueError):
   """A state without previous parameters (no paired-gradient estimator)."""
 
 
@@ -152,7 +152,7 @@ def prev_params(state: Any, params: optax.Params | None = None) -> optax.Params:
       )
     return rebuild_prev_params(lean[0], params)
   if not found:
-    raise NoPrevParamsError(
+    raise _NoPrevParamsError(
       'This optimizer state keeps no previous parameters. Build the '
       'optimizer with so.spider(...), so.storm(...) or '
       'so.mars_adamw(..., approx=False), then pass the state that tx.init '

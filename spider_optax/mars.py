@@ -18,6 +18,7 @@ from jax.typing import DTypeLike
 
 from spider_optax import _checks
 from spider_optax import _guard
+from spider_optax import _masks
 from spider_optax import muon
 from spider_optax.clipping import clip_by_leaf_norm
 from spider_optax.clipping import relaxed_clip
@@ -116,6 +117,7 @@ def _mars(
   """
   learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
   weight_decay = _checks.nonnegative_schedule('weight_decay', weight_decay)
+  mask = _masks.checked(mask)  # what optax.masked takes, refused otherwise
   tail = lambda lr, wd: optax.chain(
     optax.add_decayed_weights(wd, mask), optax.scale_by_learning_rate(lr)
   )
