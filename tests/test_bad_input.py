@@ -19,18 +19,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import spider_optax as so
+from verdicts import verdict
 
 PARAMS = {'w': jnp.array([1.0, -2.0, 3.0])}
 GRADS = {'w': jnp.array([0.5, 0.25, -1.0])}
-
-
-def verdict(fn, *args, **kwargs):
-  """The message of the error ``fn`` raises when run and read, or None."""
-  try:
-    jax.block_until_ready(fn(*args, **kwargs))
-  except Exception as error:  # noqa: BLE001  (JAX wraps the ValueError)
-    return str(error)
-  return None
 
 
 # --------------------------------------------------------------------------
