@@ -1,4 +1,9 @@
-r"""Sphinx configuration for the spider-optax API documentation.
+r"""Sphinx configuration for the spider-optax documentation.
+
+The front page (index.rst), the user guide (guide/*.md, Markdown read by
+MyST; tests/test_docs_pages.py runs each page's ```python blocks), the
+development page (development.md, which includes CONTRIBUTING.md) and the
+API reference (api/*.rst).
 
 Build as .ci/run does (warnings are errors; the second command runs the
 examples of the pages and every ``>>>`` example of the docstrings they
@@ -37,9 +42,14 @@ extensions = [
   'sphinx.ext.mathjax',
   'sphinx.ext.napoleon',
   'sphinx.ext.viewcode',
+  'myst_parser',
 ]
 
+source_suffix = {'.rst': 'restructuredtext', '.md': 'markdown'}
 exclude_patterns = ['_build']
+# Headings get anchors, so that a page can link to another's section
+# (`flax.md#checkpoints`), as GitHub renders them.
+myst_heading_anchors = 3
 html_theme = 'furo'
 html_title = f'spider-optax {release}'
 
