@@ -1,4 +1,9 @@
-"""The README's Python code blocks run as printed."""
+"""The README's Python code blocks run as printed.
+
+tests/test_docs_pages.py runs the user guide's blocks, checks that every
+fence of the README and the guide names its language, and that their links
+lead somewhere.
+"""
 
 import pathlib
 import re
@@ -10,7 +15,8 @@ BLOCKS = re.findall(r'```python\n(.*?)```', README.read_text(), re.DOTALL)
 
 
 def test_readme_has_python_blocks():
-  assert len(BLOCKS) >= 4
+  """The two quick starts: MARS (one gradient) and SPIDER (paired)."""
+  assert len(BLOCKS) >= 2
 
 
 @pytest.mark.parametrize('index', range(len(BLOCKS)))
@@ -24,25 +30,3 @@ def test_readme_set_up_commands_match_ci():
   assert len(commands) == 2
   ci = (README.parent / '.ci' / 'run').read_text()
   assert commands[1].strip() in ci
-
-
-def test_flax_diff_is_the_real_change_and_small():
-  """The README's diff is the difference of its two Flax loops, and small."""
-  import difflib
-
-  text = README.read_text()
-  section = text[text.index('## From your Flax loop to SPIDER') :]
-  before, after = re.findall(r'```python\n(.*?)```', section, re.DOTALL)[:2]
-  shown = re.search(r'```diff\n(.*?)```', section, re.DOTALL).group(1)
-  real = ''.join(
-    list(
-      difflib.unified_diff(before.splitlines(True), after.splitlines(True), n=1)
-    )[2:]
-  )
-  assert shown == real
-  added = [
-    line
-    for line in real.splitlines()
-    if line.startswith('+') and line[1:].strip()
-  ]
-  assert len(added) <= 10
