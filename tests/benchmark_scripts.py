@@ -16,7 +16,6 @@ SCRIPTS = (
   'train',
   'smoothness',
   'family',
-  'check_cost',
 )
 
 
