@@ -1,18 +1,14 @@
 """Argument checks of the public API: clear errors that say what to do."""
 
-import contextlib
-import contextvars
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
 import jax.core
 import numpy as np
-
-from spider_optax import _buffers
 
 T = TypeVar('T')
 
@@ -253,13 +249,8 @@ def check_range(
         f'{name} must be {expected}, got {value!r}{detail}.{suffix}'
       )
     return value
-  # A float32 value is judged as the step uses it (a denormal flushed to
-  # 0: XLA's comparisons do not flush it); a wider one also as it is.
-  valid = in_range(traced_float32(value))
-  if jax.numpy.finfo(jax.numpy.result_type(value, np.float32)).bits > 32:
-    valid = valid & in_range(value)
   return error_if(
-    ~valid,
+    ~(in_range(value) & in_range(traced_float32(value))),
     f'{name} must be {expected}, got {{}} (a traced value, e.g. from '
     f'optax.inject_hyperparams or a schedule; judged on its float32 '
     f'value).{suffix}',
@@ -500,96 +491,15 @@ def check_count(name: str, value: Any) -> None:
 
 
 def _all_finite(tree: Any) -> Any:
-  """Whether every floating entry of ``tree`` is finite.
-
-  As ``sum(x * 0)`` is finite: a float reduction XLA fuses into one pass
-  over ``x`` (``all(isfinite(x))`` writes a temporary of bools on CPU).
-  """
   leaves = [
-    jax.numpy.sum(jax.numpy.ravel(x) * 0)
+    jax.numpy.all(jax.numpy.isfinite(x))
     for x in jax.tree.leaves(tree)
     if jax.numpy.issubdtype(jax.numpy.result_type(x), jax.numpy.inexact)
   ]
-  return jax.numpy.isfinite(sum(leaves)) if leaves else True
+  return jax.numpy.all(jax.numpy.stack(leaves)) if leaves else True
 
 
-def _braces(text: str) -> str:
-  """``text`` with its braces doubled, for ``str.format``."""
-  return text.replace('{', '{{').replace('}', '}}')
-
-
-# True while so.apply_if_finite traces its inner update: an overflow there
-# is a non-finite step it counts and skips, not an error.
-_COUNTED_AS_NOT_FINITE = contextvars.ContextVar('counted', default=False)
-
-
-@contextlib.contextmanager
-def overflow_counted() -> Iterator[None]:
-  """Within: :func:`overflow_error` gives NaN steps instead of errors."""
-  token = _COUNTED_AS_NOT_FINITE.set(True)
-  try:
-    yield
-  finally:
-    _COUNTED_AS_NOT_FINITE.reset(token)
-
-
-def overflow_error(overflowed: Any, message: str, *, result: T) -> T:
-  """:func:`error_if`; under :func:`overflow_counted`, NaN where it fails.
-
-  So that ``so.apply_if_finite`` counts and skips an overflowed step (a
-  silent zero step would be finite) instead of stopping the run.
-  """
-  if _COUNTED_AS_NOT_FINITE.get():
-    nan = lambda x: jax.numpy.where(overflowed, jax.numpy.nan, x).astype(
-      x.dtype
-    )
-    return jax.tree.map(
-      lambda x: (
-        nan(x) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact) else x
-      ),
-      result,
-    )
-  return error_if(overflowed, message, result=result)
-
-
-def overflow_check(
-  bad: Any,
-  inputs: Any,
-  result: T,
-  what: str,
-  formula: str,
-  *,
-  wider: str = 'mu_dtype',
-) -> T:
-  """``result``, or an error where it is not finite and every input is.
-
-  ``bad``: some entry of ``result`` (a step made from ``inputs``) is not
-  finite. The inputs are read only where it is True: a valid step pays for
-  ``bad`` and one scalar branch.
-  """
-  overflowed = _buffers.cond(
-    bad,
-    lambda: jax.numpy.asarray(_all_finite(inputs)),
-    lambda: jax.numpy.asarray(False),
-  )
-  dtypes = sorted(
-    {str(jax.numpy.result_type(x)) for x in jax.tree.leaves(result)}
-  )
-  return overflow_error(
-    overflowed,
-    # (error_if formats the message: literal braces doubled)
-    f'{what}: finite gradients gave a non-finite {_braces(formula)}: it '
-    f'exceeds the range of {" and ".join(dtypes)} (gradients near its '
-    'largest number). Scale the loss down, clip the raw gradients before '
-    f'the optimizer (optax.clip_by_global_norm), or keep the state wider '
-    f'({wider}=jnp.float32 for float16 or bfloat16 params).',
-    result=result,
-  )
-
-
-def overflow_checked(
-  tx: Any, what: str, formula: str, *, wider: str = 'mu_dtype'
-) -> Any:
+def overflow_checked(tx: Any, what: str, formula: str) -> Any:
   """``tx`` whose update raises where finite gradients give a non-finite one.
 
   For a correction whose output can exceed the range of its dtype although
@@ -597,8 +507,7 @@ def overflow_checked(
   near 3e38 (or float16 ones near 6e4) is inf, and the clip after it turns
   inf into NaN. Non-finite gradients pass as they are (so that
   ``so.apply_if_finite`` skips the step). A ``ValueError`` eagerly, the same
-  message at run time under jit (:func:`error_if`). ``wider`` names the
-  argument that widens the state.
+  message at run time under jit (:func:`error_if`).
   """
   import optax
 
@@ -607,13 +516,18 @@ def overflow_checked(
   def update_fn(updates, state, params=None, **extra_args):
     out, new_state = tx.update(updates, state, params, **extra_args)
     inputs = (updates, extra_args.get('prev_grads'))
-    out = overflow_check(
-      ~jax.numpy.asarray(_all_finite(out)),
-      inputs,
-      out,
-      what,
-      formula,
-      wider=wider,
+    overflowed = ~_all_finite(out) & _all_finite(inputs)
+    dtypes = sorted(
+      {str(jax.numpy.result_type(x)) for x in jax.tree.leaves(out)}
+    )
+    out = error_if(
+      overflowed,
+      f'{what}: finite gradients gave a non-finite {formula}: it exceeds the '
+      f'range of {" and ".join(dtypes)} (gradients near its largest number). '
+      'Scale the loss down, clip the raw gradients before the optimizer '
+      '(optax.clip_by_global_norm), or keep the state wider (mu_dtype='
+      'jnp.float32 for float16 or bfloat16 params).',
+      result=out,
     )
     return out, new_state
 

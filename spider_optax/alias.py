@@ -14,7 +14,6 @@ from spider_optax.clipping import relaxed_clip
 from spider_optax.correction import recursive_correction
 from spider_optax.estimator import spider_estimator
 from spider_optax.lean import lean_spider
-from spider_optax.lean import OVERFLOW
 
 
 @_guard.public
@@ -135,36 +134,20 @@ def spider(
         'epsilon= (automatic clipping) fits the thresholds to the '
         'diagnostics the estimator measures: drop diagnostics=False.'
       )
-    return _overflow_checked(
-      auto_clip_spider(
-        learning_rate,
-        epsilon,
-        c0=c0,
-        c1=c1,
-        fit_learning_rate=fit_learning_rate,
-        estimator_dtype=estimator_dtype,
-      )
+    return auto_clip_spider(
+      learning_rate,
+      epsilon,
+      c0=c0,
+      c1=c1,
+      fit_learning_rate=fit_learning_rate,
+      estimator_dtype=estimator_dtype,
     )
   learning_rate = _checks.nonnegative_schedule('learning_rate', learning_rate)
   return optax.chain(
-    # (the check reads v_k, which the state keeps: no temporary copy)
-    _overflow_checked(
-      spider_estimator(estimator_dtype, diagnostics=bool(diagnostics))
-    ),
+    spider_estimator(estimator_dtype, diagnostics=bool(diagnostics)),
     relaxed_clip(c0, c1),
     optax.scale_by_learning_rate(learning_rate),
   )
-
-
-def _overflow_checked(
-  tx: optax.GradientTransformationExtraArgs,
-) -> optax.GradientTransformationExtraArgs:
-  """SPIDER's ``tx``, raising where finite gradients give a non-finite step.
-
-  :math:`v_{k-1} + g_k - g'_k` of finite float32 entries near 3e38 is inf,
-  and the clip turns it into NaN. (``lean=True`` checks it itself.)
-  """
-  return _checks.overflow_checked(tx, *OVERFLOW, wider='estimator_dtype')
 
 
 @_guard.public

@@ -107,10 +107,9 @@ def apply_if_finite(
 
   def update_fn(updates, state, params=None, **extra_args):
     _checks.check_state(state, optax.ApplyIfFiniteState, 'so.apply_if_finite')
-    with _checks.overflow_counted():  # an overflow is a step to skip
-      new_updates, new_state = inner.update(
-        updates, state.inner_state, params, **extra_args
-      )
+    new_updates, new_state = inner.update(
+      updates, state.inner_state, params, **extra_args
+    )
     # Every array the update receives but the params (grads and every extra
     # argument: prev_grads, grad_diff_variance, ...), and what it returns: an
     # estimator that overflows its dtype makes inf from finite input.
