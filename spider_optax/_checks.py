@@ -1,14 +1,18 @@
 """Argument checks of the public API: clear errors that say what to do."""
 
+import contextlib
+import contextvars
 import inspect
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import jax
 import jax.core
 import numpy as np
+
+from spider_optax import _buffers
 
 T = TypeVar('T')
 
@@ -249,8 +253,13 @@ def check_range(
         f'{name} must be {expected}, got {value!r}{detail}.{suffix}'
       )
     return value
+  # A float32 value is judged as the step uses it (a denormal flushed to
+  # 0: XLA's comparisons do not flush it); a wider one also as it is.
+  valid = in_range(traced_float32(value))
+  if jax.numpy.finfo(jax.numpy.result_type(value, np.float32)).bits > 32:
+    valid = valid & in_range(value)
   return error_if(
-    ~(in_range(value) & in_range(traced_float32(value))),
+    ~valid,
     f'{name} must be {expected}, got {{}} (a traced value, e.g. from '
     f'optax.inject_hyperparams or a schedule; judged on its float32 '
     f'value).{suffix}',
@@ -490,16 +499,110 @@ def check_count(name: str, value: Any) -> None:
     raise ValueError(f'{name} must be a positive int, got {value!r}.')
 
 
-def _all_finite(tree: Any) -> Any:
-  leaves = [
-    jax.numpy.all(jax.numpy.isfinite(x))
-    for x in jax.tree.leaves(tree)
-    if jax.numpy.issubdtype(jax.numpy.result_type(x), jax.numpy.inexact)
-  ]
-  return jax.numpy.all(jax.numpy.stack(leaves)) if leaves else True
+def largest_magnitude(tree: Any) -> Any:
+  """The largest :math:`|x|` over the floating entries of ``tree``.
+
+  float32 (float64 under ``jax.enable_x64``): NaN where an entry is NaN,
+  else inf where one is infinite; 0 for a tree without floating entries
+  (or with empty ones). One max-reduction per leaf: a single read of it.
+  """
+  largest = jax.numpy.zeros([], jax.numpy.result_type(float))
+  for x in jax.tree.leaves(tree):
+    if jax.numpy.issubdtype(jax.numpy.result_type(x), jax.numpy.inexact):
+      x = jax.numpy.abs(jax.numpy.asarray(x))
+      # jnp.max and jnp.maximum propagate NaN.
+      largest = jax.numpy.maximum(
+        largest, jax.numpy.max(x, initial=0).astype(largest.dtype)
+      )
+  return largest
 
 
-def overflow_checked(tx: Any, what: str, formula: str) -> Any:
+def all_finite(tree: Any) -> Any:
+  """Whether every floating entry of ``tree`` is finite (a bool scalar)."""
+  return jax.numpy.isfinite(largest_magnitude(tree))
+
+
+def _braces(text: str) -> str:
+  """``text`` with its braces doubled, for ``str.format``."""
+  return text.replace('{', '{{').replace('}', '}}')
+
+
+# True while so.apply_if_finite traces its inner update: an overflow there
+# is a non-finite step it counts and skips, not an error.
+_COUNTED_AS_NOT_FINITE = contextvars.ContextVar('counted', default=False)
+
+
+@contextlib.contextmanager
+def overflow_counted() -> Iterator[None]:
+  """Within: :func:`overflow_error` gives NaN steps instead of errors."""
+  token = _COUNTED_AS_NOT_FINITE.set(True)
+  try:
+    yield
+  finally:
+    _COUNTED_AS_NOT_FINITE.reset(token)
+
+
+def overflow_error(overflowed: Any, message: str, *, result: T) -> T:
+  """:func:`error_if`; under :func:`overflow_counted`, NaN where it fails.
+
+  So that ``so.apply_if_finite`` counts and skips an overflowed step (a
+  silent zero step would be finite) instead of stopping the run.
+  """
+  if _COUNTED_AS_NOT_FINITE.get():
+    nan = lambda x: jax.numpy.where(overflowed, jax.numpy.nan, x).astype(
+      x.dtype
+    )
+    return jax.tree.map(
+      lambda x: (
+        nan(x) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact) else x
+      ),
+      result,
+    )
+  return error_if(overflowed, message, result=result)
+
+
+def overflow_check(
+  bad: Any,
+  inputs: Any,
+  result: T,
+  what: str,
+  formula: str,
+  *,
+  wider: str = 'mu_dtype',
+  made: Any = None,
+) -> T:
+  """``result``, or an error where finite inputs overflowed into it.
+
+  ``bad``: some entry of ``made`` (``result`` unless given: what the step
+  computes from ``inputs``) is not finite. The overflow: an infinite entry
+  of ``made``, none NaN (NaN comes from NaN input, or from an input that
+  was already infinite), and every input finite. Both are read only where
+  ``bad`` is True: a valid step pays for ``bad`` and one scalar branch.
+  """
+  made = result if made is None else made
+
+  def overflowed():
+    return jax.numpy.isposinf(largest_magnitude(made)) & all_finite(inputs)
+
+  overflowed = _buffers.cond(bad, overflowed, lambda: jax.numpy.asarray(False))
+  dtypes = sorted(
+    {str(jax.numpy.result_type(x)) for x in jax.tree.leaves(result)}
+  )
+  return overflow_error(
+    overflowed,
+    # (error_if formats the message: literal braces doubled)
+    f'{what}: finite gradients gave a non-finite {_braces(formula)}: it '
+    f'exceeds the range of {" and ".join(dtypes)} (gradients near its '
+    'largest number). Scale the loss down, clip the raw gradients before '
+    f'the optimizer (optax.clip_by_global_norm), or keep the state wider '
+    f'({wider}=jnp.float32 for float16 or bfloat16 params).',
+    result=result,
+  )
+
+
+def overflow_checked(
+  tx: Any, what: str, formula: str, *, wider: str = 'mu_dtype'
+) -> Any:
   """``tx`` whose update raises where finite gradients give a non-finite one.
 
   For a correction whose output can exceed the range of its dtype although
@@ -507,7 +610,8 @@ def overflow_checked(tx: Any, what: str, formula: str) -> Any:
   near 3e38 (or float16 ones near 6e4) is inf, and the clip after it turns
   inf into NaN. Non-finite gradients pass as they are (so that
   ``so.apply_if_finite`` skips the step). A ``ValueError`` eagerly, the same
-  message at run time under jit (:func:`error_if`).
+  message at run time under jit (:func:`error_if`). ``wider`` names the
+  argument that widens the state.
   """
   import optax
 
@@ -516,18 +620,13 @@ def overflow_checked(tx: Any, what: str, formula: str) -> Any:
   def update_fn(updates, state, params=None, **extra_args):
     out, new_state = tx.update(updates, state, params, **extra_args)
     inputs = (updates, extra_args.get('prev_grads'))
-    overflowed = ~_all_finite(out) & _all_finite(inputs)
-    dtypes = sorted(
-      {str(jax.numpy.result_type(x)) for x in jax.tree.leaves(out)}
-    )
-    out = error_if(
-      overflowed,
-      f'{what}: finite gradients gave a non-finite {formula}: it exceeds the '
-      f'range of {" and ".join(dtypes)} (gradients near its largest number). '
-      'Scale the loss down, clip the raw gradients before the optimizer '
-      '(optax.clip_by_global_norm), or keep the state wider (mu_dtype='
-      'jnp.float32 for float16 or bfloat16 params).',
-      result=out,
+    out = overflow_check(
+      ~all_finite(out),
+      inputs,
+      out,
+      what,
+      formula,
+      wider=wider,
     )
     return out, new_state
 

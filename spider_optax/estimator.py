@@ -14,6 +14,12 @@ from spider_optax import _checks
 from spider_optax import measurement
 from spider_optax import previous
 
+# What overflows, for the message of so.spider (lean=True too).
+OVERFLOW = (
+  'so.spider',
+  "estimator v_k = v_{k-1} + g_k - g'_k (or the step made from it)",
+)
+
 
 def recursive_estimate(
   estimate: optax.Updates,
@@ -95,6 +101,11 @@ def spider_estimator(
   compiles one anchor step and one recursive step, and the host decides which
   to call (every ``q`` steps an anchor). A recursive step before any anchor has
   no estimate to correct, so it acts as an anchor step (``v_0 = g_0``).
+
+  Where finite gradients give an estimator that overflows its dtype (float32
+  entries near 3e38 whose sum is inf), the update raises a ``ValueError``
+  that says so (at run time under ``jax.jit``; a skipped step under
+  :func:`apply_if_finite`) instead of returning inf.
 
   It must come first in a chain, so that it sees raw gradients. It emits
   :math:`v_k`; chain :func:`relaxed_clip` and a learning rate after it, or
@@ -216,4 +227,11 @@ def spider_estimator(
     )
     return estimate, new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)  # pyright: ignore[reportArgumentType]
+  # Finite float32 entries near 3e38 can sum to inf (and a clip after it
+  # turns inf into NaN): an error that says so. (The check reads v_k, which
+  # the state keeps: no temporary copy.)
+  return _checks.overflow_checked(
+    optax.GradientTransformationExtraArgs(init_fn, update_fn),  # pyright: ignore[reportArgumentType]
+    *OVERFLOW,
+    wider='estimator_dtype',
+  )

@@ -11,8 +11,11 @@ from jax.typing import DTypeLike
 from spider_optax import _buffers
 from spider_optax import _checks
 from spider_optax import previous
-from spider_optax.clipping import global_norm
+from spider_optax.clipping import divide
+from spider_optax.clipping import norm_parts
 from spider_optax.clipping import relaxed_clip_factor
+from spider_optax.clipping import step_length
+from spider_optax.estimator import OVERFLOW
 from spider_optax.estimator import recursive_estimate
 
 _CHANGED = (
@@ -33,9 +36,17 @@ class LeanSpiderState(NamedTuple):
     steps_since_anchor: updates since the last anchor step (int32).
     estimate: the estimator :math:`v_k` of the last update, in the estimator
       dtype; zeros before the first update. The only parameter-sized array.
-    step_scale: :math:`s_k = \eta_k \min(1, c_0/\|v_k\|, c_1/\|v_k\|^2)`,
-      so that the last update was :math:`u_k = -s_k v_k` (float32; 0 before
-      the first update).
+    step_scale: :math:`s_k` with the last update
+      :math:`u_k = -s_k v_k / m_k` (float32, float64 for a float64
+      estimate; 0 before the first update):
+      :math:`\eta_k` where the clip does not bind, else
+      :math:`\eta_k \min(\|v_k\|, c_0, c_1/\|v_k\|) m_k / \|v_k\|`.
+    estimate_scale: :math:`m_k` (the same dtype): 1, except where the sum
+      of squares of :math:`v_k` over- or underflows (a float32 norm from
+      about 1e19, or below 1e-15), the largest :math:`|v_k|` entry; so that
+      :math:`s_k` stays in the normal range where
+      :math:`\eta_k c_0 / \|v_k\|` would be flushed to 0 (a float32 norm
+      from about 8.5e37).
     first_entries: each params leaf's first entry after the last update,
       :math:`(x_k + u_k)[0]`, computed as ``optax.apply_updates`` does (the
       initial params' before the first update): a check that the params
@@ -48,6 +59,7 @@ class LeanSpiderState(NamedTuple):
   steps_since_anchor: chex.Array
   estimate: optax.Updates
   step_scale: chex.Array
+  estimate_scale: chex.Array
   first_entries: Any
 
 
@@ -84,8 +96,8 @@ def _first(tree: Any) -> Any:
 
 def _checked_step_scale(
   state: LeanSpiderState, params: optax.Params
-) -> chex.Array:
-  """``state.step_scale``, checked against the params.
+) -> tuple[chex.Array, chex.Array]:
+  """``(state.step_scale, state.estimate_scale)``, checked against the params.
 
   An error (at run time under jit) if the params moved other than by the
   last update.
@@ -97,13 +109,29 @@ def _checked_step_scale(
     )
   ]
   moved = jnp.any(jnp.stack(moved)) if moved else jnp.array(False)
-  return _checks.error_if(moved, _CHANGED, result=state.step_scale)
+  return _checks.error_if(
+    moved, _CHANGED, result=(state.step_scale, state.estimate_scale)
+  )
+
+
+def _scalar_dtype(estimate: Any) -> Any:
+  """float32, or float64 where a leaf of the estimate is (its norm's)."""
+  reals = [jnp.finfo(x.dtype).dtype for x in jax.tree.leaves(estimate)]
+  return jnp.result_type(jnp.float32, *reals)
+
+
+def _step(
+  v: jax.Array, step_scale: chex.Array, scale: chex.Array
+) -> chex.Array:
+  """:math:`s v / m` in ``v``'s dtype (:func:`divide`: exact where m = 1)."""
+  dtype = jnp.promote_types(v.dtype, jnp.float32)
+  return (divide(v.astype(dtype), scale) * step_scale).astype(v.dtype)
 
 
 def rebuild_prev_params(
   state: LeanSpiderState, params: optax.Params
 ) -> optax.Params:
-  """:math:`x_{k-1} = x_k + s_{k-1} v_{k-1}` from a lean state and ``params``.
+  """:math:`x_{k-1} = x_k + s_{k-1} v_{k-1} / m_{k-1}` from a lean state.
 
   Equal to the params of the last update up to one rounding of the params'
   dtype (:math:`x_k` was rounded when the update was applied).
@@ -111,9 +139,9 @@ def rebuild_prev_params(
   _checks.check_state_matches(
     'state.estimate', state.estimate, params, check_dtypes=False
   )
-  step_scale = _checked_step_scale(state, params)
+  step_scale, scale = _checked_step_scale(state, params)
   return jax.tree.map(
-    lambda p, v: (p + step_scale.astype(v.dtype) * v).astype(p.dtype),
+    lambda p, v: (p + _step(v, step_scale, scale)).astype(p.dtype),
     params,
     state.estimate,
   )
@@ -138,7 +166,9 @@ def lean_spider(
 
   but the state keeps :math:`v_k` and the scalar :math:`s_k` instead of a
   copy of the params, and rebuilds the previous point when it is needed:
-  :math:`x_{k-1} = x_k + s_{k-1} v_{k-1}`. Half of Adam's state.
+  :math:`x_{k-1} = x_k + s_{k-1} v_{k-1}` (in float32 as
+  :math:`s_{k-1} v_{k-1} / m_{k-1}`, so that :math:`s` is not flushed to 0
+  for norms near float32's top). Half of Adam's state.
 
   The contract: the params change only by this optimizer's updates, applied
   with ``optax.apply_updates`` (no weight decay or other updates added
@@ -182,14 +212,32 @@ def lean_spider(
           'float32. Use lean=False (a float32 copy is kept), or float32 '
           'params.'
         )
+    estimate = jax.tree.map(
+      lambda p: _buffers.zeros_like(p, estimator_dtype), params
+    )
     return LeanSpiderState(
       count=jnp.zeros([], jnp.int32),
       steps_since_anchor=jnp.zeros([], jnp.int32),
-      estimate=jax.tree.map(
-        lambda p: _buffers.zeros_like(p, estimator_dtype), params
-      ),
-      step_scale=jnp.zeros([], jnp.float32),
+      estimate=estimate,
+      step_scale=jnp.zeros([], _scalar_dtype(estimate)),
+      estimate_scale=jnp.ones([], _scalar_dtype(estimate)),
       first_entries=_first(params),
+    )
+
+  def _step_scale(estimate, lr):
+    """``(s, m, bad)`` of the step :math:`-s v / m`, as relaxed_clip's.
+
+    ``bad``: :math:`v` is not finite (read off its norm, at no cost).
+    """
+    scale, root = norm_parts(estimate)
+    norm = scale * root
+    clipped = relaxed_clip_factor(norm, c0, c1) < 1
+    length = step_length(norm, c0, c1)
+    step_scale = lr * divide(length, jnp.where(root > 0, root, 1.0))
+    return (
+      jnp.where(clipped, step_scale, lr).astype(_scalar_dtype(estimate)),
+      jnp.where(clipped, scale, 1.0).astype(_scalar_dtype(estimate)),
+      ~(jnp.isfinite(scale) & jnp.isfinite(root)),
     )
 
   def update_fn(updates, state, params=None, *, prev_grads=None, **extra_args):
@@ -218,15 +266,20 @@ def lean_spider(
       anchored = state.count > 0  # A first recursive step acts as an anchor.
       g_prime = prev_grads
     estimate = recursive_estimate(state.estimate, updates, g_prime, anchored)
-    factor = relaxed_clip_factor(global_norm(estimate), c0, c1)
     lr = (
       learning_rate(state.count)  # pyright: ignore[reportCallIssue]
       if _checks.is_function(learning_rate)
       else learning_rate
     )
-    step_scale = (jnp.asarray(lr, jnp.float32) * factor).astype(jnp.float32)
-    new_updates = jax.tree.map(
-      lambda v: (v * -step_scale.astype(v.dtype)).astype(v.dtype), estimate
+    step_scale, scale, bad = _step_scale(estimate, jnp.asarray(lr, jnp.float32))
+    new_updates = jax.tree.map(lambda v: _step(v, -step_scale, scale), estimate)
+    new_updates = _checks.overflow_check(
+      bad,
+      (updates, prev_grads),
+      new_updates,
+      *OVERFLOW,
+      wider='estimator_dtype',
+      made=estimate,
     )
     # Under the contract the params' first entries are state.first_entries
     # (so.prev_params checks it): reading them from the state leaves the
@@ -239,6 +292,7 @@ def lean_spider(
       ).astype(jnp.int32),
       estimate=estimate,
       step_scale=step_scale,
+      estimate_scale=scale,
       first_entries=applied,
     )
 

@@ -12,10 +12,12 @@ from typing import Any, cast, Literal
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import DTypeLike
 
+from spider_optax import _buffers
 from spider_optax import _checks
 from spider_optax import _guard
 from spider_optax import _masks
@@ -76,6 +78,42 @@ def _adamw_fallback(
   if not adamw_1d:
     return None, optax.identity()
   return rule, muon.scale_by_adam(b1_1d, b2_1d, eps, mu_dtype=mu_dtype)
+
+
+def _scale_by_lion(
+  b1: chex.Numeric, mu_dtype: DTypeLike | None
+) -> optax.GradientTransformation:
+  r"""``optax.scale_by_lion(b1, b2=b1)``, also for gradients near 1e-38.
+
+  The sign of :math:`\beta_1 m + (1 - \beta_1) c`; where that sum is 0
+  although :math:`c` or :math:`m` is not (a product below float32's
+  smallest normal number, flushed to 0: a silent zero step), the sign of
+  :math:`c + \beta_1 / (1 - \beta_1) m`, the same number over
+  :math:`1 - \beta_1`.
+  """
+  ratio = b1 / (1.0 - b1)
+
+  def init_fn(params):
+    return optax.ScaleByLionState(
+      count=jnp.zeros([], jnp.int32),
+      mu=jax.tree.map(lambda p: _buffers.zeros_like(p, mu_dtype), params),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+
+    def sign(c, m):
+      x = (1.0 - b1) * c + b1 * m
+      return jnp.where(x != 0, jnp.sign(x), jnp.sign(c + ratio * m))
+
+    signs = jax.tree.map(sign, updates, state.mu)
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    return signs, optax.ScaleByLionState(
+      count=optax.safe_increment(state.count),
+      mu=optax.tree.cast_like(mu, state.mu),
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _rank_rule(adamw_leaves: AdamWLeaves) -> Callable[[optax.Params], Any]:
@@ -425,7 +463,7 @@ def mars_lion(
     learning_rate,
     optax.chain(
       _clip(max_norm, per_tensor_clip),
-      optax.scale_by_lion(b1, b1, mu_dtype=mu_dtype),
+      _scale_by_lion(b1, mu_dtype),
     ),
     b1=b1,
     name='so.mars_lion',

@@ -372,6 +372,21 @@ def scale_by_adam_eps_first(
   return _adam(b1, b2, eps, mu_dtype, eps_first=True)
 
 
+def _square_overflowed(grads: Any, nu: Any) -> jax.Array:
+  """Whether a finite gradient entry made its second moment inf.
+
+  The gradients are read only where some moment is inf: a valid step pays
+  one reduction over the moment it writes and one scalar branch.
+  """
+  any_of = lambda xs: jnp.any(jnp.stack(xs)) if xs else jnp.array(False)
+  pairs = list(zip(jax.tree.leaves(grads), jax.tree.leaves(nu)))
+  return _buffers.cond(
+    any_of([jnp.any(jnp.isinf(v)) for _, v in pairs]),
+    lambda: any_of([jnp.any(jnp.isinf(v) & jnp.isfinite(g)) for g, v in pairs]),
+    lambda: jnp.array(False),
+  )
+
+
 def _adam(
   b1: chex.Numeric,
   b2: chex.Numeric,
@@ -420,6 +435,16 @@ def _adam(
       nu_hat = optax.tree.bias_correction(nu, b2, count)
     updates = jax.tree.map(
       lambda m, v, dtype: ratio(m, v).astype(dtype), mu_hat, nu_hat, out_dtypes
+    )
+    dtypes = ' and '.join(sorted({str(v.dtype) for v in jax.tree.leaves(nu)}))
+    updates = _checks.overflow_error(
+      _square_overflowed(grads, nu),
+      f"Adam's second moment (1 - b2) g^2 overflowed {dtypes}: finite "
+      'gradients whose squares exceed its range (from about 1.8e19 in '
+      'float32), where the step would silently be 0. Clip the gradients '
+      'before it (max_norm= of the MARS members, or '
+      'optax.clip_by_global_norm), or scale the loss down.',
+      result=updates,
     )
     return updates, optax.ScaleByAdamState(
       count=count,

@@ -12,16 +12,6 @@ from spider_optax import _arrays
 from spider_optax import _checks
 
 
-def _all_finite(tree) -> jax.Array:
-  """True where every floating-point leaf of ``tree`` is finite."""
-  checked = [
-    jnp.all(jnp.isfinite(x))
-    for x in jax.tree.leaves(tree)
-    if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-  ]
-  return jnp.all(jnp.stack(checked)) if checked else jnp.array(True)
-
-
 def _count_limit(value: Any) -> Any:
   """``max_consecutive_errors`` checked: an int >= 0.
 
@@ -107,15 +97,16 @@ def apply_if_finite(
 
   def update_fn(updates, state, params=None, **extra_args):
     _checks.check_state(state, optax.ApplyIfFiniteState, 'so.apply_if_finite')
-    new_updates, new_state = inner.update(
-      updates, state.inner_state, params, **extra_args
-    )
+    with _checks.overflow_counted():  # an overflow is a step to skip
+      new_updates, new_state = inner.update(
+        updates, state.inner_state, params, **extra_args
+      )
     # Every array the update receives but the params (grads and every extra
     # argument: prev_grads, grad_diff_variance, ...), and what it returns: an
     # estimator that overflows its dtype makes inf from finite input.
     # The params too: NaN params would be kept as x_{k-1} (a paired
     # estimator's previous point) and never counted.
-    isfinite = _all_finite((updates, extra_args, new_updates, params))
+    isfinite = _checks.all_finite((updates, extra_args, new_updates, params))
     notfinite_count = jnp.where(
       isfinite, 0, optax.safe_increment(state.notfinite_count)
     )

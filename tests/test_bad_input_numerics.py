@@ -11,6 +11,7 @@ formulas.
 import functools
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -471,6 +472,8 @@ EDGES = [
   ('float16', 4.8, [1.0, -0.7, 0.0], (2, 2)),
   ('float16', 0.0, [1.0, 0.001, 0.0], (3,)),  # (1 - b2) c^2 underflows
   ('float64', 38.5, [1.0, -1.0, 0.0], (3,)),
+  ('float32', 0.0, [1.175494351e-38], (3,)),  # (1 - b1) c flushed to 0
+  ('bfloat16', 0.0, [1.175494351e-38], (3,)),
 ]
 
 
@@ -494,8 +497,8 @@ def _scale(log10_scale, dtype):
 def test_the_clipped_step_is_right_at_every_magnitude(
   dtype, log10_scale, values, shape
 ):
-  """relaxed_clip, spider's step and clip_by_leaf_norm against float64:
-  finite, the same eager and jitted, never a silent zero step."""
+  """relaxed_clip, spider's step (lean too) and clip_by_leaf_norm against
+  float64: finite, the same eager and jitted, never a silent zero step."""
   with _dtype_context(dtype):
     scale = _scale(log10_scale, dtype)
     tree = {
@@ -507,10 +510,10 @@ def test_the_clipped_step_is_right_at_every_magnitude(
     factor = 1.0 if norm == 0 else min(1.0, 1.0 / norm, 2.0 / norm / norm)
     tiny = float(jnp.finfo(dtype).tiny)
     rtol = 1e-5 if dtype in ('float32', 'float64') else 2e-2
-    for tx, sign in (
-      (so.relaxed_clip(1.0, 2.0), 1),
-      (so.spider(1.0, 1.0, 2.0), -1),
-    ):
+    txs = [(so.relaxed_clip(1.0, 2.0), 1), (so.spider(1.0, 1.0, 2.0), -1)]
+    if dtype in ('float32', 'float64'):  # (lean refuses 16-bit params)
+      txs.append((so.spider(1.0, 1.0, 2.0, lean=True), -1))
+    for tx, sign in txs:
       eager = first_update(tx, tree, tree)
       jitted = first_update(tx, tree, tree, jit=True)
       for key, want in x.items():
@@ -639,6 +642,141 @@ def test_mars_and_storm_at_every_magnitude_step_right_or_say_what_overflowed(
         e, np.asarray(jitted[key], np.float64), rtol=rtol, atol=1e-6
       )
       np.testing.assert_allclose(e, want[key], rtol=rtol, atol=2e-3)
+
+
+SPIDERS = {
+  'plain': lambda: so.spider(1.0, c0=1.0),
+  'unclipped': lambda: so.spider(1.0),
+  'diagnostics': lambda: so.spider(1.0, c0=1.0, diagnostics=True),
+  'auto-clip': lambda: so.spider(1.0, epsilon=0.1),
+  'lean': lambda: so.spider(1.0, c0=1.0, lean=True),
+}
+
+
+@pytest.mark.parametrize('name', SPIDERS)
+@pytest.mark.parametrize('jit', [False, True])
+def test_spider_says_its_estimator_overflowed_instead_of_nan(name, jit):
+  """v + g - g' of finite float32 entries near 3e38 is inf: an error that
+  names the estimator, eager and jitted; a finite step just below."""
+  tx = SPIDERS[name]()
+  update = jax.jit(tx.update) if jit else tx.update
+  params = {'w': jnp.ones(3)}
+  g = {'w': jnp.array([3e38, 1.0, 0.0])}
+  updates, state = update(g, tx.init(params), params)  # an anchor: v = g
+  params = optax.apply_updates(params, updates)
+  error = verdict(
+    update, g, state, params, prev_grads={'w': jnp.array([-3e38, 1, 0])}
+  )
+  assert error is not None and 'estimator v_k' in error, error
+  assert 'exceeds the range of float32' in error, error
+  # v + g - g' = 3e38 + 0: a finite step.
+  updates, _ = update(g, state, params, prev_grads=g)
+  assert bool(jnp.all(jnp.isfinite(updates['w'])))
+
+
+@pytest.mark.parametrize('name', SPIDERS)
+@pytest.mark.parametrize('jit', [False, True])
+def test_an_estimator_poisoned_by_nan_is_not_called_an_overflow(name, jit):
+  """optax.apply_if_finite does not see prev_grads: a NaN one enters v, and
+  the next steps' v stays NaN with finite gradients. That is NaN input, not
+  an overflow of finite gradients: it passes as NaN, as in optax."""
+  tx = SPIDERS[name]()
+  update = jax.jit(tx.update) if jit else tx.update
+  params = {'w': jnp.ones(3)}
+  g = {'w': jnp.array([1.0, 0.5, 0.0])}
+  _, state = update(g, tx.init(params), params)
+  _, state = update(g, state, params, prev_grads={'w': g['w'] * jnp.nan})
+  assert verdict(update, g, state, params, prev_grads=g) is None
+  updates, _ = update(g, state, params, prev_grads=g)
+  assert not bool(jnp.any(jnp.isfinite(updates['w'])))
+
+
+@pytest.mark.parametrize('jit', [False, True])
+def test_the_lean_step_and_rebuilt_point_are_right_near_float32s_top(jit):
+  """s = lr c0 / |v| is a denormal from |v| = 8.5e37 on: the step and
+  x_{k-1} are computed without it, against float64."""
+  tx = so.spider(0.5, c0=1.0, lean=True)
+  update = jax.jit(tx.update) if jit else tx.update
+  params = {'w': jnp.array([1.0, 2.0, 3.0]), 'b': jnp.array([-1.0])}
+  g = {'w': jnp.array([2e38, -1e38, 0.0]), 'b': jnp.array([1e38])}
+  updates, state = update(g, tx.init(params), params)
+  flat = np.concatenate([np.asarray(g[k], np.float64) for k in ('w', 'b')])
+  for key in g:
+    want = -0.5 * np.asarray(g[key], np.float64) / np.linalg.norm(flat)
+    np.testing.assert_allclose(updates[key], want, rtol=1e-6, atol=1e-30)
+  new = optax.apply_updates(params, updates)
+  prev = so.prev_params(state, new)
+  for key in params:
+    np.testing.assert_allclose(prev[key], params[key], rtol=1e-6, atol=1e-6)
+
+
+ADAMS = {
+  'mars_adamw': lambda: so.mars_adamw(0.1, max_norm=None),
+  'mars_adamw-1d': lambda: so.mars_adamw(0.1, adamw_1d=True),
+  'mars_muon-1d': lambda: so.mars_muon(0.1, max_norm=None),
+  'scale_by_adam': lambda: so.muon.scale_by_adam(0.9, 0.999, 1e-8),
+}
+
+
+@pytest.mark.parametrize('name', ADAMS)
+@pytest.mark.parametrize('jit', [False, True])
+def test_adam_says_its_second_moment_overflowed_instead_of_a_zero_step(
+  name, jit
+):
+  """(1 - b2) g^2 of a finite float32 gradient from about 1.8e19 (raw, or
+  corrected and not clipped) is inf and the step m / sqrt(v) a silent 0:
+  an error; the right step, -lr sign(g) (or Adam's ratio 1), just below."""
+  params = {'b': jnp.ones(3)}  # 1-D: the AdamW leaves of the fallbacks
+  for value, overflows in ((1e17, False), (1e21, True)):
+    g = {'b': jnp.array([value, -1.0, 0.0])}
+    tx = ADAMS[name]()
+    update = jax.jit(tx.update) if jit else tx.update
+    error = verdict(update, g, tx.init(params), params)
+    if overflows:
+      assert error is not None and 'second moment' in error, error
+    else:
+      assert error is None, error
+      updates, _ = update(g, tx.init(params), params)
+      want = 1.0 if name == 'scale_by_adam' else -0.1  # (no lr, no sign)
+      np.testing.assert_allclose(updates['b'][0], want, rtol=1e-4)
+
+
+OVERFLOWS = {
+  # (builder, the second step's grads and prev_grads, after a first step).
+  'spider': (lambda: so.spider(1.0, c0=1.0), 3e38, -3e38),
+  'spider-lean': (lambda: so.spider(1.0, c0=1.0, lean=True), 3e38, -3e38),
+  'storm': (lambda: so.storm(0.1, 0.9, c0=1.0), 3e38, -3e38),
+  'mars_adamw': (lambda: so.mars_adamw(0.1, approx=False), 3e38, -3e38),
+  'adam-square': (
+    lambda: so.mars_adamw(0.1, max_norm=None, approx=False),
+    1e21,
+    1e21,
+  ),
+}
+
+
+@pytest.mark.parametrize('name', OVERFLOWS)
+def test_apply_if_finite_skips_and_counts_what_would_raise(name):
+  """Inside so.apply_if_finite an overflow (or Adam's silent zero step) is a
+  non-finite step: skipped and counted, the run goes on."""
+  build, g, g_prime = OVERFLOWS[name]
+  tx = so.apply_if_finite(build(), max_consecutive_errors=3)
+  params = {'w': jnp.ones(3)}
+  state = tx.init(params)
+  small = {'w': jnp.array([1.0, 0.5, 0.0])}
+  _, state = tx.update(small, state, params, prev_grads=small)
+  for jit in (False, True):
+    update = jax.jit(tx.update) if jit else tx.update
+    updates, after = update(
+      {'w': jnp.array([g, 1.0, 0.0])},
+      state,
+      params,
+      prev_grads={'w': jnp.array([g_prime, 1.0, 0.0])},
+    )
+    assert not bool(after.last_finite)
+    assert int(after.total_notfinite) == 1
+    np.testing.assert_array_equal(updates['w'], 0.0)
+    chex.assert_trees_all_equal(after.inner_state, state.inner_state)
 
 
 @pytest.mark.parametrize(

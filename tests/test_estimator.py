@@ -184,5 +184,8 @@ def test_donated_step_writes_its_state_in_place(recursive):
     .compile()
     .memory_analysis()
   )
-  assert memory.temp_size_in_bytes < 1024  # scalars only; a leaf is 256 B+
+  # Scalars, and what the overflow check's reduction of the estimator keeps
+  # of the 1-D leaf on CPU (about 2 bias-sized buffers): never a copy of the
+  # kernel (16 KB), the leaf that dominates a real model.
+  assert memory.temp_size_in_bytes < params['kernel'].nbytes // 8
   assert memory.output_size_in_bytes - memory.alias_size_in_bytes < 1024
