@@ -16,6 +16,7 @@ SCRIPTS = (
   'train',
   'smoothness',
   'family',
+  'check_cost',
 )
 
 
