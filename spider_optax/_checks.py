@@ -586,7 +586,7 @@ def overflow_check(
 
   overflowed = _buffers.cond(bad, overflowed, lambda: jax.numpy.asarray(False))
   dtypes = sorted(
-    {str(jax.numpy.result_type(x)) for x in jax.tree.leaves(result)}
+    {str(jax.numpy.result_type(x)) for x in jax.tree.leaves(made)}
   )
   return overflow_error(
     overflowed,
@@ -612,22 +612,41 @@ def overflow_checked(
   ``so.apply_if_finite`` skips the step). A ``ValueError`` eagerly, the same
   message at run time under jit (:func:`error_if`). ``wider`` names the
   argument that widens the state.
+
+  The verdict is read off the sum of squares of the output, the very sum a
+  clip after ``tx`` computes for its norm: XLA computes it once for both,
+  and the check costs no pass of its own where a clip follows. (Where that
+  sum is inf or NaN, the output and inputs are read once more.)
   """
   import optax
+
+  # (imported here: clipping's own checks import this module)
+  from spider_optax.clipping import sum_of_squares
 
   tx = optax.with_extra_args_support(tx)
 
   def update_fn(updates, state, params=None, **extra_args):
     out, new_state = tx.update(updates, state, params, **extra_args)
-    inputs = (updates, extra_args.get('prev_grads'))
-    out = overflow_check(
-      ~all_finite(out),
-      inputs,
-      out,
+    check = lambda result: overflow_check(
+      ~jax.numpy.isfinite(sum_of_squares(out)),
+      (updates, extra_args.get('prev_grads')),
+      result,
       what,
       formula,
       wider=wider,
+      made=out,
     )
-    return out, new_state
+    if _COUNTED_AS_NOT_FINITE.get():
+      return check(out), new_state  # NaN for so.apply_if_finite to count
+    # Tied to the state's scalars (its step count): the error stops the
+    # step all the same, and the output stays the array a clip's norm reads.
+    leaves, treedef = jax.tree.flatten(new_state)
+    scalars = [i for i, x in enumerate(leaves) if not jax.numpy.ndim(x)]
+    if not scalars:
+      return check(out), new_state
+    checked = check([leaves[i] for i in scalars])
+    for i, x in zip(scalars, checked, strict=True):
+      leaves[i] = x
+    return out, jax.tree.unflatten(treedef, leaves)
 
   return optax.GradientTransformationExtraArgs(tx.init, update_fn)

@@ -27,7 +27,7 @@ def divide(x: Any, d: Any) -> chex.Array:
   return (x * p) / (d * p)
 
 
-def _sum_of_squares(tree: optax.Updates, scale: Any = 1.0) -> chex.Array:
+def sum_of_squares(tree: optax.Updates, scale: Any = 1.0) -> chex.Array:
   """sum |x / scale|^2 over every leaf, in at least float32 (complex too)."""
   total = jnp.zeros([], jnp.float32)
   for x in jax.tree.leaves(tree):
@@ -73,7 +73,7 @@ def norm_parts(tree: optax.Updates) -> tuple[chex.Array, chex.Array]:
   where the norm itself (3e38 times the root of the number of such
   entries) exceeds float32's range.
   """
-  total = _sum_of_squares(tree)
+  total = sum_of_squares(tree)
 
   def rescaled():
     largest = jnp.zeros([], total.dtype)
@@ -82,7 +82,7 @@ def norm_parts(tree: optax.Updates) -> tuple[chex.Array, chex.Array]:
         largest = jnp.maximum(largest, jnp.max(jnp.abs(x)).astype(total.dtype))
     finite = jnp.isfinite(largest)
     safe = jnp.where(finite & (largest > 0), largest, 1.0)
-    root = jnp.sqrt(_sum_of_squares(tree, safe))
+    root = jnp.sqrt(sum_of_squares(tree, safe))
     return (
       jnp.where(finite, safe, jnp.inf).astype(total.dtype),
       jnp.where(finite, root, 1.0).astype(total.dtype),

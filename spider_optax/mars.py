@@ -336,7 +336,11 @@ def mars_adamw(
     learning_rate,
     optax.chain(
       _clip(max_norm, per_tensor_clip),
-      muon.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype),
+      # The clip bounds every entry of c~_k by max_norm: Adam need not
+      # check its squares for overflow where max_norm**2 fits.
+      muon.scale_by_adam(
+        b1, b2, eps, mu_dtype=mu_dtype, input_norm_bound=max_norm
+      ),
     ),
     b1=b1,
     name='so.mars_adamw',

@@ -306,24 +306,34 @@ def scale_by_adam(
   b2: chex.Numeric = 0.999,
   eps: chex.Numeric = 1e-8,
   mu_dtype: DTypeLike | None = None,
+  *,
+  input_norm_bound: chex.Numeric | None = None,
 ) -> optax.GradientTransformation:
   r"""``optax.scale_by_adam(b1, b2, eps, mu_dtype=mu_dtype)``, never NaN.
 
   The same moments, bias corrections and state (``optax.ScaleByAdamState``),
   with the ratio of :func:`adam_ratio`: in float16 (where ``eps`` = 1e-8
   rounds to 0) and with ``eps`` = 0 a zero gradient entry gives a zero
-  update, not ``0 / 0``.
+  update, not ``0 / 0``. Where a finite gradient entry's square overflows
+  the second moment (from about 1.8e19 in float32; ``optax.scale_by_adam``
+  gives a silent zero step there) the update raises a ``ValueError``.
 
   Args:
     b1: :math:`\beta_1 \in [0, 1)`.
     b2: :math:`\beta_2 \in [0, 1)`.
     eps: :math:`\epsilon \geq 0`, added to :math:`\sqrt{\hat v}`.
     mu_dtype: dtype of :math:`m`; None: the params'.
+    input_norm_bound: a number known to bound the global norm of every
+      input (a clip to it comes first). Where its square fits the second
+      moment's dtype no square can overflow, and the check (a reduction over
+      the moment per step) is left out.
 
   Returns:
     A :class:`optax.GradientTransformation`.
   """
-  return _adam(b1, b2, eps, mu_dtype, eps_first=False)
+  return _adam(
+    b1, b2, eps, mu_dtype, eps_first=False, input_norm_bound=input_norm_bound
+  )
 
 
 def scale_by_adam_eps_first(
@@ -387,6 +397,20 @@ def _square_overflowed(grads: Any, nu: Any) -> jax.Array:
   )
 
 
+def _squares_fit(bound: Any, nu: Any) -> bool:
+  """Whether inputs of global norm <= ``bound`` have squares that fit ``nu``.
+
+  ``bound`` a concrete number; every leaf of the second moment ``nu`` with
+  room for its rounding (a factor of 4).
+  """
+  if bound is None or not _checks.is_concrete(bound):
+    return False
+  return all(
+    float(bound) ** 2 < float(jnp.finfo(v.dtype).max) / 4
+    for v in jax.tree.leaves(nu)
+  )
+
+
 def _adam(
   b1: chex.Numeric,
   b2: chex.Numeric,
@@ -394,8 +418,12 @@ def _adam(
   mu_dtype: DTypeLike | None,
   *,
   eps_first: bool,
+  input_norm_bound: chex.Numeric | None = None,
 ) -> optax.GradientTransformation:
-  """Adam, with ``eps`` before (``eps_first``) or after the corrections."""
+  """Adam, with ``eps`` before (``eps_first``) or after the corrections.
+
+  ``input_norm_bound``: see :func:`scale_by_adam`.
+  """
   b1 = _checks.check_decay('b1', b1)
   b2 = _checks.check_decay('b2', b2)
   eps = _checks.check_nonnegative('eps', eps)
@@ -436,6 +464,13 @@ def _adam(
     updates = jax.tree.map(
       lambda m, v, dtype: ratio(m, v).astype(dtype), mu_hat, nu_hat, out_dtypes
     )
+    new_state = optax.ScaleByAdamState(
+      count=count,
+      mu=optax.tree.cast_like(mu, state.mu),
+      nu=optax.tree.cast_like(nu, state.nu),
+    )
+    if _squares_fit(input_norm_bound, state.nu):  # no square can overflow
+      return updates, new_state
     dtypes = ' and '.join(sorted({str(v.dtype) for v in jax.tree.leaves(nu)}))
     updates = _checks.overflow_error(
       _square_overflowed(grads, nu),
@@ -446,10 +481,6 @@ def _adam(
       'optax.clip_by_global_norm), or scale the loss down.',
       result=updates,
     )
-    return updates, optax.ScaleByAdamState(
-      count=count,
-      mu=optax.tree.cast_like(mu, state.mu),
-      nu=optax.tree.cast_like(nu, state.nu),
-    )
+    return updates, new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
