@@ -135,8 +135,7 @@ def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
   # float32 ones. Under jax.vmap (a grid of hyperparameters) it takes the
   # whole batch at once: a batched branch is a select, which would run the
   # callback on every step and lane.
-  @jax.custom_batching.custom_vmap
-  def check(pred, *values):
+  def branch(pred, *values):
     return jax.lax.cond(
       jax.numpy.any(pred),
       lambda: jax.pure_callback(
@@ -148,6 +147,10 @@ def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
       lambda: 0.0,
     )
 
+  @jax.custom_batching.custom_vmap
+  def check(pred, *values):
+    return _on_every_device(branch, pred, *values, like=result)
+
   @check.def_vmap
   def _(axis_size, in_batched, pred, *values):
     del axis_size, in_batched
@@ -157,6 +160,42 @@ def error_if(pred: Any, message: str, *values: Any, result: T) -> T:
   # update) its inputs are constants, and the result's gradient passes by.
   zero = check(*jax.lax.stop_gradient((pred, *values)))
   return jax.tree.map(lambda x: _plus(x, zero), result)
+
+
+def _mesh_of(x: Any) -> Any:
+  """The mesh in ``x``'s type (an Explicit mesh's arrays), or None."""
+  try:
+    return jax.typeof(x).sharding.mesh
+  except (AttributeError, TypeError):
+    return None
+
+
+def _on_every_device(fn: Callable[..., T], *args: Any, like: Any = ()) -> T:
+  """``fn(*args)``, run by each device of the current mesh.
+
+  The mesh: the one set with ``jax.set_mesh``, or an Explicit mesh named
+  by the types of ``args`` or of the leaves of ``like``. A callback in a
+  computation split over devices runs on one of them, and the others wait
+  for its result: where it raises, they wait in that collective until XLA
+  aborts the process. Under a mesh each device runs its own
+  (``jax.shard_map`` over every axis, the arguments replicated), so that
+  every device raises. Without one (an Auto mesh used without
+  ``jax.set_mesh``), ``fn(*args)`` as it is.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:  # an Explicit mesh's arrays carry it in their types
+    meshes = [_mesh_of(x) for x in (*args, *jax.tree.leaves(like))]
+    mesh = next((m for m in meshes if m is not None and not m.empty), mesh)
+  if mesh.empty or mesh.size == 1:
+    return fn(*args)
+  spec = jax.sharding.PartitionSpec()
+  return jax.shard_map(
+    fn,
+    mesh=mesh,
+    in_specs=tuple(spec for _ in args),
+    out_specs=spec,
+    check_vma=False,
+  )(*args)
 
 
 def _plus(x: Any, zero: jax.Array) -> jax.Array:
