@@ -7,6 +7,7 @@ another in a collective, which would abort the process after 40 s). Writes
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -41,7 +42,7 @@ def cases():
     grads = split(mesh, {'w': jnp.full(16, 3e38)})
     minus = jax.tree.map(lambda g: -g, grads)
     tx = build()
-    with jax.set_mesh(mesh) if with_mesh else _nothing():
+    with jax.set_mesh(mesh) if with_mesh else contextlib.nullcontext():
       state = jax.jit(tx.init)(params)
       _, state = jax.jit(tx.update)(grads, state, params, prev_grads=minus)
       return jax.jit(tx.update)(grads, state, params, prev_grads=minus)
@@ -61,14 +62,6 @@ def cases():
       AxisType.Explicit, exact_mars, False
     ),
   }
-
-
-class _nothing:
-  def __enter__(self):
-    return None
-
-  def __exit__(self, *exc):
-    return False
 
 
 def main(argv=None) -> int:
