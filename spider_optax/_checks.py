@@ -679,6 +679,7 @@ def overflow_checked(
       return check(out), new_state  # NaN for so.apply_if_finite to count
     # Tied to the state's scalars (its step count): the error stops the
     # step all the same, and the output stays the array a clip's norm reads.
+    # (A jitted step that drops the new state drops the check with it.)
     leaves, treedef = jax.tree.flatten(new_state)
     scalars = [i for i, x in enumerate(leaves) if not jax.numpy.ndim(x)]
     if not scalars:
