@@ -715,6 +715,10 @@ ADAMS = {
   'mars_adamw-1d': lambda: so.mars_adamw(0.1, adamw_1d=True),
   'mars_muon-1d': lambda: so.mars_muon(0.1, max_norm=None),
   'scale_by_adam': lambda: so.muon.scale_by_adam(0.9, 0.999, 1e-8),
+  # An injected max_norm is traced: the clip bounds nothing known.
+  'mars_adamw-injected-max-norm': lambda: optax.inject_hyperparams(
+    so.mars_adamw
+  )(learning_rate=0.1, max_norm=1e30),
   # A bound whose square does not fit float32 leaves the check in.
   'scale_by_adam-loose-bound': lambda: so.muon.scale_by_adam(
     0.9, 0.999, 1e-8, input_norm_bound=1e20
